@@ -1,0 +1,300 @@
+//! The contract between agentd's kernel programs and its userspace daemon.
+//!
+//! Every type here crosses the user/kernel boundary through a BPF map or the event
+//! ring buffer, so each is `#[repr(C)]`, has explicit padding (the verifier rejects
+//! reads of uninitialised stack bytes) and only fixed-size fields. Numeric codes are
+//! plain `u8`/`u32` constants rather than Rust enums: the kernel side must never
+//! trust that a byte read from a map is a valid enum discriminant.
+//!
+//! Zero is never a meaningful "allow": a missing or zeroed entry must fail closed.
+#![no_std]
+
+/// How many cgroup levels the kernel walks up from a task's cgroup to find a binding.
+/// Bindings deeper than this are refused by the daemon, so no process can escape
+/// attribution by nesting cgroups.
+pub const MAX_CGROUP_DEPTH: u32 = 24;
+
+/// Path bytes in a [`PathKey`]. The LPM trie's data is limited to 256 bytes and the
+/// identity takes four of them.
+pub const PATH_KEY_LEN: usize = 252;
+/// Path bytes carried in an [`Event`].
+pub const EVENT_PATH_LEN: usize = 256;
+/// Port rules that one egress LPM entry can hold (its own and those inherited from
+/// covering prefixes, most specific first).
+pub const MAX_PORT_RULES: usize = 16;
+/// Number of slots in the `COUNTERS` per-CPU array.
+pub const COUNTERS_LEN: u32 = 16;
+
+/// Policy actions as stored in kernel maps. `ACTION_NONE` (zero) is treated as deny.
+pub mod action {
+    pub const NONE: u8 = 0;
+    pub const ALLOW: u8 = 1;
+    pub const DENY: u8 = 2;
+    /// Held for approval. Until the hold service exists the kernel denies it.
+    pub const ASK: u8 = 3;
+    /// Allow and report.
+    pub const AUDIT: u8 = 4;
+}
+
+/// What kind of action an event is about.
+pub mod kind {
+    pub const EXEC: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const EGRESS: u8 = 3;
+    /// Creation of a raw or packet socket, refused to every bound identity.
+    pub const SOCKET: u8 = 4;
+}
+
+/// The outcome the kernel imposed.
+pub mod verdict {
+    /// The operation failed with EPERM; it did not happen.
+    pub const DENY: u8 = 1;
+    /// SIGKILL was sent to the task: the syscall may have completed, but the task
+    /// never ran another user-space instruction.
+    pub const KILL: u8 = 2;
+    /// Allowed and reported (audit rule).
+    pub const AUDIT: u8 = 3;
+    /// Monitor mode: would have been denied.
+    pub const WOULD_DENY: u8 = 4;
+}
+
+/// Which kernel mechanism made the decision.
+pub mod mechanism {
+    pub const LSM: u8 = 1;
+    pub const TRACEPOINT: u8 = 2;
+    pub const SOCK_ADDR: u8 = 3;
+    pub const SOCK_CREATE: u8 = 4;
+}
+
+/// The operation within a kind.
+pub mod op {
+    pub const EXEC: u8 = 1;
+    pub const OPEN: u8 = 2;
+    pub const TRUNCATE: u8 = 3;
+    pub const UNLINK: u8 = 4;
+    pub const RENAME: u8 = 5;
+    pub const CREATE: u8 = 6;
+    pub const LINK: u8 = 7;
+    pub const SYMLINK: u8 = 8;
+    pub const MKDIR: u8 = 9;
+    pub const RMDIR: u8 = 10;
+    pub const CONNECT: u8 = 11;
+    pub const SENDMSG: u8 = 12;
+    pub const SOCKET: u8 = 13;
+}
+
+/// Why the decision came out as it did.
+pub mod reason {
+    /// A rule matched; `rule_id` names it.
+    pub const RULE: u8 = 1;
+    /// No rule matched; the kind's default applied.
+    pub const DEFAULT: u8 = 2;
+    /// The identity is revoked or expired: everything is denied.
+    pub const REVOKED: u8 = 3;
+    /// The cgroup is bound to an identity that has no policy loaded: deny.
+    pub const NO_POLICY: u8 = 4;
+    /// The kernel could not resolve the path (too deep, too long, or unreadable):
+    /// fail closed.
+    pub const UNRESOLVED: u8 = 5;
+    /// Raw and packet sockets are never allowed to bound identities.
+    pub const RAW_SOCKET: u8 = 6;
+}
+
+/// Bits of [`IdentityConfig::flags`].
+pub mod identity_flags {
+    /// Revoked or expired: deny everything.
+    pub const REVOKED: u8 = 1;
+    /// `mode: monitor`: allow, but report what would have been denied.
+    pub const MONITOR: u8 = 2;
+}
+
+/// Slots of the `COUNTERS` per-CPU array.
+pub mod counter {
+    /// Events written to the ring buffer.
+    pub const EVENTS: u32 = 0;
+    /// Events lost because the ring buffer was full.
+    pub const EVENTS_DROPPED: u32 = 1;
+    pub const DENY_EXEC: u32 = 2;
+    pub const DENY_WRITE: u32 = 3;
+    pub const DENY_EGRESS: u32 = 4;
+    pub const DENY_SOCKET: u32 = 5;
+    /// Tasks killed by a fallback (tracepoint) mechanism.
+    pub const KILLS: u32 = 6;
+    /// Decisions that failed closed because a path could not be resolved.
+    pub const UNRESOLVED: u32 = 7;
+}
+
+/// Value of the `IDENTITIES` map, keyed by the identity's numeric id (`u32`).
+/// A bound cgroup whose identity has no entry here is denied everything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityConfig {
+    pub exec_default: u8,
+    pub write_default: u8,
+    pub egress_default: u8,
+    pub flags: u8,
+    /// Version of the policy these maps were compiled from; copied into events.
+    pub policy_version: u32,
+}
+
+/// Data part of an LPM-trie key for exec and write rules.
+///
+/// The prefix length counts bits from the start of `identity`: 32 bits of identity
+/// plus 8 per path byte. A rule for a path prefix (`/usr/lib/git-core/**`) is the
+/// prefix's bytes; an exact path rule is the path's bytes followed by one NUL byte,
+/// so it only matches a lookup that ends there too and always beats a prefix.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PathKey {
+    /// The identity id, big-endian so the trie's bit order is well defined.
+    pub identity: [u8; 4],
+    pub path: [u8; PATH_KEY_LEN],
+}
+
+impl PathKey {
+    /// Prefix length in bits for `path_bytes` bytes of path after the identity.
+    pub const fn prefix_bits(path_bytes: usize) -> u32 {
+        32 + 8 * path_bytes as u32
+    }
+}
+
+/// Value of an exec or write rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathRule {
+    pub action: u8,
+    pub _pad: [u8; 3],
+    pub rule_id: u32,
+}
+
+/// Data part of an LPM-trie key for egress rules. IPv4 addresses are stored
+/// IPv4-mapped (`::ffff:a.b.c.d`), so a v4 /n is a prefix of 32 + 96 + n bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrKey {
+    pub identity: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// One port rule inside an [`EgressRules`] entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRule {
+    /// Inclusive range, host byte order. 0..=65535 means all ports.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// 0 = any, 6 = TCP, 17 = UDP.
+    pub protocol: u8,
+    pub action: u8,
+    pub _pad: [u8; 2],
+    pub rule_id: u32,
+}
+
+/// Value of an egress LPM entry: the ordered port rules that apply to addresses in
+/// the entry's prefix. The kernel takes the first that matches port and protocol;
+/// when none does, the identity's egress default applies. The compiler copies rules
+/// of covering (shorter) prefixes into longer ones so that one lookup is enough.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressRules {
+    pub count: u32,
+    pub rules: [PortRule; MAX_PORT_RULES],
+}
+
+/// Byte offsets of kernel struct fields, read by the daemon from the running
+/// kernel's BTF and stored at index 0 of the `KERNEL_OFFSETS` array. Rust eBPF has
+/// no CO-RE, so this is how the programs walk `struct file` → dentries → mounts on
+/// any kernel. `valid == 0` (never filled) makes every path decision fail closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub valid: u32,
+    pub file_f_path: u32,
+    pub file_f_mode: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub vfsmount_mnt_root: u32,
+    pub binprm_file: u32,
+    pub task_fs: u32,
+    pub fs_struct_pwd: u32,
+    pub task_files: u32,
+    pub files_struct_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub socket_sk: u32,
+    pub _pad: u32,
+}
+
+/// A decision the kernel reports to the daemon through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    pub ktime_ns: u64,
+    pub cgroup_id: u64,
+    pub identity: u32,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub rule_id: u32,
+    pub policy_version: u32,
+    pub kind: u8,
+    pub verdict: u8,
+    pub mechanism: u8,
+    pub op: u8,
+    pub reason: u8,
+    /// 6 = TCP, 17 = UDP, 0 = unknown (egress only).
+    pub protocol: u8,
+    /// Destination port, host byte order (egress only).
+    pub port: u16,
+    /// AF_INET or AF_INET6 (egress only).
+    pub family: u16,
+    /// Bytes used in `path`; `EVENT_PATH_LEN` with `path_truncated` set when cut.
+    pub path_len: u16,
+    pub path_truncated: u8,
+    pub _pad: [u8; 3],
+    /// Destination address; IPv4 is IPv4-mapped (egress only).
+    pub addr: [u8; 16],
+    pub comm: [u8; 16],
+    /// Target path: the executable (exec) or the file (write).
+    pub path: [u8; EVENT_PATH_LEN],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], contain only integers and byte arrays, and
+    // have explicit padding, so every bit pattern is valid and none has hidden bytes.
+    unsafe impl aya::Pod for IdentityConfig {}
+    unsafe impl aya::Pod for PathKey {}
+    unsafe impl aya::Pod for PathRule {}
+    unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for EgressRules {}
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<IdentityConfig>(), 8);
+        assert_eq!(size_of::<PathKey>(), 256);
+        assert_eq!(size_of::<PathRule>(), 8);
+        assert_eq!(size_of::<AddrKey>(), 20);
+        assert_eq!(size_of::<PortRule>(), 12);
+        assert_eq!(size_of::<EgressRules>(), 4 + 12 * MAX_PORT_RULES);
+        assert_eq!(size_of::<KernelOffsets>(), 22 * 4);
+        assert_eq!(size_of::<Event>(), 8 + 8 + 6 * 4 + 8 + 4 + 4 + 16 + 16 + EVENT_PATH_LEN);
+    }
+}

@@ -1,0 +1,3 @@
+//! agentd: per-identity enforcement of exec, file writes and network egress in the
+//! Linux kernel for AI agents.
+pub mod policy;

@@ -1,0 +1,1 @@
+//! Helpers shared by the host-tier and VM-tier integration tests.

@@ -13,6 +13,14 @@ fn main() -> anyhow::Result<()> {
         .context("generating gRPC code")?;
     println!("cargo:rerun-if-changed=proto/agentd.proto");
 
+    // AYA_BUILD_SKIP=1 builds userspace without the eBPF object (for work on pure
+    // logic); the enforcer then refuses to start and says why.
+    if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+        let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR")?);
+        std::fs::write(out.join("agent"), b"").context("writing empty eBPF placeholder")?;
+        println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
+        return Ok(());
+    }
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

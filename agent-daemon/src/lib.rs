@@ -1,3 +1,5 @@
 //! agentd: per-identity enforcement of exec, file writes and network egress in the
 //! Linux kernel for AI agents.
+pub mod api;
+pub mod enforce;
 pub mod policy;

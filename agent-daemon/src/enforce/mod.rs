@@ -12,7 +12,7 @@ mod probe;
 
 use std::path::PathBuf;
 
-pub use loader::Enforcer;
+pub use loader::{Enforcer, EventReader};
 pub use probe::{KindReport, MechanismReport};
 
 /// Where the enforcer keeps its kernel objects.

@@ -1,0 +1,1 @@
+//! Reading kernel struct offsets from the running kernel's BTF.

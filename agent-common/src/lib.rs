@@ -122,6 +122,8 @@ pub mod counter {
     pub const KILLS: u32 = 6;
     /// Decisions that failed closed because a path could not be resolved.
     pub const UNRESOLVED: u32 = 7;
+    /// LSM hook invocations by the daemon's start-up probe task.
+    pub const LSM_PROBE: u32 = 8;
 }
 
 /// Value of the `IDENTITIES` map, keyed by the identity's numeric id (`u32`).
@@ -228,8 +230,12 @@ pub struct KernelOffsets {
     pub files_struct_fdt: u32,
     pub fdtable_max_fds: u32,
     pub fdtable_fd: u32,
-    pub socket_sk: u32,
-    pub _pad: u32,
+    /// `struct socket::type` (SOCK_STREAM/SOCK_DGRAM), for LSM `socket_connect`.
+    pub socket_type: u32,
+    /// Number of arguments of the `path_rename` LSM hook on this kernel (4 or 5:
+    /// `flags` was added in 5.19). An LSM program reads the previous program's
+    /// verdict from the argument after the last one.
+    pub path_rename_nargs: u32,
 }
 
 /// A decision the kernel reports to the daemon through the `EVENTS` ring buffer.

@@ -1,12 +1,19 @@
+//! agentd's kernel programs. Every program attributes the current task to an
+//! identity through its cgroup (`attribution`), and only bound tasks are judged;
+//! everything else returns at once.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+mod attribution;
+mod decide;
+mod egress;
+mod exec;
+mod maps;
+mod vfs;
+mod write;
 
-#[cgroup_sock_addr(connect4)]
-pub fn connect4(_ctx: SockAddrContext) -> i32 {
-    1
-}
+pub(crate) const EPERM: i32 = 1;
+pub(crate) const SIGKILL: u32 = 9;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,77 +1,597 @@
 //! Loading, attaching, pinning and adopting the kernel programs.
+//!
+//! Pins live in `<pin_dir>/<object id>/{maps,links}`, where the object id is a hash
+//! of the embedded eBPF object. A daemon that finds pins of its own object adopts
+//! them without touching the kernel's enforcement; one that finds pins of another
+//! build (an upgrade) sets up its own first and only then removes the old ones, so
+//! there is no moment with no enforcement.
 
-use super::{Counters, EnforceError, EnforcerConfig, MechanismReport};
+use std::{
+    collections::HashSet,
+    fs,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use agent_common::{
+    counter, identity_flags, AddrKey, EgressRules, Event, IdentityConfig, KernelOffsets,
+    PathKey, PathRule, COUNTERS_LEN, PATH_KEY_LEN,
+};
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
+    programs::{
+        links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, RawTracePoint,
+    },
+    Btf, Ebpf, EbpfLoader,
+};
+use sha2::{Digest as _, Sha256};
+use tokio::io::unix::AsyncFd;
+use tracing::{info, warn};
+
+use super::{
+    btf::kernel_offsets,
+    probe::{KindReport, MechanismReport},
+    Counters, EnforceError, EnforcerConfig,
+};
 use crate::policy::compiled::CompiledPolicy;
+
+/// The eBPF object built by aya-build from agent-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
+
+/// Cgroup programs attach through BPF links (kernel ≥ 5.7), which always coexist
+/// with other programs on the cgroup; the kernel rejects the legacy ALLOW_MULTI
+/// flag on links, so the mode is the default.
+const CGROUP_ATTACH: CgroupAttachMode = CgroupAttachMode::Single;
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+/// LSM programs per action kind, in attach order.
+const LSM_EXEC: &[(&str, &str)] = &[("lsm_bprm_check_security", "bprm_check_security")];
+const LSM_WRITE: &[(&str, &str)] = &[
+    ("lsm_file_open", "file_open"),
+    ("lsm_path_truncate", "path_truncate"),
+    ("lsm_path_unlink", "path_unlink"),
+    ("lsm_path_rmdir", "path_rmdir"),
+    ("lsm_path_mkdir", "path_mkdir"),
+    ("lsm_path_mknod", "path_mknod"),
+    ("lsm_path_symlink", "path_symlink"),
+    ("lsm_path_link", "path_link"),
+    ("lsm_path_rename", "path_rename"),
+];
+const LSM_EGRESS: &[(&str, &str)] = &[("lsm_socket_connect", "socket_connect")];
 
 /// Owns the kernel objects. One per daemon.
 pub struct Enforcer {
-    _private: (),
+    bindings: HashMap<MapData, u64, u32>,
+    identities: HashMap<MapData, u32, IdentityConfig>,
+    exec_rules: LpmTrie<MapData, PathKey, PathRule>,
+    write_rules: LpmTrie<MapData, PathKey, PathRule>,
+    egress_rules: LpmTrie<MapData, AddrKey, EgressRules>,
+    counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    report: MechanismReport,
+}
+
+fn kerr(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> EnforceError {
+    let what = what.into();
+    move |e| EnforceError::kernel(what, e)
+}
+
+/// Short id of the embedded object: pins of another build are never adopted.
+fn object_id() -> String {
+    let digest = Sha256::digest(OBJECT);
+    hex::encode(&digest[..8])
 }
 
 impl Enforcer {
     /// Loads and attaches everything, or adopts what an earlier daemon pinned in
     /// `config.pin_dir`. Needs root (CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN).
     pub fn open(config: &EnforcerConfig) -> Result<Enforcer, EnforceError> {
-        let _ = config;
-        Err(EnforceError::Other("enforcer not built yet".into()))
+        if OBJECT.is_empty() {
+            return Err(EnforceError::Other(
+                "this agentd was built with AYA_BUILD_SKIP=1 and has no eBPF programs; rebuild without it".into(),
+            ));
+        }
+        let id = object_id();
+        let root = config.pin_dir.join(&id);
+        let maps_dir = root.join("maps");
+        let links_dir = root.join("links");
+        let offsets = kernel_offsets(Path::new(BTF_PATH))
+            .map_err(|e| EnforceError::Unsupported { kind: "any action", why: e.to_string() })?;
+
+        let adopt = links_dir.join("connect4").exists();
+        let report = if adopt {
+            info!(pins = %root.display(), "adopting pinned enforcement of an earlier agentd");
+            adopted_report(&links_dir)
+        } else {
+            // Pins of our build without the last link are the remains of a start-up
+            // that failed half way: start over rather than trip over them.
+            if root.exists() {
+                warn!(pins = %root.display(), "removing incomplete pins of an earlier failed start");
+                fs::remove_dir_all(&root).map_err(|e| EnforceError::kernel(format!("removing {}", root.display()), e))?;
+            }
+            for dir in [&maps_dir, &links_dir] {
+                fs::create_dir_all(dir).map_err(|e| {
+                    EnforceError::kernel(
+                        format!("creating {} (is bpffs mounted at {}?)", dir.display(), config.pin_dir.display()),
+                        e,
+                    )
+                })?;
+            }
+            let mut ebpf = EbpfLoader::new()
+                .default_map_pin_directory(&maps_dir)
+                .load(OBJECT)
+                .map_err(|e| EnforceError::kernel("loading the eBPF object", e))?;
+            let mut offsets_map: Array<_, KernelOffsets> = take(&mut ebpf, "KERNEL_OFFSETS")?;
+            offsets_map.set(0, offsets, 0).map_err(kerr("writing KERNEL_OFFSETS"))?;
+            attach_all(&mut ebpf, &config.cgroup_root, &links_dir)?
+        };
+        let enforcer = Enforcer {
+            bindings: pinned(&maps_dir, "BINDINGS")?,
+            identities: pinned(&maps_dir, "IDENTITIES")?,
+            exec_rules: pinned(&maps_dir, "EXEC_RULES")?,
+            write_rules: pinned(&maps_dir, "WRITE_RULES")?,
+            egress_rules: pinned(&maps_dir, "EGRESS_RULES")?,
+            counters: pinned(&maps_dir, "COUNTERS")?,
+            events: Some(pinned(&maps_dir, "EVENTS")?),
+            report: MechanismReport { adopted: adopt, ..report },
+        };
+        // Old builds' pins go only now that ours enforce.
+        remove_other_pins(&config.pin_dir, &id);
+        Ok(enforcer)
+    }
+
+    /// Removes every pin under `pin_dir`: the kernel stops enforcing once no
+    /// daemon holds the objects. Used by `agentd --uninstall` and tests.
+    pub fn remove_pins(pin_dir: &Path) -> Result<(), EnforceError> {
+        match fs::remove_dir_all(pin_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(EnforceError::kernel(format!("removing {}", pin_dir.display()), e)),
+        }
     }
 
     /// Installs (or replaces) identity `id`'s policy. `policy: None` means the identity
     /// has no policy: everything it does is denied. `revoked` denies everything too.
-    pub fn set_identity(&mut self, id: u32, policy: Option<&CompiledPolicy>, version: u32, revoked: bool) -> Result<(), EnforceError> {
-        let _ = (id, policy, version, revoked);
-        Err(EnforceError::Other("enforcer not built yet".into()))
+    pub fn set_identity(
+        &mut self,
+        id: u32,
+        policy: Option<&CompiledPolicy>,
+        version: u32,
+        revoked: bool,
+    ) -> Result<(), EnforceError> {
+        let Some(policy) = policy else {
+            self.clear_rules(id, &HashSet::new(), &HashSet::new(), &HashSet::new())?;
+            return self.identities.remove(&id).or_else(ignore_missing).map_err(kerr("removing identity"));
+        };
+        // New rules first, then stale ones out, then the defaults: a concurrent
+        // lookup sees old or new rules for each key, never a missing deny it had.
+        let id_be = id.to_be_bytes();
+        let mut keep_exec = HashSet::new();
+        for e in &policy.exec {
+            let key = path_key(id_be, &e.key)?;
+            self.exec_rules.insert(&key, e.value, 0).map_err(kerr("writing EXEC_RULES"))?;
+            keep_exec.insert(key_bytes(&key));
+        }
+        let mut keep_write = HashSet::new();
+        for e in &policy.write {
+            let key = path_key(id_be, &e.key)?;
+            self.write_rules.insert(&key, e.value, 0).map_err(kerr("writing WRITE_RULES"))?;
+            keep_write.insert(key_bytes(&key));
+        }
+        let mut keep_egress = HashSet::new();
+        for e in &policy.egress {
+            let key = Key::new(32 + e.prefix_len, AddrKey { identity: id_be, addr: e.addr });
+            self.egress_rules.insert(&key, e.value, 0).map_err(kerr("writing EGRESS_RULES"))?;
+            keep_egress.insert((key.prefix_len(), e.addr));
+        }
+        self.clear_rules(id, &keep_exec, &keep_write, &keep_egress)?;
+        let mut flags = 0;
+        if revoked {
+            flags |= identity_flags::REVOKED;
+        }
+        if policy.monitor {
+            flags |= identity_flags::MONITOR;
+        }
+        let cfg = IdentityConfig {
+            exec_default: policy.exec_default,
+            write_default: policy.write_default,
+            egress_default: policy.egress_default,
+            flags,
+            policy_version: version,
+        };
+        self.identities.insert(id, cfg, 0).map_err(kerr("writing IDENTITIES"))
+    }
+
+    /// Removes every rule of identity `id` not in the keep sets.
+    fn clear_rules(
+        &mut self,
+        id: u32,
+        keep_exec: &HashSet<Vec<u8>>,
+        keep_write: &HashSet<Vec<u8>>,
+        keep_egress: &HashSet<(u32, [u8; 16])>,
+    ) -> Result<(), EnforceError> {
+        let id_be = id.to_be_bytes();
+        for (trie, keep) in [(&mut self.exec_rules, keep_exec), (&mut self.write_rules, keep_write)] {
+            let stale: Vec<Key<PathKey>> = trie
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.data().identity == id_be && !keep.contains(&key_bytes(k)))
+                .collect();
+            for k in stale {
+                trie.remove(&k).or_else(ignore_missing).map_err(kerr("removing a stale rule"))?;
+            }
+        }
+        let stale: Vec<Key<AddrKey>> = self
+            .egress_rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().identity == id_be && !keep_egress.contains(&(k.prefix_len(), k.data().addr)))
+            .collect();
+        for k in stale {
+            self.egress_rules.remove(&k).or_else(ignore_missing).map_err(kerr("removing a stale egress rule"))?;
+        }
+        Ok(())
     }
 
     /// Removes identity `id`'s entries. Cgroups still bound to it are then denied everything.
     pub fn remove_identity(&mut self, id: u32) -> Result<(), EnforceError> {
-        let _ = id;
-        Err(EnforceError::Other("enforcer not built yet".into()))
+        self.identities.remove(&id).or_else(ignore_missing).map_err(kerr("removing identity"))?;
+        self.clear_rules(id, &HashSet::new(), &HashSet::new(), &HashSet::new())
     }
 
     /// Binds cgroup `cgroup_id` (the inode number of its cgroup2 directory) and all its
     /// descendants to identity `id`.
     pub fn bind(&mut self, cgroup_id: u64, id: u32) -> Result<(), EnforceError> {
-        let _ = (cgroup_id, id);
-        Err(EnforceError::Other("enforcer not built yet".into()))
+        self.bindings.insert(cgroup_id, id, 0).map_err(kerr("writing BINDINGS"))
     }
 
     /// Removes a binding.
     pub fn unbind(&mut self, cgroup_id: u64) -> Result<(), EnforceError> {
-        let _ = cgroup_id;
-        Err(EnforceError::Other("enforcer not built yet".into()))
+        self.bindings.remove(&cgroup_id).or_else(ignore_missing).map_err(kerr("removing a binding"))
     }
 
     /// The bindings as the kernel has them: (cgroup id, identity id).
     pub fn kernel_bindings(&self) -> Result<Vec<(u64, u32)>, EnforceError> {
-        Err(EnforceError::Other("enforcer not built yet".into()))
+        self.bindings.iter().map(|r| r.map_err(kerr("reading BINDINGS"))).collect()
     }
 
     /// Which mechanism enforces each kind.
     pub fn report(&self) -> MechanismReport {
-        MechanismReport::default()
+        self.report.clone()
     }
 
     /// Kernel counters.
     pub fn counters(&self) -> Result<Counters, EnforceError> {
-        Err(EnforceError::Other("enforcer not built yet".into()))
+        let mut v = [0u64; COUNTERS_LEN as usize];
+        for (i, slot) in v.iter_mut().enumerate() {
+            let per_cpu = self.counters.get(&(i as u32), 0).map_err(kerr("reading COUNTERS"))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(Counters {
+            events: v[counter::EVENTS as usize],
+            events_dropped: v[counter::EVENTS_DROPPED as usize],
+            deny_exec: v[counter::DENY_EXEC as usize],
+            deny_write: v[counter::DENY_WRITE as usize],
+            deny_egress: v[counter::DENY_EGRESS as usize],
+            deny_socket: v[counter::DENY_SOCKET as usize],
+            kills: v[counter::KILLS as usize],
+            unresolved: v[counter::UNRESOLVED as usize],
+        })
     }
 
-    /// Takes the kernel's event stream. Call once; the reader yields decoded events
-    /// as the kernel writes them.
+    /// Takes the kernel's event stream. Call once, inside a tokio runtime; the
+    /// reader yields decoded events as the kernel writes them.
     pub fn take_events(&mut self) -> Result<EventReader, EnforceError> {
-        Err(EnforceError::Other("enforcer not built yet".into()))
+        let ring = self.events.take().ok_or_else(|| EnforceError::Other("the event stream was already taken".into()))?;
+        // SAFETY: the RingBuf owns its map fd and lives inside the AsyncFd, so the
+        // fd stays open for as long as it is registered.
+        let fd = unsafe { AsyncFd::register(ring) }.map_err(|e| EnforceError::kernel("polling the EVENTS ring buffer", e))?;
+        Ok(EventReader { fd, pending: std::collections::VecDeque::new() })
     }
 }
 
 /// Async reader of the kernel's `EVENTS` ring buffer.
 pub struct EventReader {
-    _private: (),
+    fd: AsyncFd<RingBuf<MapData>>,
+    pending: std::collections::VecDeque<Event>,
 }
 
 impl EventReader {
     /// Waits for the next event. `None` when the ring buffer is gone.
-    pub async fn next(&mut self) -> Option<agent_common::Event> {
-        None
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(e);
+            }
+            let mut guard = self.fd.readable_mut().await.ok()?;
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if item.len() >= std::mem::size_of::<Event>() {
+                    // SAFETY: the kernel wrote a whole `Event` (repr(C), every bit
+                    // pattern valid); read_unaligned copes with any alignment.
+                    let ev = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+                    self.pending.push_back(ev);
+                }
+            }
+            guard.clear_ready();
+        }
     }
+}
+
+fn ignore_missing(e: aya::maps::MapError) -> Result<(), aya::maps::MapError> {
+    match &e {
+        aya::maps::MapError::KeyNotFound => Ok(()),
+        aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+fn path_key(id_be: [u8; 4], bytes: &[u8]) -> Result<Key<PathKey>, EnforceError> {
+    if bytes.len() > PATH_KEY_LEN {
+        return Err(EnforceError::Other(format!(
+            "a compiled path rule is {} bytes long; the kernel matches at most {PATH_KEY_LEN}",
+            bytes.len()
+        )));
+    }
+    let mut path = [0u8; PATH_KEY_LEN];
+    path[..bytes.len()].copy_from_slice(bytes);
+    Ok(Key::new(PathKey::prefix_bits(bytes.len()), PathKey { identity: id_be, path }))
+}
+
+fn key_bytes(k: &Key<PathKey>) -> Vec<u8> {
+    let d = k.data();
+    let n = ((k.prefix_len() - 32) / 8) as usize;
+    d.path[..n.min(PATH_KEY_LEN)].to_vec()
+}
+
+fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T, EnforceError> {
+    let map = ebpf.take_map(name).ok_or_else(|| EnforceError::Other(format!("eBPF object has no map {name}")))?;
+    T::try_from(map).map_err(kerr(format!("opening map {name}")))
+}
+
+fn pinned<T: TryFrom<Map, Error = aya::maps::MapError>>(dir: &Path, name: &str) -> Result<T, EnforceError> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(kerr(format!("opening pinned map {}", path.display())))?;
+    let map = Map::from_map_data(data).map_err(kerr(format!("opening pinned map {}", path.display())))?;
+    T::try_from(map).map_err(kerr(format!("opening pinned map {}", path.display())))
+}
+
+fn pin_link(link: FdLink, links_dir: &Path, name: &str) -> Result<(), EnforceError> {
+    let path = links_dir.join(name);
+    link.pin(&path).map(drop).map_err(|e| EnforceError::kernel(format!("pinning link {}", path.display()), e))
+}
+
+/// Attaches the best mechanism per kind and pins every link.
+fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, links_dir: &Path) -> Result<MechanismReport, EnforceError> {
+    let btf = Btf::from_sys_fs().map_err(|e| EnforceError::kernel("reading kernel BTF", e))?;
+    let (lsm, mut file_open_link) = match probe_lsm(ebpf, &btf) {
+        Ok(link) => (Ok(()), Some(link)),
+        Err(why) => (Err(why), None),
+    };
+    let mut kinds = Vec::new();
+
+    // exec
+    let mut exec = KindReport { kind: "exec".into(), ..Default::default() };
+    let exec_lsm = lsm.clone().and_then(|()| attach_lsm(ebpf, &btf, LSM_EXEC, links_dir));
+    match exec_lsm {
+        Ok(()) => {
+            exec.active = "BPF LSM bprm_check_security".into();
+            exec.effect = "deny".into();
+        }
+        Err(why) => {
+            exec.unavailable.push(("BPF LSM bprm_check_security".into(), why));
+            exec.unavailable.push((
+                "fanotify FAN_OPEN_EXEC_PERM".into(),
+                "not implemented yet (it needs the daemon alive; the kernel programs do not)".into(),
+            ));
+            attach_raw_tp(ebpf, "tp_sched_process_exec", "sched_process_exec", links_dir)?;
+            exec.active = "raw tracepoint sched_process_exec + SIGKILL".into();
+            exec.effect = "kill".into();
+        }
+    }
+    kinds.push(exec);
+
+    // write
+    let mut write = KindReport { kind: "write".into(), ..Default::default() };
+    match lsm.clone().and_then(|()| attach_lsm(ebpf, &btf, &LSM_WRITE[1..], links_dir)) {
+        Ok(()) => {
+            if let Some(link) = file_open_link.take() {
+                pin_link(link, links_dir, LSM_WRITE[0].0)?;
+            }
+            write.active = "BPF LSM file_open + path_{truncate,unlink,rmdir,mkdir,mknod,symlink,link,rename}".into();
+            write.effect = "deny".into();
+        }
+        Err(why) => {
+            drop(file_open_link.take()); // detaches the probe's file_open
+            write.unavailable.push(("BPF LSM file_open and path hooks".into(), why));
+            write.unavailable.push((
+                "fanotify FAN_OPEN_PERM".into(),
+                "not implemented yet (it needs the daemon alive; the kernel programs do not)".into(),
+            ));
+            attach_raw_tp(ebpf, "tp_sys_enter", "sys_enter", links_dir)?;
+            attach_raw_tp(ebpf, "tp_sys_exit", "sys_exit", links_dir)?;
+            write.active = "raw tracepoints sys_enter/sys_exit + SIGKILL".into();
+            write.effect = "kill".into();
+        }
+    }
+    kinds.push(write);
+
+    // egress: cgroup sock_addr always; LSM socket_connect in front where it runs.
+    let cgroup = fs::File::open(cgroup_root)
+        .map_err(|e| EnforceError::kernel(format!("opening cgroup2 root {}", cgroup_root.display()), e))?;
+    for name in ["connect4", "connect6", "sendmsg4", "sendmsg6"] {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        prog.load().map_err(|e| EnforceError::kernel(format!("loading {name}"), e))?;
+        let link_id = prog
+            .attach(cgroup.as_fd(), CGROUP_ATTACH)
+            .map_err(|e| EnforceError::kernel(format!("attaching {name} to {}", cgroup_root.display()), e))?;
+        let link = prog.take_link(link_id).map_err(|e| EnforceError::kernel(format!("taking link {name}"), e))?;
+        let link = FdLink::try_from(link).map_err(|e| EnforceError::kernel(format!("link {name}"), e))?;
+        pin_link(link, links_dir, name)?;
+    }
+    let mut egress = KindReport { kind: "egress".into(), effect: "deny".into(), ..Default::default() };
+    match lsm.clone().and_then(|()| attach_lsm(ebpf, &btf, LSM_EGRESS, links_dir)) {
+        Ok(()) => egress.active = "BPF LSM socket_connect + cgroup sock_addr connect4/6, sendmsg4/6".into(),
+        Err(why) => {
+            egress.unavailable.push(("BPF LSM socket_connect".into(), why));
+            egress.active = "cgroup sock_addr connect4/6, sendmsg4/6".into();
+        }
+    }
+    kinds.push(egress);
+
+    let prog: &mut CgroupSock = program(ebpf, "sock_create")?;
+    prog.load().map_err(|e| EnforceError::kernel("loading sock_create", e))?;
+    let link_id = prog
+        .attach(cgroup.as_fd(), CGROUP_ATTACH)
+        .map_err(|e| EnforceError::kernel("attaching sock_create", e))?;
+    let link = prog.take_link(link_id).map_err(|e| EnforceError::kernel("taking link sock_create", e))?;
+    let link = FdLink::try_from(link).map_err(|e| EnforceError::kernel("link sock_create", e))?;
+    pin_link(link, links_dir, "sock_create")?;
+    kinds.push(KindReport {
+        kind: "raw-socket".into(),
+        active: "cgroup sock_create (raw and packet sockets refused to bound identities)".into(),
+        effect: "deny".into(),
+        unavailable: vec![],
+    });
+
+    for k in &kinds {
+        info!(kind = %k.kind, active = %k.active, effect = %k.effect, "enforcement mechanism");
+    }
+    Ok(MechanismReport { kinds, adopted: false })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, EnforceError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| EnforceError::Other(format!("eBPF object has no program {name}")))?;
+    p.try_into().map_err(|e| EnforceError::kernel(format!("program {name}"), e))
+}
+
+/// Proves BPF LSM runs here: loads and attaches `file_open`, then checks that the
+/// program saw this process open a file. Loading alone proves nothing (a BPF LSM
+/// program loads on kernels where `bpf` is not an active LSM and never runs).
+/// On success the attached `file_open` link is returned for the write mechanism.
+fn probe_lsm(ebpf: &mut Ebpf, btf: &Btf) -> Result<FdLink, String> {
+    let prog: &mut Lsm = program(ebpf, "lsm_file_open").map_err(|e| e.to_string())?;
+    prog.load("file_open", btf).map_err(|e| format!("the kernel refused to load a BPF LSM program: {}", chain(&e)))?;
+    let link_id = prog.attach().map_err(|e| format!("the kernel refused to attach a BPF LSM program: {}", chain(&e)))?;
+    let mut probe: Array<_, u32> = match ebpf.map_mut("PROBE_TGID").map(Array::try_from) {
+        Some(Ok(a)) => a,
+        _ => return Err("eBPF object has no PROBE_TGID map".into()),
+    };
+    let me = std::process::id();
+    probe.set(0, me, 0).map_err(|e| e.to_string())?;
+    let _ = fs::read("/proc/self/stat");
+    probe.set(0, 0u32, 0).map_err(|e| e.to_string())?;
+    let hits: u64 = match ebpf.map("COUNTERS").map(PerCpuArray::<_, u64>::try_from) {
+        Some(Ok(c)) => c.get(&counter::LSM_PROBE, 0).map(|v| v.iter().sum()).unwrap_or(0),
+        _ => 0,
+    };
+    let prog: &mut Lsm = program(ebpf, "lsm_file_open").map_err(|e| e.to_string())?;
+    let link = FdLink::from(prog.take_link(link_id).map_err(|e| chain(&e))?);
+    if hits == 0 {
+        drop(link); // detaches
+        let lsms = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+        return Err(format!(
+            "BPF LSM programs load but never run: `bpf` is not an active LSM (active: {}); boot with lsm=...,bpf",
+            lsms.trim()
+        ));
+    }
+    Ok(link)
+}
+
+/// Loads and attaches LSM programs, pinning each link only when all attached. On
+/// error the links attached so far are dropped (detached) and the reason returned.
+fn attach_lsm(ebpf: &mut Ebpf, btf: &Btf, progs: &[(&str, &str)], links_dir: &Path) -> Result<(), String> {
+    let mut links: Vec<(String, FdLink)> = Vec::new();
+    for (name, hook) in progs {
+        let prog: &mut Lsm = program(ebpf, name).map_err(|e| e.to_string())?;
+        prog.load(hook, btf).map_err(|e| format!("loading {hook}: {}", chain(&e)))?;
+        let id = prog.attach().map_err(|e| format!("attaching {hook}: {}", chain(&e)))?;
+        let link = prog.take_link(id).map_err(|e| format!("{hook}: {}", chain(&e)))?;
+        links.push((name.to_string(), FdLink::from(link)));
+    }
+    for (name, link) in links {
+        pin_link(link, links_dir, &name).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn attach_raw_tp(ebpf: &mut Ebpf, name: &str, tp: &str, links_dir: &Path) -> Result<(), EnforceError> {
+    let prog: &mut RawTracePoint = program(ebpf, name)?;
+    prog.load().map_err(|e| EnforceError::kernel(format!("loading {name}"), e))?;
+    let id = prog.attach(tp).map_err(|e| EnforceError::kernel(format!("attaching {name} to {tp}"), e))?;
+    let link = prog.take_link(id).map_err(|e| EnforceError::kernel(format!("taking link {name}"), e))?;
+    pin_link(FdLink::from(link), links_dir, name)
+}
+
+/// What an adopted pin set enforces, from the links present.
+fn adopted_report(links_dir: &Path) -> MechanismReport {
+    let has = |n: &str| links_dir.join(n).exists();
+    let adopted_note = "not active in the adopted pinned enforcement".to_string();
+    let mut kinds = Vec::new();
+    let (active, effect) = if has("lsm_bprm_check_security") {
+        ("BPF LSM bprm_check_security", "deny")
+    } else {
+        ("raw tracepoint sched_process_exec + SIGKILL", "kill")
+    };
+    let mut exec = KindReport { kind: "exec".into(), active: active.into(), effect: effect.into(), unavailable: vec![] };
+    if effect == "kill" {
+        exec.unavailable.push(("BPF LSM bprm_check_security".into(), adopted_note.clone()));
+    }
+    kinds.push(exec);
+    let (active, effect) = if has("lsm_file_open") {
+        ("BPF LSM file_open + path_{truncate,unlink,rmdir,mkdir,mknod,symlink,link,rename}", "deny")
+    } else {
+        ("raw tracepoints sys_enter/sys_exit + SIGKILL", "kill")
+    };
+    let mut write = KindReport { kind: "write".into(), active: active.into(), effect: effect.into(), unavailable: vec![] };
+    if effect == "kill" {
+        write.unavailable.push(("BPF LSM file_open and path hooks".into(), adopted_note.clone()));
+    }
+    kinds.push(write);
+    kinds.push(KindReport {
+        kind: "egress".into(),
+        active: if has("lsm_socket_connect") {
+            "BPF LSM socket_connect + cgroup sock_addr connect4/6, sendmsg4/6".into()
+        } else {
+            "cgroup sock_addr connect4/6, sendmsg4/6".into()
+        },
+        effect: "deny".into(),
+        unavailable: vec![],
+    });
+    kinds.push(KindReport {
+        kind: "raw-socket".into(),
+        active: "cgroup sock_create (raw and packet sockets refused to bound identities)".into(),
+        effect: "deny".into(),
+        unavailable: vec![],
+    });
+    MechanismReport { kinds, adopted: true }
+}
+
+fn remove_other_pins(pin_dir: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(pin_dir) else { return };
+    for e in entries.flatten() {
+        if e.file_name() != keep {
+            let path: PathBuf = e.path();
+            match fs::remove_dir_all(&path) {
+                Ok(()) => info!(pins = %path.display(), "removed pinned enforcement of another agentd build"),
+                Err(err) => warn!(pins = %path.display(), %err, "could not remove old pins"),
+            }
+        }
+    }
+}
+
+/// An error with its sources, on one line (aya's verifier errors nest).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

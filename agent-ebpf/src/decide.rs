@@ -1,0 +1,204 @@
+//! Turning a rule lookup into a verdict, counting it and reporting it.
+//!
+//! Every path here fails closed: a bound identity without a policy, a revoked
+//! identity, an action code the kernel does not know, and a path the kernel could
+//! not resolve are all denied.
+
+use agent_common::{
+    action, counter, identity_flags, kind, reason, verdict, Event, IdentityConfig, PathKey,
+    EVENT_PATH_LEN, PATH_KEY_LEN,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns},
+    maps::{lpm_trie::Key, LpmTrie},
+};
+use core::ffi::c_void;
+
+use crate::{
+    attribution::Subject,
+    maps::{Scratch, COUNTERS, EVENTS, IDENTITIES},
+    vfs::{Resolved, Unresolved},
+};
+
+/// What the kernel does about one action.
+#[derive(Clone, Copy)]
+pub struct Decision {
+    /// Block it (EPERM or SIGKILL, depending on the mechanism).
+    pub block: bool,
+    /// Report it to the daemon.
+    pub report: bool,
+    /// `verdict::*` when reported with `block == false` (audit, would-deny).
+    pub soft_verdict: u8,
+    pub reason: u8,
+    pub rule_id: u32,
+    pub policy_version: u32,
+}
+
+impl Decision {
+    const fn deny(reason: u8, rule_id: u32, policy_version: u32) -> Self {
+        Decision { block: true, report: true, soft_verdict: 0, reason, rule_id, policy_version }
+    }
+}
+
+/// Applies the identity's mode to a matched (or default) action.
+#[inline(always)]
+pub fn from_action(cfg: &IdentityConfig, act: u8, reason: u8, rule_id: u32) -> Decision {
+    let v = cfg.policy_version;
+    let monitor = cfg.flags & identity_flags::MONITOR != 0;
+    match act {
+        action::ALLOW => Decision { block: false, report: false, soft_verdict: 0, reason, rule_id, policy_version: v },
+        action::AUDIT => Decision { block: false, report: true, soft_verdict: verdict::AUDIT, reason, rule_id, policy_version: v },
+        // DENY, ASK (no hold service in the kernel: deny) and anything unknown.
+        _ if monitor => Decision { block: false, report: true, soft_verdict: verdict::WOULD_DENY, reason, rule_id, policy_version: v },
+        _ => Decision::deny(reason, rule_id, v),
+    }
+}
+
+/// The identity's config, or the fail-closed decision when it has none or is revoked.
+#[inline(always)]
+pub fn identity_config(identity: u32) -> Result<&'static IdentityConfig, Decision> {
+    // SAFETY: the reference is only read before the program returns.
+    match unsafe { IDENTITIES.get(&identity) } {
+        None => Err(Decision::deny(reason::NO_POLICY, 0, 0)),
+        Some(cfg) if cfg.flags & identity_flags::REVOKED != 0 => {
+            Err(Decision::deny(reason::REVOKED, 0, cfg.policy_version))
+        }
+        Some(cfg) => Ok(cfg),
+    }
+}
+
+/// Looks up the path in `Scratch::path` for `identity` in `rules` and decides,
+/// with `default` when nothing matches.
+#[inline(always)]
+pub fn decide_path(
+    s: &mut Scratch,
+    rules: &LpmTrie<PathKey, agent_common::PathRule>,
+    identity: u32,
+    cfg: &IdentityConfig,
+    default: u8,
+    resolved: Resolved,
+) -> Decision {
+    // Exact rules end in NUL: include it when the path is complete.
+    let bytes = if resolved.truncated { PATH_KEY_LEN } else { resolved.len + 1 };
+    s.prefix_len = PathKey::prefix_bits(if bytes > PATH_KEY_LEN { PATH_KEY_LEN } else { bytes });
+    s.identity = identity.to_be_bytes();
+    // SAFETY: Scratch starts with exactly the layout of Key<PathKey> (prefix_len,
+    // identity, PATH_KEY_LEN path bytes); the map reads only that many bytes.
+    let key = unsafe { &*(s as *const Scratch as *const Key<PathKey>) };
+    match rules.get(key) {
+        Some(rule) => from_action(cfg, rule.action, reason::RULE, rule.rule_id),
+        None => from_action(cfg, default, reason::DEFAULT, 0),
+    }
+}
+
+/// The decision for a path that could not be resolved.
+#[inline(always)]
+pub fn unresolved(cfg_version: u32, _why: Unresolved) -> Decision {
+    bump(counter::UNRESOLVED);
+    Decision::deny(reason::UNRESOLVED, 0, cfg_version)
+}
+
+#[inline(always)]
+pub fn bump(slot: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe { *c += 1 };
+    }
+}
+
+/// What an event is about, beyond the decision.
+pub struct Target {
+    pub kind: u8,
+    pub op: u8,
+    pub mechanism: u8,
+    /// Copy `Scratch::path[..len]` into the event.
+    pub path: Option<Resolved>,
+    pub family: u16,
+    pub protocol: u8,
+    pub port: u16,
+    pub addr: [u8; 16],
+}
+
+impl Target {
+    #[inline(always)]
+    pub fn path(kind: u8, op: u8, mechanism: u8, path: Option<Resolved>) -> Self {
+        Target { kind, op, mechanism, path, family: 0, protocol: 0, port: 0, addr: [0; 16] }
+    }
+}
+
+/// Counts a block and writes the event. `hard_verdict` is `verdict::DENY` or
+/// `verdict::KILL`, used when the decision blocks.
+#[inline(always)]
+pub fn report(s: &Scratch, subject: &Subject, d: &Decision, t: &Target, hard_verdict: u8) {
+    if d.block {
+        bump(match t.kind {
+            kind::EXEC => counter::DENY_EXEC,
+            kind::WRITE => counter::DENY_WRITE,
+            kind::EGRESS => counter::DENY_EGRESS,
+            _ => counter::DENY_SOCKET,
+        });
+        if hard_verdict == verdict::KILL {
+            bump(counter::KILLS);
+        }
+    }
+    if !d.report {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        bump(counter::EVENTS_DROPPED);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, exclusively owned ring buffer slot of
+    // size_of::<Event>(); every field is written before submit.
+    unsafe {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let uid_gid = bpf_get_current_uid_gid();
+        (*ev).ktime_ns = bpf_ktime_get_boot_ns();
+        (*ev).cgroup_id = subject.cgroup_id;
+        (*ev).identity = subject.identity;
+        (*ev).tgid = (pid_tgid >> 32) as u32;
+        (*ev).pid = pid_tgid as u32;
+        (*ev).uid = uid_gid as u32;
+        (*ev).rule_id = d.rule_id;
+        (*ev).policy_version = d.policy_version;
+        (*ev).kind = t.kind;
+        (*ev).verdict = if d.block { hard_verdict } else { d.soft_verdict };
+        (*ev).mechanism = t.mechanism;
+        (*ev).op = t.op;
+        (*ev).reason = d.reason;
+        (*ev).protocol = t.protocol;
+        (*ev).port = t.port;
+        (*ev).family = t.family;
+        (*ev).addr = t.addr;
+        (*ev)._pad = [0; 3];
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        match t.path {
+            Some(p) => {
+                (*ev).path_len = p.len as u16;
+                (*ev).path_truncated = p.truncated as u8;
+                copy_path(core::ptr::addr_of_mut!((*ev).path) as *mut u8, s);
+            }
+            None => {
+                (*ev).path_len = 0;
+                (*ev).path_truncated = 0;
+                core::ptr::write_bytes(core::ptr::addr_of_mut!((*ev).path) as *mut u8, 0, EVENT_PATH_LEN);
+            }
+        }
+    }
+    bump(counter::EVENTS);
+    entry.submit(0);
+}
+
+/// Copies the scratch path into an event with one bounded helper call.
+#[inline(always)]
+unsafe fn copy_path(dst: *mut u8, s: &Scratch) {
+    // SAFETY: both buffers are at least EVENT_PATH_LEN bytes long.
+    let _ = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            dst as *mut c_void,
+            EVENT_PATH_LEN as u32,
+            s.path.as_ptr() as *const c_void,
+        )
+    };
+}

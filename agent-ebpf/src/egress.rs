@@ -1,0 +1,219 @@
+//! Network egress decisions.
+//!
+//! cgroup `sock_addr` programs (connect4/6, sendmsg4/6) attached at the cgroup2 root
+//! see every TCP connect and UDP send of every task and decide on the kernel's copy
+//! of the destination: returning 0 makes the syscall fail with EPERM. Where BPF LSM
+//! runs, `socket_connect` checks the same rules first. `sock_create` refuses raw
+//! and packet sockets to bound identities, which could otherwise forge traffic
+//! around the connect hooks.
+
+use agent_common::{
+    action, kind, mechanism, op, reason, verdict, AddrKey, EgressRules, MAX_PORT_RULES,
+};
+use aya_ebpf::{
+    macros::{cgroup_sock, cgroup_sock_addr, lsm},
+    maps::lpm_trie::Key,
+    programs::{LsmContext, SockAddrContext, SockContext},
+};
+
+use crate::{
+    attribution::{current_subject, Subject},
+    decide::{from_action, identity_config, report, Decision, Target},
+    maps::{EGRESS_RULES, SCRATCH},
+    vfs::{offsets, read_u32, read_u64},
+    EPERM,
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const AF_PACKET: u32 = 17;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// Picks the first port rule of the longest matching prefix; else the default.
+#[inline(always)]
+fn lookup(identity: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u8, u32)> {
+    let key = Key::new(32 + 128, AddrKey { identity: identity.to_be_bytes(), addr: *addr });
+    let rules: &EgressRules = EGRESS_RULES.get(&key)?;
+    let count = rules.count as usize;
+    let mut i = 0;
+    while i < MAX_PORT_RULES {
+        if i >= count {
+            break;
+        }
+        if let Some(r) = rules.rules.get(i) {
+            if port >= r.port_lo && port <= r.port_hi && (r.protocol == 0 || r.protocol == protocol) {
+                return Some((r.action, r.rule_id));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+#[inline(always)]
+fn judge(subject: &Subject, family: u16, addr: [u8; 16], port: u16, protocol: u8, op: u8, mech: u8) -> Decision {
+    let target = Target {
+        kind: kind::EGRESS,
+        op,
+        mechanism: mech,
+        path: None,
+        family,
+        protocol,
+        port,
+        addr,
+    };
+    let d = match identity_config(subject.identity) {
+        Err(d) => d,
+        Ok(cfg) => match lookup(subject.identity, &addr, port, protocol) {
+            Some((act, rule_id)) => from_action(cfg, act, reason::RULE, rule_id),
+            None => from_action(cfg, cfg.egress_default, reason::DEFAULT, 0),
+        },
+    };
+    if let Some(s) = SCRATCH.get_ptr(0) {
+        // SAFETY: per-CPU scratch; egress events carry no path, so it is only read.
+        report(unsafe { &*s }, subject, &d, &target, verdict::DENY);
+    }
+    d
+}
+
+#[inline(always)]
+fn v4_mapped(ip4_be: u32) -> [u8; 16] {
+    let b = ip4_be.to_ne_bytes();
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3]]
+}
+
+#[inline(always)]
+fn v6(words: &[u32; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        a[i * 4] = b[0];
+        a[i * 4 + 1] = b[1];
+        a[i * 4 + 2] = b[2];
+        a[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    a
+}
+
+#[inline(always)]
+fn sock_addr_verdict(ctx: &SockAddrContext, v6_family: bool, op: u8) -> i32 {
+    let Some(subject) = current_subject() else { return 1 };
+    // SAFETY: the context is the kernel's bpf_sock_addr; these are permitted loads.
+    let (addr, port, protocol, family) = unsafe {
+        let sa = &*ctx.sock_addr;
+        let addr = if v6_family {
+            let w = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+            v6(&w)
+        } else {
+            v4_mapped(sa.user_ip4)
+        };
+        let port = u16::from_be(sa.user_port as u16);
+        (addr, port, sa.protocol as u8, if v6_family { AF_INET6 } else { AF_INET })
+    };
+    let d = judge(&subject, family, addr, port, protocol, op, mechanism::SOCK_ADDR);
+    if d.block { 0 } else { 1 }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    sock_addr_verdict(&ctx, false, op::CONNECT)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    sock_addr_verdict(&ctx, true, op::CONNECT)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_addr_verdict(&ctx, false, op::SENDMSG)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_addr_verdict(&ctx, true, op::SENDMSG)
+}
+
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: readable fields of the kernel's bpf_sock.
+    let (family, ty) = unsafe { ((*ctx.sock).family, (*ctx.sock).type_) };
+    if ty != SOCK_RAW && family != AF_PACKET {
+        return 1;
+    }
+    let Some(subject) = current_subject() else { return 1 };
+    let d = Decision {
+        block: true,
+        report: true,
+        soft_verdict: 0,
+        reason: reason::RAW_SOCKET,
+        rule_id: 0,
+        policy_version: match identity_config(subject.identity) {
+            Ok(cfg) => cfg.policy_version,
+            Err(_) => 0,
+        },
+    };
+    let _ = action::DENY;
+    let target = Target {
+        kind: kind::SOCKET,
+        op: op::SOCKET,
+        mechanism: mechanism::SOCK_CREATE,
+        path: None,
+        family: family as u16,
+        protocol: 0,
+        port: 0,
+        addr: [0; 16],
+    };
+    if let Some(s) = SCRATCH.get_ptr(0) {
+        // SAFETY: per-CPU scratch, read only.
+        report(unsafe { &*s }, &subject, &d, &target, verdict::DENY);
+    }
+    0
+}
+
+#[lsm(hook = "socket_connect")]
+pub fn lsm_socket_connect(ctx: LsmContext) -> i32 {
+    // socket_connect(struct socket *sock, struct sockaddr *address, int addrlen)
+    let (sock, address, prev): (u64, u64, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(3));
+    if prev != 0 {
+        return prev;
+    }
+    let Some(subject) = current_subject() else { return 0 };
+    // sockaddr layouts are ABI: family at 0, port at 2 (network order), IPv4
+    // address at 4, IPv6 address at 8.
+    let Ok(head) = read_u32(address) else { return -EPERM };
+    let family = head as u16;
+    let port = u16::from_be((head >> 16) as u16);
+    let addr = match family {
+        AF_INET => match read_u32(address + 4) {
+            Ok(a) => v4_mapped(a),
+            Err(_) => return -EPERM,
+        },
+        AF_INET6 => match (read_u64(address + 8), read_u64(address + 16)) {
+            (Ok(a), Ok(b)) => {
+                let (a, b) = (a.to_ne_bytes(), b.to_ne_bytes());
+                [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
+            }
+            _ => return -EPERM,
+        },
+        // AF_UNIX and other local families are not network egress.
+        _ => return 0,
+    };
+    let sock_type = match offsets() {
+        Ok(o) => read_u32(sock + o.socket_type as u64),
+        Err(e) => Err(e),
+    };
+    let protocol = match sock_type {
+        Ok(t) if t & 0xffff == SOCK_STREAM => IPPROTO_TCP,
+        Ok(t) if t & 0xffff == SOCK_DGRAM => IPPROTO_UDP,
+        _ => 0,
+    };
+    let d = judge(&subject, family, addr, port, protocol, op::CONNECT, mechanism::LSM);
+    if d.block { -EPERM } else { 0 }
+}

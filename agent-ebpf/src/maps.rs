@@ -1,0 +1,75 @@
+//! Every map the programs share with the daemon. Maps marked `pinned` live under the
+//! daemon's pin directory, so a restarted daemon adopts them and enforcement never
+//! depends on the daemon being alive.
+
+use agent_common::{
+    AddrKey, EgressRules, Event, IdentityConfig, KernelOffsets, PathKey, PathRule, COUNTERS_LEN,
+    PATH_KEY_LEN,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+
+/// cgroup id → identity id. A task is attributed to the deepest bound ancestor of
+/// its cgroup (see `attribution`).
+#[map]
+pub static BINDINGS: HashMap<u64, u32> = HashMap::pinned(16384, 0);
+
+/// identity id → defaults and flags. Missing entry for a bound identity: deny all.
+#[map]
+pub static IDENTITIES: HashMap<u32, IdentityConfig> = HashMap::pinned(4096, 0);
+
+#[map]
+pub static EXEC_RULES: LpmTrie<PathKey, PathRule> = LpmTrie::pinned(65536, 0);
+
+#[map]
+pub static WRITE_RULES: LpmTrie<PathKey, PathRule> = LpmTrie::pinned(65536, 0);
+
+#[map]
+pub static EGRESS_RULES: LpmTrie<AddrKey, EgressRules> = LpmTrie::pinned(16384, 0);
+
+/// Index 0: struct field offsets of the running kernel, filled by the daemon from BTF.
+#[map]
+pub static KERNEL_OFFSETS: Array<KernelOffsets> = Array::pinned(1, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
+
+/// Decisions reported to the daemon. 4 MiB holds ~12k events.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::pinned(4 << 20, 0);
+
+/// Index 0: the tgid of the daemon's start-up probe. An LSM program that sees this
+/// task counts a hit in `counter::LSM_PROBE`, proving the BPF LSM really runs (a BPF
+/// LSM program can load and attach on a kernel where `bpf` is not an active LSM).
+#[map]
+pub static PROBE_TGID: Array<u32> = Array::pinned(1, 0);
+
+/// Per-CPU scratch space: path reconstruction needs more than the 512-byte stack.
+///
+/// The first 8 + `PATH_KEY_LEN` bytes double as an LPM lookup key
+/// (`prefix_len`, identity, path), so the path is built in place and looked up
+/// without copying.
+#[repr(C)]
+pub struct Scratch {
+    pub prefix_len: u32,
+    pub identity: [u8; 4],
+    /// Room for `PATH_KEY_LEN` bytes plus one more component read of up to 256
+    /// bytes at any offset below 256, which is what the verifier needs to see.
+    pub path: [u8; 512],
+    /// Dentry name pointers collected leaf-first during the walk.
+    pub names: [u64; crate::vfs::MAX_COMPONENTS],
+    /// Components collected so far. Kept in memory (volatile) on purpose: as a
+    /// register the verifier tracks it exactly and verifies every depth apart.
+    pub depth: u64,
+    /// Values passed through memory for the same reason as `depth`: constants that
+    /// differ per syscall branch would otherwise multiply verifier states.
+    pub opaque: [u64; 6],
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+const _: () = assert!(PATH_KEY_LEN + 4 <= 256);
+const _: () = assert!(core::mem::size_of::<Event>() < 1024);

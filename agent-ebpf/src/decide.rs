@@ -35,6 +35,11 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Deny when the kernel side itself is broken (a map that must exist does not).
+    pub const fn fail_closed() -> Self {
+        Decision::deny(reason::UNRESOLVED, 0, 0)
+    }
+
     const fn deny(reason: u8, rule_id: u32, policy_version: u32) -> Self {
         Decision { block: true, report: true, soft_verdict: 0, reason, rule_id, policy_version }
     }

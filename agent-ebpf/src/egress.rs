@@ -121,26 +121,36 @@ fn sock_addr_verdict(ctx: &SockAddrContext, v6_family: bool, op: u8) -> i32 {
 }
 
 #[cgroup_sock_addr(connect4)]
+
+#[inline(always)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     sock_addr_verdict(&ctx, false, op::CONNECT)
 }
 
 #[cgroup_sock_addr(connect6)]
+
+#[inline(always)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     sock_addr_verdict(&ctx, true, op::CONNECT)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
+
+#[inline(always)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     sock_addr_verdict(&ctx, false, op::SENDMSG)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
+
+#[inline(always)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     sock_addr_verdict(&ctx, true, op::SENDMSG)
 }
 
 #[cgroup_sock(sock_create)]
+
+#[inline(always)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     // SAFETY: readable fields of the kernel's bpf_sock.
     let (family, ty) = unsafe { ((*ctx.sock).family, (*ctx.sock).type_) };
@@ -178,6 +188,8 @@ pub fn sock_create(ctx: SockContext) -> i32 {
 }
 
 #[lsm(hook = "socket_connect")]
+
+#[inline(always)]
 pub fn lsm_socket_connect(ctx: LsmContext) -> i32 {
     // socket_connect(struct socket *sock, struct sockaddr *address, int addrlen)
     let (sock, address, prev): (u64, u64, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(3));

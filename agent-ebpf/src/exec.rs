@@ -30,7 +30,7 @@ fn resolve_bprm(s: &mut crate::maps::Scratch, bprm: u64) -> Result<crate::vfs::R
 #[inline(always)]
 fn judge(bprm: u64, mech: u8, hard: u8) -> Option<Decision> {
     let subject = current_subject()?;
-    let s = SCRATCH.get_ptr_mut(0)?;
+    let Some(s) = SCRATCH.get_ptr_mut(0) else { return Some(Decision::fail_closed()) };
     // SAFETY: per-CPU scratch, exclusively ours until the program returns.
     let s = unsafe { &mut *s };
     let d = match identity_config(subject.identity) {
@@ -58,6 +58,8 @@ fn judge(bprm: u64, mech: u8, hard: u8) -> Option<Decision> {
 }
 
 #[lsm(hook = "bprm_check_security")]
+
+#[inline(always)]
 pub fn lsm_bprm_check_security(ctx: LsmContext) -> i32 {
     // bprm_check_security(struct linux_binprm *bprm); arg 1 is the verdict
     // of the BPF LSM program before us.
@@ -72,6 +74,8 @@ pub fn lsm_bprm_check_security(ctx: LsmContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
+
+#[inline(always)]
 pub fn tp_sched_process_exec(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
     let bprm: u64 = ctx.arg(2);

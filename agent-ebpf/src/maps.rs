@@ -59,7 +59,9 @@ pub struct Scratch {
     /// bytes at any offset below 256, which is what the verifier needs to see.
     pub path: [u8; 512],
     /// Dentry name pointers collected leaf-first during the walk.
-    pub names: [u64; crate::vfs::MAX_COMPONENTS],
+    /// Sized to a power of two so an index masked with `NAMES_MASK` is in bounds by
+    /// construction (older verifiers lose a compared bound across stack spills).
+    pub names: [u64; crate::vfs::NAMES_MASK + 1],
     /// Components collected so far. Kept in memory (volatile) on purpose: as a
     /// register the verifier tracks it exactly and verifies every depth apart.
     pub depth: u64,

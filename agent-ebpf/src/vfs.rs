@@ -21,6 +21,9 @@ use crate::maps::{Scratch, KERNEL_OFFSETS};
 
 /// Deepest path (in components) the walk resolves; deeper paths fail closed.
 pub const MAX_COMPONENTS: usize = 48;
+/// Index mask for `Scratch::names`.
+pub const NAMES_MASK: usize = 63;
+const _: () = assert!(MAX_COMPONENTS <= NAMES_MASK + 1);
 /// Walk steps: components plus mount crossings.
 const MAX_STEPS: usize = MAX_COMPONENTS + 16;
 
@@ -127,9 +130,8 @@ fn collect(s: &mut Scratch, o: &KernelOffsets, dentry: u64, vfsmnt: u64) -> Resu
             return Err(Unresolved::TooDeep);
         }
         let name = read_u64(dentry + o.dentry_d_name as u64 + o.qstr_name as u64)?;
-        if let Some(slot) = s.names.get_mut(n) {
-            *slot = name;
-        }
+        // SAFETY: the mask keeps the index inside the 64-entry array.
+        unsafe { *s.names.as_mut_ptr().add(n & NAMES_MASK) = name };
         set_depth(s, n + 1);
         dentry = parent;
     }
@@ -176,10 +178,8 @@ fn emit(s: &mut Scratch, start: usize) -> Resolved {
             break;
         }
         let idx = n - 1 - i;
-        let name = match s.names.get(idx) {
-            Some(p) => *p,
-            None => break,
-        };
+        // SAFETY: the mask keeps the index inside the 64-entry array.
+        let name = unsafe { *s.names.as_ptr().add(idx & NAMES_MASK) };
         let at = pos & 0xff;
         s.path[at] = b'/';
         let at = (pos + 1) & 0xff;

@@ -68,10 +68,11 @@ fn resolve_with_offsets(s: &mut Scratch, obj: Object) -> Result<Resolved, Unreso
     resolve(s, o, obj)
 }
 
-/// Decides a write to `obj` by the current task. `None`: the task is not bound.
+/// Decides a write to `obj` by the bound current task.
 #[inline(always)]
-fn judge(subject: &Subject, obj: Object, op: u8, mech: u8, hard: u8) -> Option<Decision> {
-    let s = SCRATCH.get_ptr_mut(0)?;
+fn judge(subject: &Subject, obj: Object, op: u8, mech: u8, hard: u8) -> Decision {
+    // The per-CPU scratch always exists; if it somehow did not, fail closed.
+    let Some(s) = SCRATCH.get_ptr_mut(0) else { return Decision::fail_closed() };
     // SAFETY: per-CPU scratch, exclusively ours until the program returns.
     let s = unsafe { &mut *s };
     let d = match identity_config(subject.identity) {
@@ -92,34 +93,30 @@ fn judge(subject: &Subject, obj: Object, op: u8, mech: u8, hard: u8) -> Option<D
             }
         },
     };
-    Some(d)
+    d
 }
 
 #[inline(always)]
 fn lsm_verdict(obj: Object, op: u8) -> i32 {
     let Some(subject) = current_subject() else { return 0 };
-    match judge(&subject, obj, op, mechanism::LSM, verdict::DENY) {
-        Some(d) if d.block => -EPERM,
-        _ => 0,
-    }
+    if judge(&subject, obj, op, mechanism::LSM, verdict::DENY).block { -EPERM } else { 0 }
 }
 
-/// Two objects (rename: source and destination): blocked if either is.
+/// Two objects (rename: source and destination): blocked if either is. Written as
+/// two single-object verdicts: fusing them let LLVM emit pointer arithmetic the
+/// verifier rejects.
 #[inline(always)]
 fn lsm_verdict2(a: Object, b: Object, op: u8) -> i32 {
-    let Some(subject) = current_subject() else { return 0 };
-    if let Some(d) = judge(&subject, a, op, mechanism::LSM, verdict::DENY) {
-        if d.block {
-            return -EPERM;
-        }
+    let first = lsm_verdict(a, op);
+    if first != 0 {
+        return first;
     }
-    match judge(&subject, b, op, mechanism::LSM, verdict::DENY) {
-        Some(d) if d.block => -EPERM,
-        _ => 0,
-    }
+    lsm_verdict(b, op)
 }
 
 #[lsm(hook = "file_open")]
+
+#[inline(always)]
 pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     // file_open(struct file *file); arg 1: previous verdict.
     let (file, prev): (u64, i32) = (ctx.arg(0), ctx.arg(1));
@@ -145,6 +142,8 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
 }
 
 #[lsm(hook = "path_truncate")]
+
+#[inline(always)]
 pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
     // path_truncate(const struct path *path)
     let (path, prev): (u64, i32) = (ctx.arg(0), ctx.arg(1));
@@ -157,6 +156,7 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
 macro_rules! dir_dentry_hook {
     ($fn:ident, $hook:literal, $nargs:literal, $op:expr) => {
         #[lsm(hook = $hook)]
+        #[inline(always)]
         pub fn $fn(ctx: LsmContext) -> i32 {
             // hook(const struct path *dir, struct dentry *dentry, ...); the
             // argument after the last one is the previous verdict.
@@ -176,6 +176,8 @@ dir_dentry_hook!(lsm_path_mknod, "path_mknod", 4, op::CREATE);
 dir_dentry_hook!(lsm_path_symlink, "path_symlink", 3, op::SYMLINK);
 
 #[lsm(hook = "path_link")]
+
+#[inline(always)]
 pub fn lsm_path_link(ctx: LsmContext) -> i32 {
     // path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry)
     let (new_dir, new_dentry, prev): (u64, u64, i32) = (ctx.arg(1), ctx.arg(2), ctx.arg(3));
@@ -185,26 +187,32 @@ pub fn lsm_path_link(ctx: LsmContext) -> i32 {
     lsm_verdict(Object::Dentry { dir: new_dir, dentry: new_dentry }, op::LINK)
 }
 
-#[lsm(hook = "path_rename")]
-pub fn lsm_path_rename(ctx: LsmContext) -> i32 {
-    // path_rename(old_dir, old_dentry, new_dir, new_dentry[, flags]).
-    let (old_dir, old_dentry, new_dir, new_dentry): (u64, u64, u64, u64) =
-        (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3));
-    let nargs = match offsets() {
-        Ok(o) if o.path_rename_nargs == 4 => 4,
-        _ => 5,
+/// `path_rename(old_dir, old_dentry, new_dir, new_dentry[, flags])`: the kernel
+/// added `flags` in 5.19, which moves the previous verdict one argument on. The
+/// verifier only allows constant context offsets, so there is one program per
+/// signature and the loader picks the one the kernel's BTF describes.
+macro_rules! rename_hook {
+    ($fn:ident, $verdict_arg:literal) => {
+        #[lsm(hook = "path_rename")]
+        #[inline(always)]
+        pub fn $fn(ctx: LsmContext) -> i32 {
+            let (old_dir, old_dentry, new_dir, new_dentry): (u64, u64, u64, u64) =
+                (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3));
+            let prev: i32 = ctx.arg($verdict_arg);
+            if prev != 0 {
+                return prev;
+            }
+            lsm_verdict2(
+                Object::Dentry { dir: old_dir, dentry: old_dentry },
+                Object::Dentry { dir: new_dir, dentry: new_dentry },
+                op::RENAME,
+            )
+        }
     };
-    // The verdict follows the hook's arguments.
-    let prev: i32 = if nargs == 4 { ctx.arg(4) } else { ctx.arg(5) };
-    if prev != 0 {
-        return prev;
-    }
-    lsm_verdict2(
-        Object::Dentry { dir: old_dir, dentry: old_dentry },
-        Object::Dentry { dir: new_dir, dentry: new_dentry },
-        op::RENAME,
-    )
 }
+
+rename_hook!(lsm_path_rename4, 4);
+rename_hook!(lsm_path_rename5, 5);
 
 // ---- Fallback: raw syscall tracepoints + SIGKILL ----------------------------
 
@@ -295,21 +303,21 @@ fn opaque(s: &mut Scratch, v: [u64; 5]) -> [u64; 5] {
 }
 
 #[inline(always)]
-fn kill_if_blocked(d: Option<Decision>) {
-    if let Some(d) = d {
-        if d.block {
-            // SAFETY: signals the current task, the one making the syscall.
-            unsafe { bpf_send_signal(SIGKILL) };
-        }
+fn kill_if_blocked(d: Decision) {
+    if d.block {
+        // SAFETY: signals the current task, the one making the syscall.
+        unsafe { bpf_send_signal(SIGKILL) };
     }
 }
 
 #[inline(always)]
-fn judge_user(subject: &Subject, o: &KernelOffsets, dfd: u64, ptr: u64, op: u8) -> Option<Decision> {
+fn judge_user(subject: &Subject, o: &KernelOffsets, dfd: u64, ptr: u64, op: u8) -> Decision {
     judge(subject, Object::User { ptr, base: at_base(o, dfd) }, op, mechanism::TRACEPOINT, verdict::KILL)
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
+
+#[inline(always)]
 pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long id)
     let id: u64 = ctx.arg(1);
@@ -375,7 +383,7 @@ pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let d = judge_user(&subject, o, a_fd, a_path, op);
-    if matches!(d, Some(d) if d.block) {
+    if d.block {
         kill_if_blocked(d);
         return 0;
     }
@@ -386,6 +394,8 @@ pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
+
+#[inline(always)]
 pub fn tp_sys_exit(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long ret)
     let ret: i64 = ctx.arg(1);

@@ -56,6 +56,7 @@ const LSM_WRITE: &[(&str, &str)] = &[
     ("lsm_path_mknod", "path_mknod"),
     ("lsm_path_symlink", "path_symlink"),
     ("lsm_path_link", "path_link"),
+    // lsm_path_rename4 or lsm_path_rename5, by the kernel's hook signature.
     ("lsm_path_rename", "path_rename"),
 ];
 const LSM_EGRESS: &[(&str, &str)] = &[("lsm_socket_connect", "socket_connect")];
@@ -124,7 +125,7 @@ impl Enforcer {
                 .map_err(|e| EnforceError::kernel("loading the eBPF object", e))?;
             let mut offsets_map: Array<_, KernelOffsets> = take(&mut ebpf, "KERNEL_OFFSETS")?;
             offsets_map.set(0, offsets, 0).map_err(kerr("writing KERNEL_OFFSETS"))?;
-            attach_all(&mut ebpf, &config.cgroup_root, &links_dir)?
+            attach_all(&mut ebpf, &config.cgroup_root, &links_dir, &offsets)?
         };
         let enforcer = Enforcer {
             bindings: pinned(&maps_dir, "BINDINGS")?,
@@ -363,7 +364,17 @@ fn pin_link(link: FdLink, links_dir: &Path, name: &str) -> Result<(), EnforceErr
 }
 
 /// Attaches the best mechanism per kind and pins every link.
-fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, links_dir: &Path) -> Result<MechanismReport, EnforceError> {
+fn attach_all(
+    ebpf: &mut Ebpf,
+    cgroup_root: &Path,
+    links_dir: &Path,
+    offsets: &KernelOffsets,
+) -> Result<MechanismReport, EnforceError> {
+    let rename_prog = format!("lsm_path_rename{}", offsets.path_rename_nargs);
+    let write_progs: Vec<(&str, &str)> = LSM_WRITE[1..]
+        .iter()
+        .map(|&(name, hook)| if hook == "path_rename" { (rename_prog.as_str(), hook) } else { (name, hook) })
+        .collect();
     let btf = Btf::from_sys_fs().map_err(|e| EnforceError::kernel("reading kernel BTF", e))?;
     let (lsm, mut file_open_link) = match probe_lsm(ebpf, &btf) {
         Ok(link) => (Ok(()), Some(link)),
@@ -394,7 +405,7 @@ fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, links_dir: &Path) -> Result<M
 
     // write
     let mut write = KindReport { kind: "write".into(), ..Default::default() };
-    match lsm.clone().and_then(|()| attach_lsm(ebpf, &btf, &LSM_WRITE[1..], links_dir)) {
+    match lsm.clone().and_then(|()| attach_lsm(ebpf, &btf, &write_progs, links_dir)) {
         Ok(()) => {
             if let Some(link) = file_open_link.take() {
                 pin_link(link, links_dir, LSM_WRITE[0].0)?;

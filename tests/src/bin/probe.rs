@@ -1,0 +1,119 @@
+//! `probe`: performs exactly one action and reports how the kernel answered, so
+//! the integration tests can run it inside a bound cgroup (on the host and in the
+//! busybox VM, where there is no python or curl) and check what an agent would see.
+//!
+//! Prints `ok` and exits 0 on success, or `errno <NAME> <n>` and exits 1.
+//! A kill by agentd's fallback mechanisms shows up as the parent seeing SIGKILL.
+
+use std::{
+    ffi::CString,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    process::exit,
+    time::Duration,
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a = |i: usize| -> &str {
+        args.get(i).map(String::as_str).unwrap_or_else(|| usage())
+    };
+    let result: std::io::Result<()> = match a(0) {
+        // connect ADDR:PORT — a TCP connect; optionally reads one line.
+        "connect" => {
+            let addr: SocketAddr = a(1).parse().unwrap_or_else(|_| usage());
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map(|mut s| {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf).unwrap_or(0);
+                if n > 0 {
+                    println!("read {}", String::from_utf8_lossy(&buf[..n]).trim());
+                }
+            })
+        }
+        // udp ADDR:PORT — one datagram with sendto.
+        "udp" => {
+            let addr: SocketAddr = a(1).parse().unwrap_or_else(|_| usage());
+            let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            UdpSocket::bind(bind).and_then(|s| s.send_to(b"probe", addr)).map(drop)
+        }
+        // write PATH — open for writing (create/truncate) and write a line.
+        "write" => std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(a(1))
+            .and_then(|mut f| f.write_all(b"written by probe\n")),
+        // append PATH — open an existing file O_WRONLY|O_APPEND, no create.
+        "append" => std::fs::OpenOptions::new()
+            .append(true)
+            .open(a(1))
+            .and_then(|mut f| f.write_all(b"appended by probe\n")),
+        "read" => std::fs::read(a(1)).map(drop),
+        "unlink" => std::fs::remove_file(a(1)),
+        "rename" => std::fs::rename(a(1), a(2)),
+        "mkdir" => std::fs::create_dir(a(1)),
+        "symlink" => std::os::unix::fs::symlink(a(1), a(2)),
+        "truncate" => {
+            let p = CString::new(a(1)).unwrap_or_else(|_| usage());
+            // SAFETY: a valid NUL-terminated path.
+            cvt(unsafe { libc::truncate(p.as_ptr(), 0) })
+        }
+        "raw-socket" => {
+            // SAFETY: plain syscall; the fd is closed right away.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+            if fd >= 0 {
+                // SAFETY: we own fd.
+                unsafe { libc::close(fd) };
+            }
+            cvt(fd)
+        }
+        // exec PATH [ARGS...] — replace this process; only returns on failure.
+        "exec" => {
+            use std::os::unix::process::CommandExt as _;
+            Err(std::process::Command::new(a(1)).args(&args[2..]).exec())
+        }
+        // sleep SECS — stay alive (a process to find in a cgroup).
+        "sleep" => {
+            std::thread::sleep(Duration::from_secs(a(1).parse().unwrap_or(1)));
+            Ok(())
+        }
+        _ => usage(),
+    };
+    match result {
+        Ok(()) => {
+            println!("ok");
+            exit(0)
+        }
+        Err(e) => {
+            let n = e.raw_os_error().unwrap_or(0);
+            println!("errno {} {n}", errno_name(n));
+            exit(1)
+        }
+    }
+}
+
+fn cvt(r: libc::c_int) -> std::io::Result<()> {
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn errno_name(n: i32) -> &'static str {
+    match n {
+        libc::EPERM => "EPERM",
+        libc::EACCES => "EACCES",
+        libc::ENOENT => "ENOENT",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EEXIST => "EEXIST",
+        0 => "NONE",
+        _ => "OTHER",
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: probe connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH | rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | exec PATH [ARGS] | sleep SECS"
+    );
+    exit(2)
+}

@@ -1,0 +1,231 @@
+//! The enforcement scenarios, each against a real agentd in a real kernel. The host
+//! tier and the VM tier run the same scenarios; what differs is the mechanism the
+//! daemon picks (tracepoints + SIGKILL on the host, BPF LSM in the VM), and every
+//! scenario asks the daemon which is active and expects exactly its effect.
+
+use std::{fs, path::PathBuf};
+
+use crate::harness::{outcome, unique, Cgroup, Daemon, Listener, Outcome};
+
+/// A scratch directory under /tmp, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let p = std::env::temp_dir().join(unique(&format!("agentd-files-{name}")));
+        fs::create_dir_all(&p).expect("scratch dir");
+        // Canonical, so policy paths match what the kernel resolves.
+        Scratch(fs::canonicalize(&p).expect("canonical scratch"))
+    }
+    pub fn path(&self, rel: &str) -> String {
+        self.0.join(rel).to_str().expect("utf-8").to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn policy(name: &str, exec: &str, write: &str, egress: &str) -> String {
+    format!(
+        "apiVersion: agentd.io/v1\nkind: AgentPolicy\nmetadata:\n  name: {name}\nspec:\n  mode: enforce\n  exec:\n{exec}  write:\n{write}  egress:\n{egress}"
+    )
+}
+
+const ALLOW_ALL: &str = "    default: allow\n";
+
+fn probe(d: &Daemon, cg: &Cgroup, args: &[&str]) -> Outcome {
+    outcome(&cg.run(&d.bins.probe, args))
+}
+
+fn probe_here(d: &Daemon, args: &[&str]) -> Outcome {
+    outcome(&std::process::Command::new(&d.bins.probe).args(args).output().expect("run probe"))
+}
+
+/// Egress is decided per cgroup: the bound one reaches only what its policy allows,
+/// with EPERM for the rest; an unbound process reaches everything.
+pub fn egress_allowed_and_denied_per_cgroup() {
+    let d = Daemon::start("egress");
+    let allowed = Listener::start("127.0.0.1");
+    let other = Listener::start("127.0.0.1");
+    let cg = Cgroup::new("egress");
+    let egress = format!(
+        "    default: deny\n    rules:\n      - {{cidr: 127.0.0.1/32, ports: [{}], action: allow}}\n",
+        allowed.addr.port()
+    );
+    d.identity_bound("egress-agent", &policy("egress-agent", ALLOW_ALL, ALLOW_ALL, &egress), &cg);
+
+    assert_eq!(probe(&d, &cg, &["connect", &allowed.addr.to_string()]), Outcome::Ok, "allowed port");
+    assert_eq!(
+        probe(&d, &cg, &["connect", &other.addr.to_string()]),
+        Outcome::Errno("EPERM".into()),
+        "port not in the allow rule"
+    );
+    assert_eq!(probe(&d, &cg, &["connect", "[::1]:9"]), Outcome::Errno("EPERM".into()), "IPv6 default deny");
+    assert_eq!(probe(&d, &cg, &["udp", "127.0.0.1:9"]), Outcome::Errno("EPERM".into()), "UDP sendmsg");
+    // The same connects from outside any bound cgroup are untouched.
+    assert_eq!(probe_here(&d, &["connect", &other.addr.to_string()]), Outcome::Ok, "unbound process");
+    assert_eq!(probe_here(&d, &["udp", "127.0.0.1:9"]), Outcome::Ok, "unbound UDP");
+
+    let events = d.ctl_ok(&["events", "--json"]);
+    assert!(events.contains("\"egress\"") && events.contains(&other.addr.port().to_string()), "deny event: {events}");
+}
+
+/// Raw and packet sockets are refused to every bound identity.
+pub fn raw_socket_denied() {
+    let d = Daemon::start("raw");
+    let cg = Cgroup::new("raw");
+    d.identity_bound("raw-agent", &policy("raw-agent", ALLOW_ALL, ALLOW_ALL, ALLOW_ALL), &cg);
+    assert_eq!(probe(&d, &cg, &["raw-socket"]), Outcome::Errno("EPERM".into()));
+    assert_eq!(probe_here(&d, &["raw-socket"]), Outcome::Ok, "unbound process may open a raw socket as root");
+}
+
+/// An exec denied by an exact-path rule fails (EPERM) or is killed before the new
+/// image runs a single instruction, whichever the active mechanism is; other
+/// binaries run; the same exec outside the cgroup runs.
+pub fn exec_denied_by_rule() {
+    let d = Daemon::start("exec");
+    let files = Scratch::new("exec");
+    let tool = files.path("denied-tool");
+    fs::copy(&d.bins.probe, &tool).expect("copy probe");
+    let cg = Cgroup::new("exec");
+    let exec = format!("    default: allow\n    rules:\n      - {{path: {tool}, action: deny}}\n");
+    d.identity_bound("exec-agent", &policy("exec-agent", &exec, ALLOW_ALL, ALLOW_ALL), &cg);
+
+    let want = d.denied("exec");
+    assert_eq!(probe(&d, &cg, &["exec", &tool, "sleep", "0"]), want, "exact-path deny");
+    // Through a symlink and a relative path: the kernel judges the real file.
+    let link = files.path("innocent-name");
+    std::os::unix::fs::symlink(&tool, &link).expect("symlink");
+    assert_eq!(probe(&d, &cg, &["exec", &link, "sleep", "0"]), want, "via a symlink");
+    let probe_path = d.bins.probe.to_str().expect("utf-8").to_string();
+    assert_eq!(probe(&d, &cg, &["exec", &probe_path, "sleep", "0"]), Outcome::Ok, "other binary");
+    assert_eq!(probe_here(&d, &["exec", &tool, "sleep", "0"]), Outcome::Ok, "unbound process");
+    let events = d.ctl_ok(&["events", "--json"]);
+    assert!(events.contains("denied-tool"), "exec deny event names the binary: {events}");
+}
+
+/// With `exec.default: deny`, only what the policy lists runs.
+pub fn exec_default_deny_allows_listed() {
+    let d = Daemon::start("exec-default");
+    let files = Scratch::new("exec-default");
+    let dir = files.path("bin");
+    fs::create_dir_all(&dir).expect("bin dir");
+    let allowed = format!("{dir}/allowed");
+    let other = files.path("other-tool");
+    fs::copy(&d.bins.probe, &allowed).expect("copy");
+    fs::copy(&d.bins.probe, &other).expect("copy");
+    let cg = Cgroup::new("exec-default");
+    let exec = format!("    default: deny\n    rules:\n      - {{path: \"{dir}/**\", action: allow}}\n");
+    d.identity_bound("exec-default", &policy("exec-default", &exec, ALLOW_ALL, ALLOW_ALL), &cg);
+    let want = d.denied("exec");
+    // The first exec into the cgroup is itself judged: it must be under the prefix.
+    assert_eq!(outcome(&cg.run(allowed.as_ref(), &["exec", &allowed, "sleep", "0"])), Outcome::Ok, "prefix allow");
+    assert_eq!(outcome(&cg.run(allowed.as_ref(), &["exec", &other, "sleep", "0"])), want, "default deny");
+}
+
+/// Writes under a denied prefix fail however they are attempted (create, append,
+/// unlink, rename in and out, truncate, mkdir, symlink, relative to the cwd);
+/// writes elsewhere and reads succeed.
+pub fn write_denied_under_prefix() {
+    let d = Daemon::start("write");
+    let files = Scratch::new("write");
+    let deny = files.path("deny");
+    let ok = files.path("ok");
+    fs::create_dir_all(&deny).expect("deny dir");
+    fs::create_dir_all(&ok).expect("ok dir");
+    fs::write(format!("{deny}/existing"), "x").expect("seed");
+    fs::write(format!("{ok}/movable"), "x").expect("seed");
+    let cg = Cgroup::new("write");
+    let write = format!("    default: allow\n    rules:\n      - {{path: \"{deny}/**\", action: deny}}\n");
+    d.identity_bound("write-agent", &policy("write-agent", ALLOW_ALL, &write, ALLOW_ALL), &cg);
+    let want = d.denied("write");
+
+    assert_eq!(probe(&d, &cg, &["write", &format!("{ok}/new")]), Outcome::Ok, "allowed dir");
+    assert_eq!(probe(&d, &cg, &["read", &format!("{deny}/existing")]), Outcome::Ok, "reads are not writes");
+    for (what, args) in [
+        ("create", vec!["write".to_string(), format!("{deny}/new")]),
+        ("append", vec!["append".into(), format!("{deny}/existing")]),
+        ("unlink", vec!["unlink".into(), format!("{deny}/existing")]),
+        ("rename out", vec!["rename".into(), format!("{deny}/existing"), format!("{ok}/stolen")]),
+        ("rename in", vec!["rename".into(), format!("{ok}/movable"), format!("{deny}/planted")]),
+        ("truncate", vec!["truncate".into(), format!("{deny}/existing")]),
+        ("mkdir", vec!["mkdir".into(), format!("{deny}/sub")]),
+        ("symlink", vec!["symlink".into(), "/etc/passwd".into(), format!("{deny}/link")]),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(probe(&d, &cg, &args), want, "{what} under the denied prefix");
+        assert!(fs::read(format!("{deny}/existing")).is_ok(), "{what}: the protected file survived");
+    }
+    assert_eq!(fs::read_to_string(format!("{deny}/existing")).expect("read"), "x", "content untouched");
+    // Relative to the cwd: the kernel anchors the path, no escape through cwd.
+    let out = cg.run(
+        std::path::Path::new("/bin/sh"),
+        &["-c", &format!("cd {deny} && exec {} write relative", d.bins.probe.display())],
+    );
+    assert_eq!(outcome(&out), want, "relative path under the denied prefix");
+    assert!(!std::path::Path::new(&format!("{deny}/relative")).exists() || want != Outcome::Errno("EPERM".into()));
+    assert_eq!(probe_here(&d, &["write", &format!("{deny}/unbound")]), Outcome::Ok, "unbound process");
+}
+
+/// A binding covers cgroups created under the bound one after the bind.
+pub fn descendant_cgroup_created_after_bind() {
+    let d = Daemon::start("descendant");
+    let cg = Cgroup::new("descendant");
+    d.identity_bound("desc-agent", &policy("desc-agent", ALLOW_ALL, ALLOW_ALL, "    default: deny\n"), &cg);
+    let child = cg.child("later");
+    let grandchild = child.child("deeper");
+    assert_eq!(probe(&d, &grandchild, &["connect", "127.0.0.1:9"]), Outcome::Errno("EPERM".into()));
+    assert_eq!(probe(&d, &child, &["raw-socket"]), Outcome::Errno("EPERM".into()));
+    // Unbinding releases the whole subtree.
+    d.ctl_ok(&["unbind", cg.path.to_str().expect("utf-8")]);
+    assert_eq!(probe(&d, &grandchild, &["connect", "127.0.0.1:9"]), Outcome::Errno("ECONNREFUSED".into()));
+}
+
+/// Enforcement lives in pinned kernel objects: a SIGKILLed daemon leaves the bound
+/// cgroup denied, and a restarted daemon adopts the pins and keeps working.
+pub fn survives_daemon_sigkill_and_restart_adopts() {
+    let mut d = Daemon::start("sigkill");
+    let cg = Cgroup::new("sigkill");
+    d.identity_bound("kill-agent", &policy("kill-agent", ALLOW_ALL, ALLOW_ALL, "    default: deny\n"), &cg);
+    assert_eq!(probe(&d, &cg, &["connect", "127.0.0.1:9"]), Outcome::Errno("EPERM".into()));
+
+    d.kill9();
+    assert_eq!(probe(&d, &cg, &["connect", "127.0.0.1:9"]), Outcome::Errno("EPERM".into()), "daemon dead");
+
+    d.restart();
+    let status: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["status", "--json"])).expect("status json");
+    assert_eq!(status["adopted"], serde_json::Value::Bool(true), "restart adopts the pins: {status}");
+    assert_eq!(probe(&d, &cg, &["connect", "127.0.0.1:9"]), Outcome::Errno("EPERM".into()), "after restart");
+    let bindings = d.ctl_ok(&["bindings", "--json"]);
+    assert!(bindings.contains("kill-agent"), "binding kept across restart: {bindings}");
+    d.ctl_ok(&["unbind", cg.path.to_str().expect("utf-8")]);
+    assert_eq!(probe(&d, &cg, &["connect", "127.0.0.1:9"]), Outcome::Errno("ECONNREFUSED".into()));
+}
+
+/// `agentctl run` puts a command under an identity and returns its exit status.
+pub fn run_puts_command_under_identity() {
+    let d = Daemon::start("run");
+    d.apply("run-agent", &policy("run-agent", ALLOW_ALL, ALLOW_ALL, "    default: deny\n"));
+    d.ctl_ok(&["identity", "create", "run-agent", "--policy", "run-agent"]);
+    let probe = d.bins.probe.to_str().expect("utf-8").to_string();
+    let out = d.ctl(&["run", "--identity", "run-agent", "--", &probe, "connect", "127.0.0.1:9"]);
+    assert_eq!(outcome(&out), Outcome::Errno("EPERM".into()), "command ran bound: {out:?}");
+    assert_eq!(out.status.code(), Some(1), "exit status passed through");
+    let out = d.ctl(&["run", "--identity", "run-agent", "--", &probe, "sleep", "0"]);
+    assert_eq!(out.status.code(), Some(0));
+    let bindings = d.ctl_ok(&["bindings", "--json"]);
+    assert!(!bindings.contains("run-agent"), "run removed its binding: {bindings}");
+}
+
+/// The VM tier's promise: BPF LSM is what enforces exec, write and egress there.
+pub fn lsm_is_the_active_mechanism() {
+    let d = Daemon::start("lsm");
+    for kind in ["exec", "write", "egress"] {
+        let (active, effect) = d.effect(kind);
+        assert!(active.contains("BPF LSM"), "{kind} is enforced by {active:?}, not BPF LSM");
+        assert_eq!(effect, "deny", "{kind}");
+    }
+}

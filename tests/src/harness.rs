@@ -1,0 +1,384 @@
+//! Real-kernel test fixtures: a running `agentd` with its own state, socket and
+//! pin directory; cgroups that remove themselves; and the `probe` binary run
+//! inside them. Every fixture cleans up on drop, including the kernel objects
+//! (removing the pin directory detaches the daemon's programs).
+
+use std::{
+    fs,
+    io::Write as _,
+    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process and call.
+pub fn unique(name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Paths of the binaries under test. The test tiers set `AGENTD_BIN`,
+/// `AGENTCTL_BIN` and `AGENTD_PROBE_BIN`; otherwise the debug builds in target/.
+pub struct Bins {
+    pub agentd: PathBuf,
+    pub agentctl: PathBuf,
+    pub probe: PathBuf,
+}
+
+impl Bins {
+    pub fn get() -> Bins {
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug");
+        let pick = |var: &str, name: &str| {
+            std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| target.join(name))
+        };
+        Bins {
+            agentd: pick("AGENTD_BIN", "agentd"),
+            agentctl: pick("AGENTCTL_BIN", "agentctl"),
+            probe: pick("AGENTD_PROBE_BIN", "probe"),
+        }
+    }
+}
+
+/// The cgroup2 mount point, from /proc/self/mountinfo (never assumed).
+pub fn cgroup2_mount() -> PathBuf {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    for line in info.lines() {
+        let (pre, post) = line.split_once(" - ").unwrap_or((line, ""));
+        if post.split_whitespace().next() == Some("cgroup2") {
+            if let Some(mp) = pre.split_whitespace().nth(4) {
+                return PathBuf::from(mp);
+            }
+        }
+    }
+    panic!("no cgroup2 mount in /proc/self/mountinfo");
+}
+
+/// A cgroup created for a test and removed (with its processes killed) on drop.
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(name: &str) -> Cgroup {
+        let path = cgroup2_mount().join(unique(&format!("agentd-test-{name}")));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Cgroup { path }
+    }
+
+    /// A child cgroup, e.g. one created after the parent was bound.
+    pub fn child(&self, name: &str) -> Cgroup {
+        let path = self.path.join(name);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Cgroup { path }
+    }
+
+    pub fn id(&self) -> u64 {
+        fs::metadata(&self.path).expect("stat cgroup").ino()
+    }
+
+    /// Runs `program args` inside this cgroup: the child moves itself into the
+    /// cgroup before exec, so the exec itself is already judged.
+    pub fn run(&self, program: &Path, args: &[&str]) -> Output {
+        let procs = self.path.join("cgroup.procs");
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null());
+        // SAFETY: only async-signal-safe work between fork and exec (open/write/close
+        // through std's raw fs calls, no allocation after the path is prepared).
+        let procs_c = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).expect("path");
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs_c.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let r = libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1);
+                libc::close(fd);
+                if r != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap_or_else(|e| panic!("running {} in {}: {e}", program.display(), self.path.display()))
+    }
+
+    /// Starts `program args` inside this cgroup and returns the child.
+    pub fn spawn(&self, program: &Path, args: &[&str]) -> Child {
+        let procs = std::ffi::CString::new(self.path.join("cgroup.procs").as_os_str().as_encoded_bytes()).expect("path");
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // SAFETY: as in `run`.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let r = libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1);
+                libc::close(fd);
+                if r != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().expect("spawn in cgroup")
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.path.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            // Children first (depth-first), then us.
+            if let Ok(entries) = fs::read_dir(&self.path) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        let _ = fs::write(e.path().join("cgroup.kill"), "1");
+                        let _ = fs::remove_dir(e.path());
+                    }
+                }
+            }
+            if fs::remove_dir(&self.path).is_ok() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// What the probe (or any command) experienced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Failed with this errno name (EPERM, ECONNREFUSED, …).
+    Errno(String),
+    /// Killed by this signal.
+    Killed(i32),
+    /// Anything else: exit code and output.
+    Other(String),
+}
+
+pub fn outcome(out: &Output) -> Outcome {
+    use std::os::unix::process::ExitStatusExt as _;
+    if let Some(sig) = out.status.signal() {
+        return Outcome::Killed(sig);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+    if out.status.success() && last == "ok" {
+        return Outcome::Ok;
+    }
+    if let Some(rest) = last.strip_prefix("errno ") {
+        return Outcome::Errno(rest.split_whitespace().next().unwrap_or("").to_string());
+    }
+    Outcome::Other(format!(
+        "status {:?}, stdout {stdout:?}, stderr {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// A running agentd with private state, socket and pins.
+pub struct Daemon {
+    child: Option<Child>,
+    pub bins: Bins,
+    pub dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(name: &str) -> Daemon {
+        let id = unique(name);
+        let dir = std::env::temp_dir().join(format!("agentd-test-{id}"));
+        fs::create_dir_all(&dir).expect("test dir");
+        let mut d = Daemon {
+            child: None,
+            bins: Bins::get(),
+            state_dir: dir.join("state"),
+            socket: dir.join("agentd.sock"),
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(format!("agentd-test-{id}")),
+            log: dir.join("agentd.log"),
+            dir,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(&self.bins.agentd)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.bins.agentd.display()));
+        self.child = Some(child);
+        // Loading and verifying the programs takes seconds under TCG emulation.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("agentd exited during start-up ({status}):\n{}", self.log_text());
+            }
+            if self.socket.exists() && self.ctl(&["status"]).status.success() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("agentd did not answer on {} within 120 s:\n{}", self.socket.display(), self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL the daemon (no clean-up runs) and wait for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same state, socket and pins.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let _ = fs::remove_file(&self.socket);
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs agentctl against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(&self.bins.agentctl)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", self.bins.agentctl.display()))
+    }
+
+    /// Runs agentctl and panics (with its output and the daemon log) unless it succeeds.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        if !out.status.success() {
+            panic!(
+                "agentctl {args:?} failed ({}):\nstdout: {}\nstderr: {}\nagentd log:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_text()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes `yaml` to a file and applies it.
+    pub fn apply(&self, name: &str, yaml: &str) {
+        let file = self.dir.join(format!("{name}.yaml"));
+        let mut f = fs::File::create(&file).expect("policy file");
+        f.write_all(yaml.as_bytes()).expect("write policy");
+        self.ctl_ok(&["policy", "apply", file.to_str().expect("utf-8 path")]);
+    }
+
+    /// Applies `yaml` as policy `name`, creates identity `name` on it and binds `cg`.
+    pub fn identity_bound(&self, name: &str, yaml: &str, cg: &Cgroup) {
+        self.apply(name, yaml);
+        self.ctl_ok(&["identity", "create", name, "--policy", name]);
+        self.ctl_ok(&["bind", cg.path.to_str().expect("utf-8 path"), name]);
+    }
+
+    /// `agentctl doctor --json`, parsed.
+    pub fn doctor(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ctl_ok(&["doctor", "--json"])).expect("doctor --json is JSON")
+    }
+
+    /// The effect ("deny" or "kill") of the active mechanism for `kind`.
+    pub fn effect(&self, kind: &str) -> (String, String) {
+        let doc = self.doctor();
+        let mechs = doc["mechanisms"].as_array().cloned().unwrap_or_default();
+        for m in mechs {
+            if m["kind"] == kind {
+                return (
+                    m["active"].as_str().unwrap_or("").to_string(),
+                    m["effect"].as_str().unwrap_or("").to_string(),
+                );
+            }
+        }
+        panic!("doctor reports no mechanism for {kind}: {doc}");
+    }
+
+    /// The outcome a denied action of `kind` must have under the active mechanism.
+    pub fn denied(&self, kind: &str) -> Outcome {
+        match self.effect(kind).1.as_str() {
+            "deny" => Outcome::Errno("EPERM".into()),
+            "kill" => Outcome::Killed(libc::SIGKILL),
+            other => panic!("unknown effect {other:?} for {kind}"),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Removing the pins detaches this daemon's programs from the kernel.
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        if std::thread::panicking() {
+            eprintln!("agentd log ({}):\n{}", self.log.display(), self.log_text());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A TCP listener on loopback that answers each connection with "hello".
+pub struct Listener {
+    pub addr: std::net::SocketAddr,
+}
+
+impl Listener {
+    pub fn start(ip: &str) -> Listener {
+        let l = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind listener");
+        let addr = l.local_addr().expect("local addr");
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let mut s = s;
+                let _ = s.write_all(b"hello\n");
+            }
+        });
+        Listener { addr }
+    }
+}

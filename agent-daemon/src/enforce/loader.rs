@@ -43,6 +43,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ag
 /// flag on links, so the mode is the default.
 const CGROUP_ATTACH: CgroupAttachMode = CgroupAttachMode::Single;
 
+/// The link pinned last by `attach_all`; pins without it are an unfinished start.
+const COMPLETE_MARKER: &str = "sock_create";
+
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
 /// LSM programs per action kind, in attach order.
@@ -100,7 +103,8 @@ impl Enforcer {
         let offsets = kernel_offsets(Path::new(BTF_PATH))
             .map_err(|e| EnforceError::Unsupported { kind: "any action", why: e.to_string() })?;
 
-        let adopt = links_dir.join("connect4").exists();
+        // `sock_create` is pinned last: its presence marks a complete set.
+        let adopt = links_dir.join(COMPLETE_MARKER).exists();
         let report = if adopt {
             info!(pins = %root.display(), "adopting pinned enforcement of an earlier agentd");
             adopted_report(&links_dir)
@@ -458,7 +462,7 @@ fn attach_all(
         .map_err(|e| EnforceError::kernel("attaching sock_create", e))?;
     let link = prog.take_link(link_id).map_err(|e| EnforceError::kernel("taking link sock_create", e))?;
     let link = FdLink::try_from(link).map_err(|e| EnforceError::kernel("link sock_create", e))?;
-    pin_link(link, links_dir, "sock_create")?;
+    pin_link(link, links_dir, COMPLETE_MARKER)?;
     kinds.push(KindReport {
         kind: "raw-socket".into(),
         active: "cgroup sock_create (raw and packet sockets refused to bound identities)".into(),
@@ -605,4 +609,26 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_keys_carry_identity_and_prefix_bits() {
+        let k = path_key(7u32.to_be_bytes(), b"/usr/bin/git\0").expect("fits");
+        assert_eq!(k.prefix_len(), 32 + 8 * 13);
+        assert_eq!(k.data().identity, [0, 0, 0, 7]);
+        assert_eq!(key_bytes(&k), b"/usr/bin/git\0");
+        let prefix = path_key(7u32.to_be_bytes(), b"/usr/lib/").expect("fits");
+        assert_eq!(key_bytes(&prefix), b"/usr/lib/");
+    }
+
+    #[test]
+    fn overlong_path_rule_is_refused_not_truncated() {
+        let long = vec![b'a'; PATH_KEY_LEN + 1];
+        assert!(path_key([0; 4], &long).is_err());
+        assert!(path_key([0; 4], &long[..PATH_KEY_LEN]).is_ok());
+    }
 }

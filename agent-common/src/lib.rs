@@ -81,6 +81,8 @@ pub mod op {
     pub const CONNECT: u8 = 11;
     pub const SENDMSG: u8 = 12;
     pub const SOCKET: u8 = 13;
+    /// A syscall the fallback tier cannot judge (io_uring, 32-bit compat).
+    pub const SYSCALL: u8 = 14;
 }
 
 /// Why the decision came out as it did.
@@ -98,6 +100,10 @@ pub mod reason {
     pub const UNRESOLVED: u8 = 5;
     /// Raw and packet sockets are never allowed to bound identities.
     pub const RAW_SOCKET: u8 = 6;
+    /// A syscall the fallback tier cannot see through (io_uring_setup, whose
+    /// operations bypass syscall tracepoints; 32-bit compat or x32 syscalls,
+    /// numbered differently): refused to bound identities.
+    pub const UNSUPPORTED_SYSCALL: u8 = 7;
 }
 
 /// Bits of [`IdentityConfig::flags`].
@@ -236,6 +242,10 @@ pub struct KernelOffsets {
     /// `flags` was added in 5.19). An LSM program reads the previous program's
     /// verdict from the argument after the last one.
     pub path_rename_nargs: u32,
+    /// `task_struct::thread_info.status` (x86: TS_COMPAT marks a 32-bit syscall,
+    /// including `int 0x80` from 64-bit code).
+    pub task_ti_status: u32,
+    pub _pad: u32,
 }
 
 /// A decision the kernel reports to the daemon through the `EVENTS` ring buffer.
@@ -300,7 +310,7 @@ mod tests {
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<PortRule>(), 12);
         assert_eq!(size_of::<EgressRules>(), 4 + 12 * MAX_PORT_RULES);
-        assert_eq!(size_of::<KernelOffsets>(), 22 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 24 * 4);
         assert_eq!(size_of::<Event>(), 8 + 8 + 6 * 4 + 8 + 4 + 4 + 16 + 16 + EVENT_PATH_LEN);
     }
 }

@@ -40,6 +40,10 @@ impl Decision {
         Decision::deny(reason::UNRESOLVED, 0, 0)
     }
 
+    pub const fn deny_for(reason: u8, policy_version: u32) -> Self {
+        Decision::deny(reason, 0, policy_version)
+    }
+
     const fn deny(reason: u8, rule_id: u32, policy_version: u32) -> Self {
         Decision { block: true, report: true, soft_verdict: 0, reason, rule_id, policy_version }
     }

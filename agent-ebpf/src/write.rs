@@ -236,7 +236,13 @@ mod nr {
     pub const SYMLINKAT: u64 = 266;
     pub const RENAMEAT2: u64 = 316;
     pub const OPENAT2: u64 = 437;
+    pub const IO_URING_SETUP: u64 = 425;
+    /// Set in the number of x32-ABI syscalls.
+    pub const X32_BIT: u64 = 0x4000_0000;
 }
+
+/// x86 `TS_COMPAT`: the current syscall entered through a 32-bit gate.
+const TS_COMPAT: u32 = 0x2;
 
 /// x86-64 `struct pt_regs` offsets (a stable ABI) of the syscall arguments.
 const REG_ARGS: [u64; 5] = [112 /* di */, 104 /* si */, 96 /* dx */, 56 /* r10 */, 72 /* r8 */];
@@ -302,6 +308,33 @@ fn opaque(s: &mut Scratch, v: [u64; 5]) -> [u64; 5] {
     out
 }
 
+/// Whether the syscall came through a 32-bit gate (numbered differently, so the
+/// dispatch below would not recognise its file syscalls). Unknown offsets read as
+/// not compat here; the judging code fails closed on them anyway.
+#[inline(always)]
+fn is_compat() -> bool {
+    let Ok(o) = offsets() else { return false };
+    // SAFETY: the current task pointer, only read through probe_read.
+    let task = unsafe { bpf_get_current_task() };
+    read_u32(task + o.task_ti_status as u64).map(|st| st & TS_COMPAT != 0).unwrap_or(false)
+}
+
+/// Kills a bound task making a syscall this tier cannot judge.
+#[inline(always)]
+fn refuse_unjudgeable() {
+    let Some(subject) = current_subject() else { return };
+    let Some(s) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU scratch, exclusively ours until the program returns.
+    let s = unsafe { &mut *s };
+    let version = match crate::decide::identity_config(subject.identity) {
+        Ok(cfg) => cfg.policy_version,
+        Err(d) => d.policy_version,
+    };
+    let d = Decision::deny_for(agent_common::reason::UNSUPPORTED_SYSCALL, version);
+    report(s, &subject, &d, &Target::path(kind::WRITE, op::SYSCALL, mechanism::TRACEPOINT, None), verdict::KILL);
+    kill_if_blocked(d);
+}
+
 #[inline(always)]
 fn kill_if_blocked(d: Decision) {
     if d.block {
@@ -321,6 +354,10 @@ fn judge_user(subject: &Subject, o: &KernelOffsets, dfd: u64, ptr: u64, op: u8) 
 pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long id)
     let id: u64 = ctx.arg(1);
+    if id == nr::IO_URING_SETUP || id & nr::X32_BIT != 0 || is_compat() {
+        refuse_unjudgeable();
+        return 0;
+    }
     let cwd_fd = AT_FDCWD as u64;
     // (dirfd, path) pairs to judge, by syscall. Cheap filter before attribution:
     // this runs on every syscall of every task.

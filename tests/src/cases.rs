@@ -245,3 +245,37 @@ pub fn lsm_is_the_active_mechanism() {
         assert_eq!(effect, "deny", "{kind}");
     }
 }
+
+/// Syscalls the fallback tier cannot see through — io_uring (its operations bypass
+/// syscall tracepoints) and 32-bit syscalls via `int 0x80` (numbered differently) —
+/// are refused to bound tasks there; under BPF LSM the hooks see them like any other.
+pub fn unjudgeable_syscalls_fail_closed() {
+    let d = Daemon::start("compat");
+    let files = Scratch::new("compat");
+    let deny = files.path("deny");
+    let ok = files.path("ok");
+    fs::create_dir_all(&deny).expect("dir");
+    fs::create_dir_all(&ok).expect("dir");
+    fs::write(format!("{deny}/f"), "x").expect("seed");
+    fs::write(format!("{ok}/f"), "x").expect("seed");
+    let cg = Cgroup::new("compat");
+    let write = format!("    default: allow\n    rules:\n      - {{path: \"{deny}/**\", action: deny}}\n");
+    d.identity_bound("compat-agent", &policy("compat-agent", ALLOW_ALL, &write, ALLOW_ALL), &cg);
+    match d.effect("write").1.as_str() {
+        "kill" => {
+            assert_eq!(probe(&d, &cg, &["io-uring"]), Outcome::Killed(libc::SIGKILL), "io_uring_setup");
+            assert_eq!(probe(&d, &cg, &["unlink32", &format!("{ok}/f")]), Outcome::Killed(libc::SIGKILL), "int 0x80");
+            let events = d.ctl_ok(&["events", "--json"]);
+            assert!(events.contains("unsupported"), "events say why: {events}");
+        }
+        "deny" => {
+            assert_eq!(probe(&d, &cg, &["io-uring"]), Outcome::Ok, "io_uring is judged per operation by LSM");
+            assert_eq!(probe(&d, &cg, &["unlink32", &format!("{deny}/f")]), Outcome::Errno("EPERM".into()));
+            assert!(fs::metadata(format!("{deny}/f")).is_ok(), "file survived");
+            assert_eq!(probe(&d, &cg, &["unlink32", &format!("{ok}/f")]), Outcome::Ok);
+        }
+        other => panic!("unknown write effect {other}"),
+    }
+    // Unbound processes are never affected.
+    assert_eq!(probe_here(&d, &["io-uring"]), Outcome::Ok);
+}

@@ -52,6 +52,8 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         socket_type: f("socket", "type")?,
         // Absent when the kernel has no BPF LSM; then the hook is never loaded.
         path_rename_nargs: func_nargs(&btf, "bpf_lsm_path_rename").unwrap_or(5),
+        task_ti_status: f("task_struct", "thread_info")? + f("thread_info", "status")?,
+        _pad: 0,
     })
 }
 

@@ -68,6 +68,19 @@ fn main() {
             }
             cvt(fd)
         }
+        // io-uring — create an io_uring instance (its operations bypass syscall hooks).
+        "io-uring" => {
+            let mut params = [0u8; 120];
+            // SAFETY: io_uring_setup(1, &params); params is large enough.
+            let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()) };
+            if fd >= 0 {
+                // SAFETY: we own fd.
+                unsafe { libc::close(fd as i32) };
+            }
+            cvt(fd as i32)
+        }
+        // unlink32 PATH — unlink through the 32-bit `int 0x80` gate.
+        "unlink32" => unlink32(a(1)),
         // exec PATH [ARGS...] — replace this process; only returns on failure.
         "exec" => {
             use std::os::unix::process::CommandExt as _;
@@ -93,6 +106,49 @@ fn main() {
     }
 }
 
+/// unlink(2) through the ia32 syscall gate, with the path in the low 4 GiB as a
+/// 32-bit syscall needs.
+fn unlink32(path: &str) -> std::io::Result<()> {
+    // SAFETY: an anonymous private mapping below 4 GiB, used only here.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let bytes = path.as_bytes();
+    if bytes.len() >= 4096 {
+        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    // SAFETY: the mapping is 4096 writable bytes; the path plus NUL fits.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), page as *mut u8, bytes.len());
+        *(page as *mut u8).add(bytes.len()) = 0;
+    }
+    let ret: i64;
+    // SAFETY: ia32 unlink (nr 10) with ebx = path; int 0x80 clobbers only eax
+    // (and r8-r11 per the 64-bit entry), which we declare.
+    unsafe {
+        // rbx is reserved by LLVM: swap the argument in and out around the gate.
+        std::arch::asm!(
+            "xchg rbx, {arg}",
+            "int 0x80",
+            "xchg rbx, {arg}",
+            arg = inout(reg) page as u64 => _,
+            inlateout("rax") 10i64 => ret,
+            lateout("r8") _, lateout("r9") _, lateout("r10") _, lateout("r11") _,
+        );
+    }
+    if ret < 0 { Err(std::io::Error::from_raw_os_error(-ret as i32)) } else { Ok(()) }
+}
+
 fn cvt(r: libc::c_int) -> std::io::Result<()> {
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
@@ -113,7 +169,7 @@ fn errno_name(n: i32) -> &'static str {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: probe connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH | rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | exec PATH [ARGS] | sleep SECS"
+        "usage: probe connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH | rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | io-uring | unlink32 PATH | exec PATH [ARGS] | sleep SECS"
     );
     exit(2)
 }

@@ -1,4 +1,21 @@
 //! Helpers shared by the host-tier and VM-tier integration tests.
+//!
+//! Skip protocol: a test that cannot run where it is calls [`skip`] and returns.
+//! `cargo xtask test` counts those lines as skipped (not passed), lists every skip
+//! with its reason, and under `CI=true` fails the run if a kernel-tier test skipped.
 
 pub mod cases;
 pub mod harness;
+
+/// Reports that `test` did not run, and why, in the line `cargo xtask test` counts.
+pub fn skip(test: &str, reason: &str) {
+    // One line, so the reason must not break it.
+    let reason = reason.replace('\n', " ");
+    println!("agentd-skip: {test}: {reason}");
+}
+
+/// The tier `cargo xtask test` runs these tests in (`host` or `vm`), from
+/// `AGENTD_TEST_TIER`; `None` under a plain `cargo test`.
+pub fn tier() -> Option<String> {
+    std::env::var("AGENTD_TEST_TIER").ok().filter(|t| !t.is_empty())
+}

@@ -1,0 +1,26 @@
+//! Tier 2 of `cargo xtask test`: integration tests against this machine's kernel,
+//! run as root with `AGENTD_TEST_TIER=host`. Outside that tier every test skips.
+
+use agentd_tests::{harness, skip, tier};
+
+/// Returns true (after reporting the skip) when not run by `cargo xtask test`.
+fn outside_tier(test: &str) -> bool {
+    if tier().is_none() {
+        skip(test, "AGENTD_TEST_TIER is not set: run the kernel tiers with `cargo xtask test`");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn cgroup2_mount_is_found_in_mountinfo() {
+    if outside_tier("cgroup2_mount_is_found_in_mountinfo") {
+        return;
+    }
+    let mount = harness::cgroup2_mount();
+    assert!(
+        mount.join("cgroup.procs").exists(),
+        "{} is listed as the cgroup2 mount but has no cgroup.procs",
+        mount.display()
+    );
+}

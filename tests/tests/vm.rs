@@ -1,0 +1,28 @@
+//! Tier 3 of `cargo xtask test`: integration tests run inside Debian's 6.1 kernel
+//! under QEMU (`AGENTD_TEST_TIER=vm`), where BPF LSM programs really run. Anywhere
+//! else every test skips.
+
+use std::fs;
+
+use agentd_tests::{skip, tier};
+
+/// Returns true (after reporting the skip) when not inside the test VM.
+fn outside_vm(test: &str) -> bool {
+    if tier().as_deref() != Some("vm") {
+        skip(test, "not inside the test VM (AGENTD_TEST_TIER != vm): run `cargo xtask test --tier vm`");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn vm_kernel_is_6_1_with_bpf_lsm_active() {
+    if outside_vm("vm_kernel_is_6_1_with_bpf_lsm_active") {
+        return;
+    }
+    let lsm =
+        fs::read_to_string("/sys/kernel/security/lsm").expect("read /sys/kernel/security/lsm (securityfs mounted?)");
+    assert!(lsm.trim().split(',').any(|m| m == "bpf"), "bpf is not an active LSM: {lsm:?}");
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("read the kernel release");
+    assert!(release.starts_with("6.1."), "expected Debian's 6.1 kernel, got {release:?}");
+}

@@ -9,6 +9,9 @@ fn main() -> anyhow::Result<()> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // `agentctl --json` prints these messages: their proto field names are the
+        // stable JSON names.
+        .type_attribute(".", "#[derive(serde::Serialize)]")
         .compile_fds(fds)
         .context("generating gRPC code")?;
     println!("cargo:rerun-if-changed=proto/agentd.proto");

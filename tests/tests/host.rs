@@ -24,3 +24,29 @@ fn cgroup2_mount_is_found_in_mountinfo() {
         mount.display()
     );
 }
+
+/// One `#[test]` per scenario in `agentd_tests::cases`, each skipped (with the
+/// reason) outside `cargo xtask test`.
+macro_rules! host_cases {
+    ($($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            if outside_tier(stringify!($name)) {
+                return;
+            }
+            agentd_tests::cases::$name();
+        }
+    )*};
+}
+
+host_cases!(
+    egress_allowed_and_denied_per_cgroup,
+    raw_socket_denied,
+    exec_denied_by_rule,
+    exec_default_deny_allows_listed,
+    write_denied_under_prefix,
+    descendant_cgroup_created_after_bind,
+    survives_daemon_sigkill_and_restart_adopts,
+    run_puts_command_under_identity,
+    unjudgeable_syscalls_fail_closed,
+);

@@ -26,3 +26,29 @@ fn vm_kernel_is_6_1_with_bpf_lsm_active() {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("read the kernel release");
     assert!(release.starts_with("6.1."), "expected Debian's 6.1 kernel, got {release:?}");
 }
+
+/// The VM tier runs the same scenarios as the host tier, but here the daemon must
+/// pick BPF LSM, so each denial is a synchronous EPERM.
+macro_rules! vm_cases {
+    ($($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            if outside_vm(stringify!($name)) {
+                return;
+            }
+            agentd_tests::cases::$name();
+        }
+    )*};
+}
+
+vm_cases!(
+    lsm_is_the_active_mechanism,
+    egress_allowed_and_denied_per_cgroup,
+    raw_socket_denied,
+    exec_denied_by_rule,
+    exec_default_deny_allows_listed,
+    write_denied_under_prefix,
+    descendant_cgroup_created_after_bind,
+    survives_daemon_sigkill_and_restart_adopts,
+    unjudgeable_syscalls_fail_closed,
+);

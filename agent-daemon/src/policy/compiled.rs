@@ -28,6 +28,8 @@ pub struct CompiledPolicy {
     pub egress: Vec<EgressEntry>,
     /// Every rule, indexed by id (`rules[i].id == i as u32 + 1`; id 0 means "default").
     pub rules: Vec<RuleInfo>,
+    /// What the kernel cannot enforce as written (always narrowing, never widening).
+    pub warnings: Vec<String>,
 }
 
 /// One LPM entry of a path trie.

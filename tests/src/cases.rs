@@ -217,8 +217,79 @@ pub fn survives_daemon_sigkill_and_restart_adopts() {
     assert_eq!(probe(&d, &cg, &["connect", "127.0.0.1:9"]), Outcome::Errno("EPERM".into()), "after restart");
     let bindings = d.ctl_ok(&["bindings", "--json"]);
     assert!(bindings.contains("kill-agent"), "binding kept across restart: {bindings}");
+    // SIGTERM: a clean exit that leaves enforcement in the kernel.
+    let status = d.terminate();
+    assert!(status.success(), "agentd exits 0 on SIGTERM: {status}");
+    assert!(!d.socket.exists(), "socket removed on SIGTERM");
+    assert_eq!(probe(&d, &cg, &["connect", "127.0.0.1:9"]), Outcome::Errno("EPERM".into()), "after SIGTERM");
+    d.restart();
     d.ctl_ok(&["unbind", cg.path.to_str().expect("utf-8")]);
     assert_eq!(probe(&d, &cg, &["connect", "127.0.0.1:9"]), Outcome::Errno("ECONNREFUSED".into()));
+}
+
+/// Bad input gets a clear error and changes nothing: a malformed policy is rejected
+/// whole with file:line and the running one stays in force; unknown names, things
+/// that are not cgroups and a missing daemon each say what to do.
+pub fn bad_input_is_refused_and_changes_nothing() {
+    let d = Daemon::start("badinput");
+    let cg = Cgroup::new("badinput");
+    d.identity_bound("steady", &policy("steady", ALLOW_ALL, ALLOW_ALL, "    default: deny
+"), &cg);
+    let bad = d.dir.join("steady-bad.yaml");
+    fs::write(
+        &bad,
+        policy("steady", ALLOW_ALL, ALLOW_ALL, "    default: allow
+    rules:
+      - {cidr: 10.0.0.1/8, action: deny}
+      - {cidr: 10.0.0.0/8, prot: tcp, action: allow}
+"),
+    )
+    .expect("write");
+    let out = d.ctl(&["policy", "apply", bad.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("steady-bad.yaml:14:") && err.contains("write 10.0.0.0/8"), "first error with file:line: {err}");
+    assert!(err.contains("steady-bad.yaml:15:") && err.contains("prot"), "every error reported: {err}");
+    let show: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["policy", "show", "steady", "--json"])).expect("json");
+    assert_eq!(show["policy"]["version"], 1, "the running policy stays: {show}");
+    assert_eq!(probe(&d, &cg, &["connect", "127.0.0.1:9"]), Outcome::Errno("EPERM".into()), "still enforced");
+
+    let out = d.ctl(&["bind", cg.path.to_str().expect("utf-8"), "nobody-here"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no identity named \"nobody-here\""), "{out:?}");
+    let out = d.ctl(&["bind", "/definitely/not/a/cgroup", "steady"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a cgroup"), "{out:?}");
+    let out = d.ctl(&["identity", "create", "orphan", "--policy", "missing"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agentctl policy apply FILE"), "{out:?}");
+    let out = std::process::Command::new(&d.bins.agentctl)
+        .args(["--socket", "/nonexistent/agentd.sock", "status"])
+        .output()
+        .expect("agentctl");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agentd is not running"), "{out:?}");
+    // A cgroup given relative to the cgroup2 mount resolves like its absolute path.
+    let rel = cg.path.strip_prefix(crate::harness::cgroup2_mount()).expect("under mount").to_str().expect("utf-8").to_string();
+    d.ctl_ok(&["unbind", &rel]);
+    assert_eq!(probe(&d, &cg, &["connect", "127.0.0.1:9"]), Outcome::Errno("ECONNREFUSED".into()));
+}
+
+/// An agent cannot change its own enforcement: the daemon refuses changes from
+/// processes inside a bound cgroup.
+pub fn agents_cannot_unbind_themselves() {
+    let d = Daemon::start("selfunbind");
+    let cg = Cgroup::new("selfunbind");
+    d.identity_bound("captive", &policy("captive", ALLOW_ALL, ALLOW_ALL, ALLOW_ALL), &cg);
+    let socket = d.socket.to_str().expect("utf-8").to_string();
+    let path = cg.path.to_str().expect("utf-8").to_string();
+    let out = cg.run(&d.bins.agentctl, &["--socket", &socket, "unbind", &path]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agents cannot change their own enforcement"), "{out:?}");
+    let bindings = d.ctl_ok(&["bindings", "--json"]);
+    assert!(bindings.contains("captive"), "still bound: {bindings}");
+    // Reading is allowed.
+    let out = cg.run(&d.bins.agentctl, &["--socket", &socket, "status"]);
+    assert!(out.status.success(), "{out:?}");
 }
 
 /// `agentctl run` puts a command under an identity and returns its exit status.

@@ -257,6 +257,14 @@ impl Daemon {
         }
     }
 
+    /// SIGTERM the daemon and return its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().expect("wait for agentd")
+    }
+
     /// Starts the daemon again on the same state, socket and pins.
     pub fn restart(&mut self) {
         self.kill9();

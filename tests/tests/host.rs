@@ -49,4 +49,6 @@ host_cases!(
     survives_daemon_sigkill_and_restart_adopts,
     run_puts_command_under_identity,
     unjudgeable_syscalls_fail_closed,
+    bad_input_is_refused_and_changes_nothing,
+    agents_cannot_unbind_themselves,
 );

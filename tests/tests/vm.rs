@@ -51,4 +51,6 @@ vm_cases!(
     descendant_cgroup_created_after_bind,
     survives_daemon_sigkill_and_restart_adopts,
     unjudgeable_syscalls_fail_closed,
+    bad_input_is_refused_and_changes_nothing,
+    agents_cannot_unbind_themselves,
 );

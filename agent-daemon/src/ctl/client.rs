@@ -7,7 +7,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::api::pb::agentd_client::AgentdClient;
 
-/// What went wrong, for the user. Exit code 1, except `Usage` (2).
+/// What went wrong, for the user. Always exit code 1 (clap's own usage errors exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
     #[error("agentd is not running (no socket at {0}): start it with `systemctl start agentd` or `cargo xtask run`")]
@@ -19,17 +19,12 @@ pub enum CtlError {
     #[error("{}", .0.message())]
     Rpc(#[from] tonic::Status),
     #[error("{0}")]
-    Usage(String),
-    #[error("{0}")]
     Other(String),
 }
 
 impl CtlError {
     pub fn exit_code(&self) -> i32 {
-        match self {
-            CtlError::Usage(_) => 2,
-            _ => 1,
-        }
+        1
     }
 }
 

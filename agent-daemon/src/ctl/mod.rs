@@ -194,7 +194,7 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
             }
         }
         Command::Policy(PolicyCmd::Apply { file, json }) => {
-            let yaml = std::fs::read_to_string(&file).map_err(|e| CtlError::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let yaml = std::fs::read_to_string(&file).map_err(|e| CtlError::Other(format!("cannot read {}: {e}", file.display())))?;
             let r = c.policy_apply(pb::PolicyApplyRequest { yaml, file_name: file.display().to_string() }).await?.into_inner();
             if json {
                 print_json(&r);
@@ -266,7 +266,7 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
             }
         }
         Command::Bind { cgroup, identity, json } => {
-            let path = crate::service::cgroups::resolve(&cgroup).map_err(|e| CtlError::Usage(e.to_string()))?;
+            let path = crate::service::cgroups::resolve(&cgroup).map_err(|e| CtlError::Other(e.to_string()))?;
             let r = c.bind(pb::BindRequest { cgroup_path: path.display().to_string(), identity }).await?.into_inner();
             if json {
                 print_json(&r);
@@ -401,5 +401,74 @@ async fn doctor(socket: &std::path::Path, json: bool) -> Result<i32, CtlError> {
             println!("(start agentd for the mechanism report: it proves what runs by loading programs)");
             Ok(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("agentctl").chain(args.iter().copied())).expect("parses")
+    }
+
+    #[test]
+    fn run_keeps_the_commands_own_flags() {
+        let cli = parse(&["run", "--identity", "coder", "--", "claude", "--dangerously-skip", "-p", "x"]);
+        match cli.command {
+            Command::Run { identity, command, .. } => {
+                assert_eq!(identity, "coder");
+                assert_eq!(command, ["claude", "--dangerously-skip", "-p", "x"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_needs_a_command_and_an_identity() {
+        assert!(Cli::try_parse_from(["agentctl", "run", "--identity", "x"]).is_err());
+        assert!(Cli::try_parse_from(["agentctl", "run", "--", "ls"]).is_err());
+    }
+
+    #[test]
+    fn listing_commands_take_json() {
+        for args in [
+            &["status", "--json"][..],
+            &["doctor", "--json"],
+            &["bindings", "--json"],
+            &["events", "--follow", "--json"],
+            &["policy", "list", "--json"],
+            &["policy", "show", "p", "--json"],
+            &["identity", "list", "--json"],
+            &["identity", "show", "i", "--json"],
+            &["bind", "a.service", "i", "--json"],
+            &["unbind", "a.service", "--json"],
+        ] {
+            parse(args);
+        }
+    }
+
+    #[test]
+    fn socket_comes_from_flag() {
+        let cli = parse(&["--socket", "/tmp/x.sock", "status"]);
+        assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+    }
+
+    #[test]
+    fn event_line_names_rule_or_reason() {
+        let mut e = pb::Event { identity: "coder".into(), verdict: "deny".into(), kind: "egress".into(), target: "1.2.3.4:443".into(), reason: "default".into(), ..Default::default() };
+        assert!(event_line(&e).contains("coder deny egress 1.2.3.4:443 (default"));
+        e.rule_id = 3;
+        e.rule = "{cidr: 1.0.0.0/8, action: deny}".into();
+        assert!(event_line(&e).contains("rule #3 {cidr: 1.0.0.0/8, action: deny}"));
+    }
+
+    #[test]
+    fn json_field_names_are_the_protos() {
+        let v = serde_json::to_value(pb::Binding { cgroup_path: "/x".into(), cgroup_id: 7, identity: "i".into(), bound_at: "t".into(), present: true }).unwrap();
+        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["bound_at", "cgroup_id", "cgroup_path", "identity", "present"]);
     }
 }

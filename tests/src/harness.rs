@@ -79,53 +79,37 @@ impl Cgroup {
         fs::metadata(&self.path).expect("stat cgroup").ino()
     }
 
-    /// Runs `program args` inside this cgroup: the child moves itself into the
-    /// cgroup before exec, so the exec itself is already judged.
-    pub fn run(&self, program: &Path, args: &[&str]) -> Output {
-        let procs = self.path.join("cgroup.procs");
-        let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null());
-        // SAFETY: only async-signal-safe work between fork and exec (open/write/close
-        // through std's raw fs calls, no allocation after the path is prepared).
-        let procs_c = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).expect("path");
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(procs_c.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let r = libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1);
-                libc::close(fd);
-                if r != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd.output().unwrap_or_else(|e| panic!("running {} in {}: {e}", program.display(), self.path.display()))
-    }
-
-    /// Starts `program args` inside this cgroup and returns the child.
-    pub fn spawn(&self, program: &Path, args: &[&str]) -> Child {
+    /// A command that moves itself into this cgroup before exec, so the exec itself
+    /// is already judged; it fails rather than run outside the cgroup.
+    fn command(&self, program: &Path, args: &[&str]) -> Command {
         let procs = std::ffi::CString::new(self.path.join("cgroup.procs").as_os_str().as_encoded_bytes()).expect("path");
         let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        // SAFETY: as in `run`.
+        cmd.args(args).stdin(Stdio::null());
+        // SAFETY: only async-signal-safe calls (open/write/close) between fork and
+        // exec, on a C string prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 let r = libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1);
+                let err = std::io::Error::last_os_error();
                 libc::close(fd);
                 if r != 1 {
-                    return Err(std::io::Error::last_os_error());
+                    return Err(err);
                 }
                 Ok(())
             });
         }
-        cmd.spawn().expect("spawn in cgroup")
+        cmd
+    }
+
+    /// Runs `program args` inside this cgroup and collects its output.
+    pub fn run(&self, program: &Path, args: &[&str]) -> Output {
+        self.command(program, args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {} in {}: {e}", program.display(), self.path.display()))
     }
 }
 

@@ -19,3 +19,19 @@ pub fn skip(test: &str, reason: &str) {
 pub fn tier() -> Option<String> {
     std::env::var("AGENTD_TEST_TIER").ok().filter(|t| !t.is_empty())
 }
+
+/// Declares one `#[test]` per scenario in [`cases`], each first asking `$gate`
+/// (a `fn(&str) -> bool` that reports the skip and returns true when the test
+/// must not run here).
+#[macro_export]
+macro_rules! scenario_tests {
+    ($gate:ident; $($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            if $gate(stringify!($name)) {
+                return;
+            }
+            $crate::cases::$name();
+        }
+    )*};
+}

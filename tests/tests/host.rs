@@ -25,21 +25,9 @@ fn cgroup2_mount_is_found_in_mountinfo() {
     );
 }
 
-/// One `#[test]` per scenario in `agentd_tests::cases`, each skipped (with the
-/// reason) outside `cargo xtask test`.
-macro_rules! host_cases {
-    ($($name:ident),* $(,)?) => {$(
-        #[test]
-        fn $name() {
-            if outside_tier(stringify!($name)) {
-                return;
-            }
-            agentd_tests::cases::$name();
-        }
-    )*};
-}
-
-host_cases!(
+// One `#[test]` per scenario in `agentd_tests::cases`, each skipped (with the
+// reason) outside `cargo xtask test`.
+agentd_tests::scenario_tests!(outside_tier;
     egress_allowed_and_denied_per_cgroup,
     raw_socket_denied,
     exec_denied_by_rule,

@@ -27,21 +27,9 @@ fn vm_kernel_is_6_1_with_bpf_lsm_active() {
     assert!(release.starts_with("6.1."), "expected Debian's 6.1 kernel, got {release:?}");
 }
 
-/// The VM tier runs the same scenarios as the host tier, but here the daemon must
-/// pick BPF LSM, so each denial is a synchronous EPERM.
-macro_rules! vm_cases {
-    ($($name:ident),* $(,)?) => {$(
-        #[test]
-        fn $name() {
-            if outside_vm(stringify!($name)) {
-                return;
-            }
-            agentd_tests::cases::$name();
-        }
-    )*};
-}
-
-vm_cases!(
+// The VM tier runs the same scenarios as the host tier, but here the daemon must
+// pick BPF LSM, so each denial is a synchronous EPERM.
+agentd_tests::scenario_tests!(outside_vm;
     lsm_is_the_active_mechanism,
     egress_allowed_and_denied_per_cgroup,
     raw_socket_denied,

@@ -407,7 +407,6 @@ async fn doctor(socket: &std::path::Path, json: bool) -> Result<i32, CtlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("agentctl").chain(args.iter().copied())).expect("parses")

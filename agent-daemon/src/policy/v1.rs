@@ -408,7 +408,9 @@ fn check_path(p: &str) -> Result<(), String> {
     if literal.split('/').any(|c| c == "." || c == "..") || (literal.len() > 1 && literal.contains("//")) {
         return Err("write the path without '.', '..' or '//' components".into());
     }
-    let bytes = literal.len() + if prefix { 1 } else { 1 };
+    // The key is the literal plus one byte either way: the NUL that ends an exact
+    // path, or the '/' that ends a directory prefix.
+    let bytes = literal.len() + 1;
     if bytes > PATH_KEY_LEN {
         return Err(format!("the kernel matches paths of at most {} bytes", PATH_KEY_LEN - 1));
     }

@@ -4,7 +4,7 @@
 
 use std::{
     collections::VecDeque,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::Ipv6Addr,
     pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
@@ -133,7 +133,7 @@ pub fn convert(ev: &Event, boot: SystemTime, names: &Names) -> pb::Event {
             let ip6 = Ipv6Addr::from(a);
             match ip6.to_ipv4_mapped() {
                 Some(v4) if ev.family == 2 || a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] => {
-                    format!("{}:{}", Ipv4Addr::from(v4), ev.port)
+                    format!("{v4}:{}", ev.port)
                 }
                 _ => format!("[{ip6}]:{}", ev.port),
             }
@@ -241,7 +241,7 @@ mod tests {
         e.verdict = verdict::DENY;
         e.family = 2;
         e.port = 443;
-        e.addr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
+        e.addr = std::net::Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
         let names: Names = Arc::new(|_, _| Some(("coder".into(), "p".into(), "{cidr: 10.0.0.0/8, action: deny}".into())));
         let p = convert(&e, SystemTime::UNIX_EPOCH, &names);
         assert_eq!(p.target, "10.1.2.3:443");

@@ -286,6 +286,22 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `agentctl events --json` once it satisfies `want` (the daemon drains the
+    /// kernel's ring buffer asynchronously); panics with the last output after 10 s.
+    pub fn events_until(&self, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.ctl_ok(&["events", "--json"]);
+            if want(&events) {
+                return events;
+            }
+            if Instant::now() > deadline {
+                panic!("expected event not seen within 10 s; events: {events}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Writes `yaml` to a file and applies it.
     pub fn apply(&self, name: &str, yaml: &str) {
         let file = self.dir.join(format!("{name}.yaml"));

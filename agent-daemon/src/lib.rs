@@ -1,7 +1,10 @@
 //! agentd: per-identity enforcement of exec, file writes and network egress in the
 //! Linux kernel for AI agents.
 pub mod api;
-pub mod ctl;
+pub mod cgroup;
+pub mod cli;
+pub mod daemon;
 pub mod enforce;
+pub mod identity;
 pub mod policy;
-pub mod service;
+pub mod state;

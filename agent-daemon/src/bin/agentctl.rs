@@ -1,20 +1,19 @@
-//! `agentctl`: the command line for agentd.
+//! `agentctl`: the command line for agentd. Parsing and the commands live in
+//! `agentd::cli`; this only turns the outcome into an exit status.
+#![forbid(unsafe_code)]
+
+use std::{io::Write as _, process::ExitCode};
+
 use clap::Parser as _;
 
-fn main() -> std::process::ExitCode {
-    let cli = agentd::ctl::Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
+fn main() -> ExitCode {
+    // Usage errors, --help and --version exit here (usage errors with status 2).
+    let cli = agentd::cli::Cli::parse();
+    match agentd::cli::run(cli) {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("agentctl: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(agentd::ctl::run(cli)) {
-        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
-        Err(e) => {
-            eprintln!("agentctl: {e}");
-            std::process::ExitCode::from(e.exit_code() as u8)
+            let _ = std::io::stderr().write_all(e.render().as_bytes());
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -1,45 +1,78 @@
-//! `agentd`: the agentd enforcement daemon.
-use std::path::PathBuf;
+//! `agentd`: the enforcement daemon. Parses flags, sets up logging and runs
+//! `agentd::daemon`; every error becomes one line on stderr and a non-zero exit.
+#![forbid(unsafe_code)]
+
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 
-/// Kernel-level enforcement for AI agents: loads the eBPF programs (or adopts the
-/// ones an earlier agentd pinned), installs every identity's policy and binding,
-/// and serves agentctl on a unix socket. Enforcement stays in the kernel when
-/// agentd stops or crashes.
-#[derive(Parser)]
-#[command(version, after_help = "EXAMPLES:\n  agentd                                   # defaults, as the systemd unit runs it\n  agentd --state-dir /tmp/s --socket /tmp/s/agentd.sock --pin-dir /sys/fs/bpf/agentd-dev\n\nLogs go to stderr; set RUST_LOG=debug for more.")]
+/// Kernel-level enforcement for AI agents.
+///
+/// agentd loads its eBPF programs (or adopts the ones an earlier agentd left
+/// pinned), installs every identity's policy and every cgroup binding from the state
+/// directory, and serves agentctl on a unix socket. Enforcement lives in the kernel:
+/// when agentd stops or crashes, every bound cgroup stays enforced, and the next
+/// agentd picks up where it left off.
+///
+/// agentd must run as root. Processes in a bound cgroup can never change
+/// enforcement through the socket, whatever their uid.
+#[derive(Parser, Debug)]
+#[command(
+    name = "agentd",
+    version,
+    after_help = "\
+FILES:
+  STATE_DIR/policies/NAME.yaml     applied policies, exactly as applied
+  STATE_DIR/identities/NAME.json   identities (id, policy, owner, public key)
+  STATE_DIR/keys/NAME.key          identities' Ed25519 private keys (0600)
+  STATE_DIR/bindings.json          cgroups bound to identities
+
+EXAMPLES:
+  agentd                        # as the systemd unit runs it
+  agentd --state-dir /tmp/agentd --socket /tmp/agentd/agentd.sock --pin-dir /sys/fs/bpf/agentd-dev
+                                # a private instance next to the system one
+
+Then: agentctl policy apply FILE; agentctl identity create NAME --policy POLICY;
+agentctl bind CGROUP NAME (or agentctl run --identity NAME -- CMD).
+Logs go to stderr; RUST_LOG=debug shows more. SIGTERM stops agentd and leaves
+enforcement in place; `agentctl doctor` shows what this kernel can enforce."
+)]
 struct Args {
-    /// Identities, policies, bindings and keys (created 0700).
-    #[arg(long, env = "AGENTD_STATE_DIR", default_value = "/var/lib/agentd")]
+    /// Where policies, identities, their private keys and bindings are kept
+    /// (created with mode 0700).
+    #[arg(long, value_name = "DIR", env = "AGENTD_STATE_DIR", default_value = "/var/lib/agentd")]
     state_dir: PathBuf,
-    /// The agentctl socket (mode 0660).
-    #[arg(long, env = "AGENTD_SOCKET", default_value = "/run/agentd/agentd.sock")]
+
+    /// The unix socket agentctl connects to (mode 0660; group `agentd` if that group
+    /// exists, whose members may then make changes).
+    #[arg(long, value_name = "PATH", env = "AGENTD_SOCKET", default_value = "/run/agentd/agentd.sock")]
     socket: PathBuf,
-    /// bpffs directory for the pinned programs and maps.
-    #[arg(long, env = "AGENTD_PIN_DIR", default_value = "/sys/fs/bpf/agentd")]
+
+    /// bpffs directory for the pinned programs and maps. Use a different one for a
+    /// second, independent agentd (e.g. tests).
+    #[arg(long, value_name = "DIR", env = "AGENTD_PIN_DIR", default_value = "/sys/fs/bpf/agentd")]
     pin_dir: PathBuf,
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("agentd: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    let config = agentd::service::Config { state_dir: args.state_dir, socket: args.socket, pin_dir: args.pin_dir };
-    match rt.block_on(agentd::service::run(config)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let config = agentd::daemon::Config { state_dir: args.state_dir, socket: args.socket, pin_dir: args.pin_dir };
+    match runtime.block_on(agentd::daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("agentd: {e:#}");
-            std::process::ExitCode::FAILURE
+            eprintln!("agentd: {e}");
+            ExitCode::FAILURE
         }
     }
 }

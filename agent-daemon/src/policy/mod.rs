@@ -1,3 +1,58 @@
-//! Policies: the user-facing `agentd.io/v1` format and its compilation to kernel maps.
+//! Policies: the user-facing `agentd.io/v1` format, its meaning, and its
+//! compilation to the kernel's maps.
+//!
+//! ```text
+//! text ──parse──▶ Policy ──compile──▶ CompiledPolicy ──(enforce)──▶ BPF maps
+//!                   │
+//!                   └──evaluate(Action)──▶ Decision
+//! ```
+//!
+//! - [`parse()`] reads and validates a file. Every problem is reported at once, each
+//!   as `file:line:column: message; hint: what to do`. Unknown keys are errors.
+//! - [`evaluate()`] is the reference meaning of a policy, with the format's full
+//!   glob and precedence rules. It judges a path the way the kernel sees it
+//!   (normalised, symlinks resolved on this machine).
+//! - [`compile()`] lays the rules out for the kernel's longest-prefix lookups so that
+//!   the kernel decides exactly as [`evaluate()`] does (the `crosscheck` tests
+//!   simulate the kernel's lookup over the output to hold it to that). It never
+//!   widens a rule: a pattern the kernel cannot express is an
+//!   [`ErrorKind::Unenforceable`] error, and what it skips for now (DNS names)
+//!   only ever narrows, with a warning.
+//!
+//! Precedence, as the format defines it: the most specific matching rule wins,
+//! and at equal specificity deny > ask > audit > allow. For paths an exact path
+//! beats any pattern, then the longer literal prefix (before the first wildcard)
+//! wins, then `*` beats `**`. For egress the longer CIDR prefix wins, then a rule
+//! with `ports` beats one without, then a rule with `protocol`. Rules have stable
+//! ids in file order (exec, then write, then egress, from 1; 0 is the default).
+
+mod compile;
 pub mod compiled;
-pub mod v1;
+mod error;
+mod eval;
+mod glob;
+mod model;
+mod parse;
+mod path;
+mod validate;
+
+#[cfg(test)]
+mod crosscheck;
+#[cfg(test)]
+mod tests;
+
+pub use compile::compile;
+pub use error::{ErrorKind, Location, PolicyError, PolicyErrors};
+pub use eval::{evaluate, Action, Decision};
+pub use glob::{Glob, GlobError, KernelForm, Specificity};
+pub use model::{
+    ActionKind, Approvals, EgressRule, EgressSection, Mode, PathRule, PathSection, Policy, PortRange, Protocol,
+    Receipts, RuleKind, Target,
+};
+pub use validate::{API_VERSION, KIND};
+
+/// Parses and validates a policy file. `file_name` is only used in messages.
+pub fn parse(file_name: &str, text: &str) -> Result<Policy, PolicyErrors> {
+    let root = parse::parse_yaml(file_name, text)?;
+    validate::validate(file_name, text, &root)
+}

@@ -1,0 +1,493 @@
+//! The daemon's decisions about state and kernel, free of gRPC and of the real
+//! kernel (behind [`Kernel`]), so they are unit-tested without root.
+//!
+//! Every change follows one order: check everything, change the kernel, persist,
+//! and only then update memory. A kernel refusal leaves the previous enforcement in
+//! place; a failed write rolls the kernel back, so what is enforced is always what
+//! a restarted agentd would enforce.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    path::Path,
+    sync::Arc,
+    time::SystemTime,
+};
+
+use tracing::{info, warn};
+
+use crate::{
+    enforce::{Counters, EnforceError, Enforcer, MechanismReport},
+    identity::{self, keys, IdentityRecord},
+    policy::compiled::CompiledPolicy,
+    state::{self, BindingRecord, PolicyMeta, PolicyRecord, State, Store},
+};
+
+/// How many versions of a policy's rule table are kept for naming the rules of
+/// events decided just before a re-apply.
+const RULE_HISTORY: usize = 4;
+
+/// The kernel operations the daemon uses; [`Enforcer`] in production.
+pub trait Kernel: Send {
+    fn set_identity(&mut self, id: u32, policy: Option<&CompiledPolicy>, version: u32, revoked: bool) -> Result<(), EnforceError>;
+    fn remove_identity(&mut self, id: u32) -> Result<(), EnforceError>;
+    fn bind(&mut self, cgroup_id: u64, id: u32) -> Result<(), EnforceError>;
+    fn unbind(&mut self, cgroup_id: u64) -> Result<(), EnforceError>;
+    fn kernel_bindings(&self) -> Result<Vec<(u64, u32)>, EnforceError>;
+    fn report(&self) -> MechanismReport;
+    fn counters(&self) -> Result<Counters, EnforceError>;
+}
+
+impl Kernel for Enforcer {
+    fn set_identity(&mut self, id: u32, policy: Option<&CompiledPolicy>, version: u32, revoked: bool) -> Result<(), EnforceError> {
+        Enforcer::set_identity(self, id, policy, version, revoked)
+    }
+    fn remove_identity(&mut self, id: u32) -> Result<(), EnforceError> {
+        Enforcer::remove_identity(self, id)
+    }
+    fn bind(&mut self, cgroup_id: u64, id: u32) -> Result<(), EnforceError> {
+        Enforcer::bind(self, cgroup_id, id)
+    }
+    fn unbind(&mut self, cgroup_id: u64) -> Result<(), EnforceError> {
+        Enforcer::unbind(self, cgroup_id)
+    }
+    fn kernel_bindings(&self) -> Result<Vec<(u64, u32)>, EnforceError> {
+        Enforcer::kernel_bindings(self)
+    }
+    fn report(&self) -> MechanismReport {
+        Enforcer::report(self)
+    }
+    fn counters(&self) -> Result<Counters, EnforceError> {
+        Enforcer::counters(self)
+    }
+}
+
+/// Why an operation was refused; the server maps each to a gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Exists(String),
+    /// The kernel refused; the previous enforcement stays.
+    #[error("{0}")]
+    Kernel(String),
+    /// The state directory could not be written; the kernel was rolled back.
+    #[error("{0}")]
+    State(String),
+}
+
+/// A stored policy that compiles.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub compiled: Arc<CompiledPolicy>,
+    pub description: String,
+}
+
+/// What start-up found and did, for the log and `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    pub identities: usize,
+    /// Kernel bindings already as the state wants them.
+    pub adopted: usize,
+    /// Bindings (re)written into the kernel.
+    pub bound: usize,
+    /// Kernel bindings the state does not have, removed.
+    pub dropped: usize,
+    /// Bound cgroups whose directory is gone (kept in the state, not in the kernel).
+    pub missing: usize,
+    /// Stored policies that no longer compile (their identities are denied everything).
+    pub broken_policies: Vec<String>,
+}
+
+/// The result of a successful apply.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    pub name: String,
+    pub version: u32,
+    pub identities: Vec<String>,
+}
+
+/// The result of a bind.
+#[derive(Clone, Debug)]
+pub struct Bound {
+    pub binding: BindingRecord,
+    /// The identity the cgroup was bound to before, when this replaced it.
+    pub replaced: Option<String>,
+}
+
+/// State, kernel and the compiled policies, kept consistent.
+pub struct Core {
+    kernel: Box<dyn Kernel>,
+    store: Store,
+    state: State,
+    loaded: HashMap<String, Loaded>,
+    history: HashMap<String, VecDeque<(u32, Arc<CompiledPolicy>)>>,
+    /// Whether each identity is installed as denied-everything (revoked or expired).
+    denied: HashMap<u32, bool>,
+}
+
+fn kernel_err(what: String) -> impl FnOnce(EnforceError) -> OpError {
+    move |e| OpError::Kernel(format!("agentd: the kernel refused {what}: {e}"))
+}
+
+fn state_err(e: state::StateError) -> OpError {
+    OpError::State(format!("agentd: cannot write the state directory, so nothing changed: {e}"))
+}
+
+impl Core {
+    pub fn new(kernel: Box<dyn Kernel>, store: Store, state: State) -> Core {
+        Core { kernel, store, state, loaded: HashMap::new(), history: HashMap::new(), denied: HashMap::new() }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn loaded(&self, policy: &str) -> Option<&Loaded> {
+        self.loaded.get(policy)
+    }
+
+    pub fn report(&self) -> MechanismReport {
+        self.kernel.report()
+    }
+
+    pub fn counters(&self) -> Result<Counters, EnforceError> {
+        self.kernel.counters()
+    }
+
+    /// The version of policy `name` in force (0 if none).
+    fn version(&self, policy: &str) -> u32 {
+        self.state.policies.get(policy).map_or(0, |p| p.meta.version)
+    }
+
+    fn compiled(&self, policy: &str) -> Option<Arc<CompiledPolicy>> {
+        self.loaded.get(policy).map(|l| l.compiled.clone())
+    }
+
+    fn remember(&mut self, name: &str, version: u32, compiled: Arc<CompiledPolicy>) {
+        let h = self.history.entry(name.to_string()).or_default();
+        h.retain(|(v, _)| *v != version);
+        h.push_back((version, compiled));
+        while h.len() > RULE_HISTORY {
+            h.pop_front();
+        }
+    }
+
+    /// Installs identity `name` as the state says, given the time.
+    fn install(&mut self, rec: &IdentityRecord, now: SystemTime) -> Result<(), EnforceError> {
+        let compiled = self.compiled(&rec.policy);
+        let version = self.version(&rec.policy);
+        let denied = rec.denies_all(now);
+        self.kernel.set_identity(rec.id, compiled.as_deref(), version, denied)?;
+        self.denied.insert(rec.id, denied);
+        Ok(())
+    }
+
+    /// Makes the kernel enforce exactly what the state says: every identity's
+    /// policy, every binding whose cgroup still exists, and no other binding.
+    /// `cgroup_id` gives a path's current cgroup id (`None` when it is gone).
+    pub fn reconcile(&mut self, cgroup_id: &dyn Fn(&Path) -> Option<u64>, now: SystemTime) -> Result<Reconciled, EnforceError> {
+        let mut r = Reconciled::default();
+        let policies: Vec<(String, PolicyRecord)> = self.state.policies.iter().map(|(n, p)| (n.clone(), p.clone())).collect();
+        for (name, rec) in policies {
+            match state::compile_policy(&rec.meta.file_name, &rec.yaml) {
+                Ok((policy, compiled)) if policy.name() == name => {
+                    let compiled = Arc::new(compiled);
+                    self.remember(&name, rec.meta.version, compiled.clone());
+                    self.loaded.insert(name, Loaded { compiled, description: policy.description().to_string() });
+                }
+                Ok((policy, _)) => {
+                    warn!(policy = %name, "stored policy is named {:?} inside; identities using it are denied everything", policy.name());
+                    r.broken_policies.push(name);
+                }
+                Err(e) => {
+                    warn!(policy = %name, error = %e, "stored policy no longer compiles; identities using it are denied everything until it is re-applied");
+                    r.broken_policies.push(name);
+                }
+            }
+        }
+        let identities: Vec<IdentityRecord> = self.state.identities.values().cloned().collect();
+        for rec in &identities {
+            self.install(rec, now)?;
+            let st = rec.state(now, self.loaded.contains_key(&rec.policy));
+            info!(identity = %rec.name, id = rec.id, policy = %rec.policy, version = self.version(&rec.policy), state = st.as_str(), "identity installed");
+        }
+        r.identities = identities.len();
+
+        // Which cgroup id each present binding has now. A directory recreated under
+        // the same path (a restarted systemd unit) keeps its binding: the user bound
+        // the path.
+        let mut want: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut changed = false;
+        for b in self.state.bindings.values_mut() {
+            let Some(id) = self.state.identities.get(&b.identity).map(|i| i.id) else { continue };
+            match cgroup_id(Path::new(&b.cgroup_path)) {
+                Some(cg) => {
+                    if cg != b.cgroup_id {
+                        info!(cgroup = %b.cgroup_path, old_id = b.cgroup_id, new_id = cg, identity = %b.identity, "bound cgroup was recreated; binding the new one");
+                        b.cgroup_id = cg;
+                        changed = true;
+                    }
+                    want.insert(cg, id);
+                }
+                None => {
+                    warn!(cgroup = %b.cgroup_path, identity = %b.identity, "bound cgroup no longer exists; the binding is kept and applies again if it comes back at the next start");
+                    r.missing += 1;
+                }
+            }
+        }
+        let mut have: BTreeMap<u64, u32> = BTreeMap::new();
+        for (cg, id) in self.kernel.kernel_bindings()? {
+            if want.get(&cg) == Some(&id) {
+                have.insert(cg, id);
+                r.adopted += 1;
+            } else {
+                warn!(cgroup_id = cg, identity_id = id, "kernel binding not in the state; removing it");
+                self.kernel.unbind(cg)?;
+                r.dropped += 1;
+            }
+        }
+        for (cg, id) in &want {
+            if have.get(cg) != Some(id) {
+                self.kernel.bind(*cg, *id)?;
+                r.bound += 1;
+            }
+        }
+        if changed {
+            if let Err(e) = self.store.save_bindings(self.state.bindings.values()) {
+                // The kernel already has the right ids; the next start will find them again.
+                warn!(error = %e, "could not record the new cgroup ids of recreated cgroups");
+            }
+        }
+        Ok(r)
+    }
+
+    /// Installs a compiled policy under its name, as version N+1, for every
+    /// identity using it; then persists it. On any failure the previous version
+    /// stays in force everywhere and nothing is written.
+    pub fn apply(&mut self, yaml: &str, file_name: &str, description: &str, compiled: CompiledPolicy, now: SystemTime) -> Result<Applied, OpError> {
+        let name = compiled.name.clone();
+        identity::validate_name("policy", &name).map_err(OpError::Invalid)?;
+        let previous = self.compiled(&name);
+        let previous_version = self.version(&name);
+        let version = previous_version.checked_add(1).ok_or_else(|| OpError::Invalid(format!("policy {name} has reached the last version number")))?;
+        let compiled = Arc::new(compiled);
+        let users: Vec<IdentityRecord> = self.state.identities.values().filter(|i| i.policy == name).cloned().collect();
+
+        let rollback = |core: &mut Core, done: &[IdentityRecord]| {
+            for rec in done {
+                if let Err(e) = core.kernel.set_identity(rec.id, previous.as_deref(), previous_version, rec.denies_all(now)) {
+                    warn!(identity = %rec.name, error = %e, "could not restore the previous policy in the kernel");
+                }
+            }
+        };
+        for (i, rec) in users.iter().enumerate() {
+            if let Err(e) = self.kernel.set_identity(rec.id, Some(&compiled), version, rec.denies_all(now)) {
+                rollback(self, &users[..=i]);
+                return Err(OpError::Kernel(format!(
+                    "agentd: the kernel refused policy {name} v{version} for identity {}: {e}; every identity keeps {}",
+                    rec.name,
+                    if previous_version == 0 { "what it had".to_string() } else { format!("v{previous_version}") }
+                )));
+            }
+        }
+        let record = PolicyRecord {
+            yaml: yaml.to_string(),
+            meta: PolicyMeta {
+                version,
+                hash: state::sha256_hex(yaml.as_bytes()),
+                applied_at: state::rfc3339(now),
+                file_name: file_name.to_string(),
+            },
+        };
+        if let Err(e) = self.store.save_policy(&name, &record) {
+            rollback(self, &users);
+            return Err(state_err(e));
+        }
+        self.state.policies.insert(name.clone(), record);
+        self.remember(&name, version, compiled.clone());
+        self.loaded.insert(name.clone(), Loaded { compiled, description: description.to_string() });
+        for rec in &users {
+            self.denied.insert(rec.id, rec.denies_all(now));
+        }
+        Ok(Applied { name, version, identities: users.into_iter().map(|u| u.name).collect() })
+    }
+
+    /// Creates an identity with a fresh key pair, under an existing policy.
+    pub fn create_identity(&mut self, name: &str, policy: &str, owner: &str, now: SystemTime) -> Result<IdentityRecord, OpError> {
+        identity::validate_name("identity", name).map_err(|e| OpError::Invalid(format!("agentd: {e}")))?;
+        if self.state.identities.contains_key(name) {
+            return Err(OpError::Exists(format!("agentd: identity {name:?} already exists (see `agentctl identity show {name}`)")));
+        }
+        if policy.is_empty() {
+            return Err(OpError::Invalid(format!(
+                "agentd: identity {name:?} needs a policy: `agentctl identity create {name} --policy POLICY` (`agentctl policy list` shows them)"
+            )));
+        }
+        if !self.state.policies.contains_key(policy) {
+            return Err(OpError::NotFound(format!(
+                "agentd: no policy named {policy:?}: apply it first with `agentctl policy apply FILE` (`agentctl policy list` shows the applied ones)"
+            )));
+        }
+        let id = identity::next_id(self.state.identities.values().map(|i| i.id), self.state.next_identity_id)
+            .ok_or_else(|| OpError::Invalid("agentd: every identity id has been used".into()))?;
+        let key = keys::generate();
+        let rec = IdentityRecord {
+            name: name.to_string(),
+            id,
+            policy: policy.to_string(),
+            owner: owner.to_string(),
+            created_at: state::rfc3339(now),
+            public_key: keys::public_hex(&key.verifying_key()),
+            revoked: false,
+            expires: None,
+        };
+        self.install(&rec, now).map_err(kernel_err(format!("identity {name}")))?;
+        // The id is retired before anything else is written, so even a failure or
+        // a crash half way never hands it out twice.
+        let persisted = self.store.save_meta(id + 1).and_then(|()| {
+            self.state.next_identity_id = id + 1;
+            self.store.save_key(name, &key)?;
+            self.store.save_identity(&rec)
+        });
+        if let Err(e) = persisted {
+            let _ = self.kernel.remove_identity(id);
+            self.denied.remove(&id);
+            let _ = self.store.remove_identity(name);
+            return Err(state_err(e));
+        }
+        self.state.identities.insert(name.to_string(), rec.clone());
+        Ok(rec)
+    }
+
+    /// Binds the cgroup at `path` (canonical, already checked to be a bindable
+    /// cgroup with id `cgroup_id`) to identity `identity`, replacing an earlier
+    /// binding of the same cgroup.
+    pub fn bind(&mut self, path: &str, cgroup_id: u64, identity: &str, now: SystemTime) -> Result<Bound, OpError> {
+        let id = self.state.identities.get(identity).map(|i| i.id).ok_or_else(|| {
+            OpError::NotFound(format!(
+                "agentd: no identity named {identity:?} (create it with `agentctl identity create {identity} --policy POLICY`; `agentctl identity list` shows them)"
+            ))
+        })?;
+        let previous = self.state.bindings.get(path).cloned();
+        let previous_id = previous.as_ref().and_then(|p| self.state.identities.get(&p.identity)).map(|i| i.id);
+        if let Some(p) = &previous {
+            if p.identity == identity && p.cgroup_id == cgroup_id {
+                // Already so: make sure the kernel agrees, change nothing else.
+                self.kernel.bind(cgroup_id, id).map_err(kernel_err(format!("binding {path}")))?;
+                return Ok(Bound { binding: p.clone(), replaced: None });
+            }
+        }
+        self.kernel.bind(cgroup_id, id).map_err(kernel_err(format!("binding {path}")))?;
+        let binding = BindingRecord {
+            cgroup_path: path.to_string(),
+            cgroup_id,
+            identity: identity.to_string(),
+            bound_at: state::rfc3339(now),
+        };
+        let mut next = self.state.bindings.clone();
+        next.insert(path.to_string(), binding.clone());
+        if let Err(e) = self.store.save_bindings(next.values()) {
+            let restored = match (&previous, previous_id) {
+                (Some(p), Some(pid)) if p.cgroup_id == cgroup_id => self.kernel.bind(cgroup_id, pid),
+                _ => self.kernel.unbind(cgroup_id),
+            };
+            if let Err(k) = restored {
+                warn!(cgroup = %path, error = %k, "could not undo the kernel binding");
+            }
+            return Err(state_err(e));
+        }
+        // The same path with an older cgroup id: that cgroup is gone, drop its entry.
+        if let Some(p) = &previous {
+            if p.cgroup_id != cgroup_id {
+                let _ = self.kernel.unbind(p.cgroup_id);
+            }
+        }
+        self.state.bindings = next;
+        let replaced = previous.map(|p| p.identity).filter(|p| p != identity);
+        Ok(Bound { binding, replaced })
+    }
+
+    /// The binding recorded for `path`, if any.
+    pub fn binding(&self, path: &str) -> Option<&BindingRecord> {
+        self.state.bindings.get(path)
+    }
+
+    /// The binding of the cgroup with id `cgroup_id`, if any.
+    pub fn binding_by_id(&self, cgroup_id: u64) -> Option<&BindingRecord> {
+        self.state.bindings.values().find(|b| b.cgroup_id == cgroup_id)
+    }
+
+    /// Removes the binding recorded under `path` (as stored).
+    pub fn unbind(&mut self, path: &str) -> Result<BindingRecord, OpError> {
+        let b = self
+            .state
+            .bindings
+            .get(path)
+            .cloned()
+            .ok_or_else(|| OpError::NotFound(format!("agentd: {path} is not bound (`agentctl bindings` lists the bound cgroups)")))?;
+        self.kernel.unbind(b.cgroup_id).map_err(kernel_err(format!("unbinding {path}")))?;
+        let mut next = self.state.bindings.clone();
+        next.remove(path);
+        if let Err(e) = self.store.save_bindings(next.values()) {
+            if let Some(id) = self.state.identities.get(&b.identity).map(|i| i.id) {
+                if let Err(k) = self.kernel.bind(b.cgroup_id, id) {
+                    warn!(cgroup = %path, error = %k, "could not restore the kernel binding");
+                }
+            }
+            return Err(state_err(e));
+        }
+        self.state.bindings = next;
+        Ok(b)
+    }
+
+    /// Re-installs identities whose expiry has passed since they were installed.
+    /// Returns their names.
+    pub fn refresh_expiry(&mut self, now: SystemTime) -> Vec<String> {
+        let due: Vec<IdentityRecord> = self
+            .state
+            .identities
+            .values()
+            .filter(|r| self.denied.get(&r.id).copied() != Some(r.denies_all(now)))
+            .cloned()
+            .collect();
+        let mut names = Vec::new();
+        for rec in due {
+            match self.install(&rec, now) {
+                Ok(()) => names.push(rec.name),
+                Err(e) => warn!(identity = %rec.name, error = %e, "could not install the expiry in the kernel; will retry"),
+            }
+        }
+        names
+    }
+
+    /// (cgroup path, identity) of every binding, for the caller check.
+    pub fn bound_cgroups(&self) -> Vec<(String, String)> {
+        self.state.bindings.values().map(|b| (b.cgroup_path.clone(), b.identity.clone())).collect()
+    }
+
+    /// Names an event's identity, policy and rule. The rule text comes from the
+    /// version the kernel decided under, when it is still remembered.
+    pub fn attribute(&self, identity_id: u32, policy_version: u32, rule_id: u32) -> Option<super::events::Attribution> {
+        let rec = self.state.identity_by_id(identity_id)?;
+        let table = self
+            .history
+            .get(&rec.policy)
+            .and_then(|h| h.iter().find(|(v, _)| *v == policy_version).map(|(_, c)| c.clone()))
+            .or_else(|| self.compiled(&rec.policy));
+        let rule = match (rule_id, table) {
+            (0, _) | (_, None) => String::new(),
+            (id, Some(t)) => t.rules.iter().find(|r| r.id == id).map(|r| r.text.clone()).unwrap_or_default(),
+        };
+        Some(super::events::Attribution { identity: rec.name.clone(), policy: rec.policy.clone(), rule })
+    }
+}
+
+#[cfg(test)]
+mod tests;

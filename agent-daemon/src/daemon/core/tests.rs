@@ -1,0 +1,326 @@
+//! The daemon's behaviour against a fake kernel: what ends up enforced and what
+//! ends up on disk after each operation, including the failures.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use super::*;
+
+/// What the fake kernel holds: identity id → (policy name, version, revoked).
+#[derive(Default)]
+struct FakeState {
+    identities: HashMap<u32, (Option<String>, u32, bool)>,
+    bindings: HashMap<u64, u32>,
+    /// set_identity fails for this id.
+    refuse: Option<u32>,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<FakeState>>);
+
+impl Fake {
+    fn get(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.0.lock().unwrap()
+    }
+}
+
+impl Kernel for Fake {
+    fn set_identity(&mut self, id: u32, policy: Option<&CompiledPolicy>, version: u32, revoked: bool) -> Result<(), EnforceError> {
+        let mut s = self.get();
+        if s.refuse == Some(id) {
+            return Err(EnforceError::Other("map full".into()));
+        }
+        s.identities.insert(id, (policy.map(|p| p.name.clone()), version, revoked));
+        Ok(())
+    }
+    fn remove_identity(&mut self, id: u32) -> Result<(), EnforceError> {
+        self.get().identities.remove(&id);
+        Ok(())
+    }
+    fn bind(&mut self, cgroup_id: u64, id: u32) -> Result<(), EnforceError> {
+        self.get().bindings.insert(cgroup_id, id);
+        Ok(())
+    }
+    fn unbind(&mut self, cgroup_id: u64) -> Result<(), EnforceError> {
+        self.get().bindings.remove(&cgroup_id);
+        Ok(())
+    }
+    fn kernel_bindings(&self) -> Result<Vec<(u64, u32)>, EnforceError> {
+        Ok(self.get().bindings.iter().map(|(c, i)| (*c, *i)).collect())
+    }
+    fn report(&self) -> MechanismReport {
+        MechanismReport::default()
+    }
+    fn counters(&self) -> Result<Counters, EnforceError> {
+        Ok(Counters::default())
+    }
+}
+
+fn policy_text(name: &str, exec_default: &str) -> String {
+    format!(
+        "apiVersion: agentd.io/v1\nkind: AgentPolicy\nmetadata:\n  name: {name}\n  description: test policy {name}\nspec:\n  mode: enforce\n  exec:\n    default: {exec_default}\n    rules:\n      - {{path: /usr/bin/git, action: allow}}\n      - {{path: /usr/bin/curl, action: deny}}\n  write:\n    default: deny\n  egress:\n    default: deny\n"
+    )
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    kernel: Fake,
+    core: Core,
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let store = Store::open(&path).unwrap();
+    let (state, _) = store.load().unwrap();
+    let kernel = Fake::default();
+    let core = Core::new(Box::new(kernel.clone()), store, state);
+    World { _dir: dir, dir: path, kernel, core }
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+impl World {
+    fn apply(&mut self, name: &str, exec_default: &str) -> Result<Applied, OpError> {
+        let text = policy_text(name, exec_default);
+        let (p, c) = state::compile_policy(&format!("{name}.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        self.core.apply(&text, &format!("{name}.yaml"), p.description(), c, now())
+    }
+
+    /// The state as a restarted agentd would read it.
+    fn on_disk(&self) -> State {
+        Store::open(&self.dir).unwrap().load().unwrap().0
+    }
+}
+
+#[test]
+fn apply_create_bind_reach_kernel_and_disk() {
+    let mut w = world();
+    let a = w.apply("coding", "deny").unwrap();
+    assert_eq!((a.name.as_str(), a.version, a.identities.len()), ("coding", 1, 0));
+    let rec = w.core.create_identity("coder", "coding", "alice", now()).unwrap();
+    assert_eq!(rec.id, 1);
+    assert_eq!(w.kernel.get().identities[&1], (Some("coding".into()), 1, false));
+    let b = w.core.bind("/cg/agents/coder", 500, "coder", now()).unwrap();
+    assert_eq!(b.replaced, None);
+    assert_eq!(w.kernel.get().bindings[&500], 1);
+
+    // Re-apply: version 2 reaches every identity using it.
+    let a = w.apply("coding", "allow").unwrap();
+    assert_eq!((a.version, a.identities.clone()), (2, vec!["coder".to_string()]));
+    assert_eq!(w.kernel.get().identities[&1], (Some("coding".into()), 2, false));
+
+    let disk = w.on_disk();
+    assert_eq!(&disk, w.core.state(), "what is enforced is what a restart would enforce");
+    assert_eq!(disk.policies["coding"].meta.version, 2);
+    assert_eq!(disk.policies["coding"].yaml, policy_text("coding", "allow"));
+    assert_eq!(disk.bindings["/cg/agents/coder"].cgroup_id, 500);
+    assert_eq!(disk.identities["coder"].owner, "alice");
+    assert!(Store::open(&w.dir).unwrap().load_key("coder").is_ok());
+}
+
+#[test]
+fn a_kernel_refusal_keeps_the_previous_policy_everywhere() {
+    let mut w = world();
+    w.apply("coding", "deny").unwrap();
+    w.core.create_identity("one", "coding", "alice", now()).unwrap();
+    w.core.create_identity("two", "coding", "alice", now()).unwrap();
+    w.kernel.get().refuse = Some(2);
+    let e = w.apply("coding", "allow").unwrap_err();
+    assert!(matches!(&e, OpError::Kernel(m) if m.contains("identity two") && m.contains("keeps v1")), "{e}");
+    w.kernel.get().refuse = None;
+    let k = w.kernel.get();
+    assert_eq!(k.identities[&1].1, 1, "identity one rolled back to v1");
+    assert_eq!(k.identities[&2].1, 1);
+    drop(k);
+    assert_eq!(w.core.state().policies["coding"].meta.version, 1);
+    assert_eq!(w.on_disk().policies["coding"].yaml, policy_text("coding", "deny"), "nothing persisted");
+    // The next apply is version 2, not 3.
+    assert_eq!(w.apply("coding", "allow").unwrap().version, 2);
+}
+
+#[test]
+fn a_failed_write_rolls_the_kernel_back() {
+    let mut w = world();
+    w.apply("coding", "deny").unwrap();
+    w.core.create_identity("coder", "coding", "alice", now()).unwrap();
+    // Make the policies directory unwritable even for root: replace it with a file.
+    let policies = w.dir.join("policies");
+    std::fs::rename(&policies, w.dir.join("policies.moved")).unwrap();
+    std::fs::write(&policies, "").unwrap();
+    let e = w.apply("coding", "allow").unwrap_err();
+    assert!(matches!(&e, OpError::State(m) if m.contains("nothing changed")), "{e}");
+    assert_eq!(w.kernel.get().identities[&1].1, 1, "kernel back on v1");
+    assert_eq!(w.core.state().policies["coding"].meta.version, 1);
+}
+
+#[test]
+fn identity_create_checks() {
+    let mut w = world();
+    let e = w.core.create_identity("coder", "missing", "alice", now()).unwrap_err();
+    assert!(matches!(&e, OpError::NotFound(m) if m.contains("agentctl policy apply FILE")), "{e}");
+    w.apply("coding", "deny").unwrap();
+    let e = w.core.create_identity("Coder!", "coding", "alice", now()).unwrap_err();
+    assert!(matches!(e, OpError::Invalid(_)), "{e}");
+    let e = w.core.create_identity("coder", "", "alice", now()).unwrap_err();
+    assert!(matches!(&e, OpError::Invalid(m) if m.contains("--policy")), "{e}");
+    w.core.create_identity("coder", "coding", "alice", now()).unwrap();
+    let e = w.core.create_identity("coder", "coding", "alice", now()).unwrap_err();
+    assert!(matches!(e, OpError::Exists(_)), "{e}");
+    let second = w.core.create_identity("reviewer", "coding", "bob", now()).unwrap();
+    assert_eq!(second.id, 2);
+    assert_eq!(w.on_disk().next_identity_id, 3);
+    assert_ne!(w.core.state().identities["coder"].public_key, second.public_key);
+    // No identity is left behind in the kernel by the failed attempts.
+    assert_eq!(w.kernel.get().identities.len(), 2);
+}
+
+#[test]
+fn a_failed_identity_create_leaves_nothing() {
+    let mut w = world();
+    w.apply("coding", "deny").unwrap();
+    let ids = w.dir.join("identities");
+    std::fs::remove_dir(&ids).unwrap();
+    std::fs::write(&ids, "").unwrap();
+    let e = w.core.create_identity("coder", "coding", "alice", now()).unwrap_err();
+    assert!(matches!(e, OpError::State(_)), "{e}");
+    assert!(w.kernel.get().identities.is_empty());
+    assert!(w.core.state().identities.is_empty());
+    assert!(!w.dir.join("keys/coder.key").exists());
+    // Its id stays retired.
+    std::fs::remove_file(&ids).unwrap();
+    std::fs::create_dir(&ids).unwrap();
+    assert_eq!(w.core.create_identity("coder", "coding", "alice", now()).unwrap().id, 2);
+}
+
+#[test]
+fn bind_replace_and_unbind() {
+    let mut w = world();
+    w.apply("coding", "deny").unwrap();
+    w.core.create_identity("a", "coding", "alice", now()).unwrap();
+    w.core.create_identity("b", "coding", "alice", now()).unwrap();
+    let e = w.core.bind("/cg/x", 10, "nobody-here", now()).unwrap_err();
+    assert!(matches!(&e, OpError::NotFound(m) if m.contains("no identity named \"nobody-here\"")), "{e}");
+    assert!(w.kernel.get().bindings.is_empty());
+
+    w.core.bind("/cg/x", 10, "a", now()).unwrap();
+    let again = w.core.bind("/cg/x", 10, "a", now()).unwrap();
+    assert_eq!(again.replaced, None);
+    let r = w.core.bind("/cg/x", 10, "b", now()).unwrap();
+    assert_eq!(r.replaced.as_deref(), Some("a"));
+    assert_eq!(w.kernel.get().bindings[&10], 2);
+    // The same path, recreated with a new id: the old entry goes.
+    w.core.bind("/cg/x", 11, "b", now()).unwrap();
+    assert_eq!(w.kernel.get().bindings.keys().copied().collect::<Vec<_>>(), vec![11]);
+
+    let e = w.core.unbind("/cg/y").unwrap_err();
+    assert!(matches!(&e, OpError::NotFound(m) if m.contains("is not bound")), "{e}");
+    let b = w.core.unbind("/cg/x").unwrap();
+    assert_eq!((b.identity.as_str(), b.cgroup_id), ("b", 11));
+    assert!(w.kernel.get().bindings.is_empty());
+    assert!(w.on_disk().bindings.is_empty());
+}
+
+#[test]
+fn restart_reconciles_kernel_with_state() {
+    let mut w = world();
+    w.apply("coding", "deny").unwrap();
+    w.core.create_identity("a", "coding", "alice", now()).unwrap();
+    w.core.create_identity("b", "coding", "alice", now()).unwrap();
+    w.core.bind("/cg/kept", 1, "a", now()).unwrap();
+    w.core.bind("/cg/recreated", 2, "b", now()).unwrap();
+    w.core.bind("/cg/gone", 3, "a", now()).unwrap();
+    // The kernel also has a binding nobody recorded, and lost one. Dropped: the
+    // unrecorded one and the stale ids of the recreated and the vanished cgroups.
+    w.kernel.get().bindings.insert(99, 1);
+    w.kernel.get().bindings.remove(&1);
+    w.kernel.get().identities.clear();
+
+    // A new daemon: same state dir, same (pinned) kernel.
+    let store = Store::open(&w.dir).unwrap();
+    let (state, _) = store.load().unwrap();
+    let mut core = Core::new(Box::new(w.kernel.clone()), store, state);
+    let probe = |p: &Path| match p.to_str() {
+        Some("/cg/kept") => Some(1),
+        Some("/cg/recreated") => Some(20),
+        _ => None,
+    };
+    let r = core.reconcile(&probe, now()).unwrap();
+    assert_eq!(r, Reconciled { identities: 2, adopted: 0, bound: 2, dropped: 3, missing: 1, broken_policies: vec![] });
+    let k = w.kernel.get();
+    let mut bindings: Vec<_> = k.bindings.iter().map(|(c, i)| (*c, *i)).collect();
+    bindings.sort();
+    assert_eq!(bindings, vec![(1, 1), (20, 2)]);
+    assert_eq!(k.identities[&1], (Some("coding".into()), 1, false));
+    drop(k);
+    // The recreated cgroup's new id is recorded; the vanished one is kept.
+    let disk = Store::open(&w.dir).unwrap().load().unwrap().0;
+    assert_eq!(disk.bindings["/cg/recreated"].cgroup_id, 20);
+    assert!(disk.bindings.contains_key("/cg/gone"));
+
+    // Nothing to do the second time: everything is adopted.
+    let r = core.reconcile(&probe, now()).unwrap();
+    assert_eq!((r.adopted, r.bound, r.dropped), (2, 0, 0));
+}
+
+#[test]
+fn a_policy_that_no_longer_compiles_denies_its_identities() {
+    let mut w = world();
+    w.apply("coding", "deny").unwrap();
+    w.core.create_identity("a", "coding", "alice", now()).unwrap();
+    std::fs::write(w.dir.join("policies/coding.yaml"), "apiVersion: agentd.io/v1\nkind: Nonsense\n").unwrap();
+    let store = Store::open(&w.dir).unwrap();
+    let (state, _) = store.load().unwrap();
+    let mut core = Core::new(Box::new(w.kernel.clone()), store, state);
+    let r = core.reconcile(&|_: &Path| None, now()).unwrap();
+    assert_eq!(r.broken_policies, vec!["coding".to_string()]);
+    assert_eq!(w.kernel.get().identities[&1].0, None, "no policy: the kernel denies everything");
+    let rec = core.state().identities["a"].clone();
+    assert_eq!(rec.state(now(), core.loaded("coding").is_some()).as_str(), "no-policy");
+}
+
+#[test]
+fn expiry_reaches_the_kernel() {
+    let mut w = world();
+    w.apply("coding", "deny").unwrap();
+    w.core.create_identity("temp", "coding", "alice", now()).unwrap();
+    // Give it an expiry an hour from now, as a restarted daemon would read it.
+    let mut rec = w.core.state().identities["temp"].clone();
+    rec.expires = Some(state::rfc3339(now() + Duration::from_secs(3600)));
+    w.core.store().save_identity(&rec).unwrap();
+    let store = Store::open(&w.dir).unwrap();
+    let (state, _) = store.load().unwrap();
+    let mut core = Core::new(Box::new(w.kernel.clone()), store, state);
+    core.reconcile(&|_: &Path| None, now()).unwrap();
+    assert!(!w.kernel.get().identities[&1].2);
+    assert!(core.refresh_expiry(now()).is_empty());
+    assert_eq!(core.refresh_expiry(now() + Duration::from_secs(7200)), vec!["temp".to_string()]);
+    assert!(w.kernel.get().identities[&1].2, "expired: denied everything");
+    assert!(core.refresh_expiry(now() + Duration::from_secs(7300)).is_empty(), "only once");
+}
+
+#[test]
+fn events_name_rules_of_the_version_that_decided() {
+    let mut w = world();
+    w.apply("coding", "deny").unwrap();
+    w.core.create_identity("coder", "coding", "alice", now()).unwrap();
+    let v1_rule = w.core.loaded("coding").unwrap().compiled.rules[1].clone();
+    assert!(v1_rule.text.contains("/usr/bin/curl"), "{v1_rule:?}");
+    // v2 reorders the rules: rule 2 of v2 is another rule.
+    let text = "apiVersion: agentd.io/v1\nkind: AgentPolicy\nmetadata:\n  name: coding\nspec:\n  mode: enforce\n  exec:\n    default: deny\n    rules:\n      - {path: /usr/bin/ssh, action: deny}\n      - {path: /usr/bin/git, action: allow}\n  write:\n    default: deny\n  egress:\n    default: deny\n";
+    let (p, c) = state::compile_policy("coding.yaml", text).unwrap();
+    w.core.apply(text, "coding.yaml", p.description(), c, now()).unwrap();
+    let a = w.core.attribute(1, 1, v1_rule.id).unwrap();
+    assert_eq!((a.identity.as_str(), a.policy.as_str(), a.rule.as_str()), ("coder", "coding", v1_rule.text.as_str()));
+    let a = w.core.attribute(1, 2, v1_rule.id).unwrap();
+    assert!(a.rule.contains("/usr/bin/git"), "{a:?}");
+    assert_eq!(w.core.attribute(1, 2, 0).unwrap().rule, "", "the default has no rule text");
+    assert!(w.core.attribute(42, 1, 1).is_none());
+}

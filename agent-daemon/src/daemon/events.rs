@@ -1,0 +1,456 @@
+//! The event pipeline: kernel decisions (`agent_common::Event` from the ring
+//! buffer) become `pb::Event`s with names (identity, policy, the rule as written),
+//! wall-clock times and the process's executable; the last [`KEEP`] are kept for
+//! `agentctl events`, and followers get new ones as they happen. A follower that
+//! cannot keep up is told how many events it lost; nothing is dropped silently.
+
+use std::{
+    collections::VecDeque,
+    net::Ipv6Addr,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime},
+};
+
+use agent_common::{kind, mechanism, op, reason, verdict, Event};
+use nix::time::{clock_gettime, ClockId};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::Stream;
+use tracing::{debug, info};
+
+use crate::{api::pb, enforce::EventReader};
+
+/// Events kept in memory for `agentctl events`.
+pub const KEEP: usize = 4096;
+/// Events a follower may fall behind by before it is cut off.
+const FOLLOW_BUFFER: usize = 1024;
+
+/// The names for an event's ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attribution {
+    pub identity: String,
+    pub policy: String,
+    /// The rule as written in the policy; empty for a default decision.
+    pub rule: String,
+}
+
+/// The stream type of the Events RPC.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, tonic::Status>> + Send>>;
+
+struct Kept {
+    recent: VecDeque<pb::Event>,
+}
+
+/// Recent events and live followers.
+#[derive(Clone)]
+pub struct Hub {
+    kept: Arc<Mutex<Kept>>,
+    live: broadcast::Sender<pb::Event>,
+    closed: watch::Sender<bool>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub {
+            kept: Arc::new(Mutex::new(Kept { recent: VecDeque::with_capacity(KEEP) })),
+            live: broadcast::channel(FOLLOW_BUFFER).0,
+            closed: watch::channel(false).0,
+        }
+    }
+
+    /// Keeps `e` and sends it to every follower.
+    pub fn publish(&self, e: pb::Event) {
+        // Under the lock, so a new follower sees each event exactly once: either in
+        // its snapshot of the kept ones or live.
+        let mut k = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if k.recent.len() == KEEP {
+            k.recent.pop_front();
+        }
+        k.recent.push_back(e.clone());
+        let _ = self.live.send(e);
+    }
+
+    /// Ends every follower's stream (at shutdown, so connections can close).
+    pub fn close(&self) {
+        let _ = self.closed.send(true);
+    }
+
+    /// The kept events (the last `last` of them, or all for 0), then with `follow`
+    /// the new ones until the client goes away or agentd stops.
+    pub fn subscribe(&self, follow: bool, last: usize) -> EventStream {
+        let (snapshot, mut live) = {
+            let k = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+            let skip = if last == 0 { 0 } else { k.recent.len().saturating_sub(last) };
+            (k.recent.iter().skip(skip).cloned().collect::<Vec<_>>(), self.live.subscribe())
+        };
+        let mut closed = self.closed.subscribe();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            for e in snapshot {
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            if !follow {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    r = live.recv() => match r {
+                        Ok(e) => {
+                            if tx.send(Ok(e)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            let _ = tx.send(Err(lagged(n))).await;
+                            return;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    () = until_closed(&mut closed) => {
+                        let _ = tx.send(Err(tonic::Status::unavailable("agentd is shutting down; enforcement stays in the kernel"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
+
+/// Resolves once the hub is closed (or gone).
+async fn until_closed(closed: &mut watch::Receiver<bool>) {
+    // The guard wait_for returns must not live across an await of the caller.
+    let _ = closed.wait_for(|c| *c).await;
+}
+
+/// The last message a follower that fell behind gets.
+fn lagged(n: u64) -> tonic::Status {
+    tonic::Status::resource_exhausted(format!(
+        "agentd: this follower fell behind and {n} events were dropped for it (the kernel's own drops are in `agentctl status`); reconnect, or read the kept ones with `agentctl events --last N`"
+    ))
+}
+
+/// Reads kernel events until the ring buffer goes away. `attribute` names an
+/// event's (identity id, policy version, rule id).
+pub async fn pump<F>(mut reader: EventReader, hub: Hub, attribute: F)
+where
+    F: Fn(u32, u32, u32) -> Option<Attribution> + Send + 'static,
+{
+    while let Some(ev) = reader.next().await {
+        let names = attribute(ev.identity, ev.policy_version, ev.rule_id);
+        let exe = std::fs::read_link(format!("/proc/{}/exe", ev.tgid)).map(|p| p.display().to_string()).unwrap_or_default();
+        let e = convert(&ev, boot_offset(), names, exe);
+        match ev.verdict {
+            verdict::AUDIT => debug!(
+                identity = %e.identity, kind = %e.kind, op = %e.op, target = %e.target, rule = %e.rule, pid = e.pid, comm = %e.comm, "audit"
+            ),
+            _ => info!(
+                identity = %e.identity, kind = %e.kind, verdict = %e.verdict, op = %e.op, target = %e.target,
+                reason = %e.reason, rule = %e.rule, pid = e.pid, comm = %e.comm, mechanism = %e.mechanism, "decision"
+            ),
+        }
+        hub.publish(e);
+    }
+    info!("the kernel event stream ended");
+}
+
+/// Wall-clock time minus CLOCK_BOOTTIME, now: add a kernel `ktime_get_boot_ns`
+/// stamp to it to get the wall-clock time of the event. Taken per event, so clock
+/// steps (NTP) are followed.
+pub fn boot_offset() -> Duration {
+    let boot = clock_gettime(ClockId::CLOCK_BOOTTIME).map(Duration::from).unwrap_or_default();
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().saturating_sub(boot)
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// The event's target as a user reads it.
+fn target(ev: &Event) -> String {
+    match ev.kind {
+        kind::EGRESS => {
+            let ip = Ipv6Addr::from(ev.addr);
+            match ip.to_ipv4_mapped() {
+                Some(v4) => format!("{v4}:{}", ev.port),
+                None => format!("[{ip}]:{}", ev.port),
+            }
+        }
+        kind::SOCKET => match ev.family as i32 {
+            libc::AF_PACKET => "packet socket".to_string(),
+            libc::AF_INET => "raw IPv4 socket".to_string(),
+            libc::AF_INET6 => "raw IPv6 socket".to_string(),
+            f => format!("raw socket (address family {f})"),
+        },
+        _ => {
+            let n = (ev.path_len as usize).min(ev.path.len());
+            let mut p = cstr(&ev.path[..n]);
+            if ev.path_truncated != 0 {
+                p.push('…');
+            }
+            p
+        }
+    }
+}
+
+fn name(code: u8, table: &[(u8, &'static str)]) -> String {
+    table.iter().find(|(c, _)| *c == code).map_or_else(|| format!("unknown({code})"), |(_, n)| (*n).to_string())
+}
+
+/// Converts one kernel event. `boot_offset` from [`boot_offset`]; `names` from the
+/// daemon's identities (`None`: an identity agentd does not know, shown as `#id`);
+/// `executable` from `/proc/<tgid>/exe` ("" when the process is gone).
+pub fn convert(ev: &Event, boot_offset: Duration, names: Option<Attribution>, executable: String) -> pb::Event {
+    let names = names.unwrap_or_else(|| Attribution { identity: format!("#{}", ev.identity), ..Attribution::default() });
+    let time = SystemTime::UNIX_EPOCH + boot_offset + Duration::from_nanos(ev.ktime_ns);
+    pb::Event {
+        time: humantime::format_rfc3339_nanos(time).to_string(),
+        identity: names.identity,
+        identity_id: ev.identity,
+        kind: name(ev.kind, &[(kind::EXEC, "exec"), (kind::WRITE, "write"), (kind::EGRESS, "egress"), (kind::SOCKET, "raw-socket")]),
+        verdict: name(
+            ev.verdict,
+            &[(verdict::DENY, "deny"), (verdict::KILL, "kill"), (verdict::AUDIT, "audit"), (verdict::WOULD_DENY, "would-deny")],
+        ),
+        mechanism: name(
+            ev.mechanism,
+            &[
+                (mechanism::LSM, "lsm"),
+                (mechanism::TRACEPOINT, "tracepoint"),
+                (mechanism::SOCK_ADDR, "sock_addr"),
+                (mechanism::SOCK_CREATE, "sock_create"),
+            ],
+        ),
+        op: name(
+            ev.op,
+            &[
+                (op::EXEC, "exec"),
+                (op::OPEN, "open"),
+                (op::TRUNCATE, "truncate"),
+                (op::UNLINK, "unlink"),
+                (op::RENAME, "rename"),
+                (op::CREATE, "create"),
+                (op::LINK, "link"),
+                (op::SYMLINK, "symlink"),
+                (op::MKDIR, "mkdir"),
+                (op::RMDIR, "rmdir"),
+                (op::CONNECT, "connect"),
+                (op::SENDMSG, "sendmsg"),
+                (op::SOCKET, "socket"),
+                (op::SYSCALL, "syscall"),
+            ],
+        ),
+        reason: name(
+            ev.reason,
+            &[
+                (reason::RULE, "rule"),
+                (reason::DEFAULT, "default"),
+                (reason::REVOKED, "revoked"),
+                (reason::NO_POLICY, "no-policy"),
+                (reason::UNRESOLVED, "unresolved"),
+                (reason::RAW_SOCKET, "raw-socket"),
+                (reason::UNSUPPORTED_SYSCALL, "unsupported-syscall"),
+            ],
+        ),
+        rule_id: ev.rule_id,
+        rule: names.rule,
+        policy: names.policy,
+        policy_version: ev.policy_version,
+        pid: ev.tgid,
+        tid: ev.pid,
+        uid: ev.uid,
+        cgroup_id: ev.cgroup_id,
+        comm: cstr(&ev.comm),
+        executable,
+        target: target(ev),
+        protocol: match (ev.kind, ev.protocol) {
+            (kind::EGRESS, 6) => "tcp",
+            (kind::EGRESS, 17) => "udp",
+            _ => "",
+        }
+        .to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt as _;
+
+    fn blank() -> Event {
+        Event {
+            ktime_ns: 0,
+            cgroup_id: 0,
+            identity: 0,
+            tgid: 0,
+            pid: 0,
+            uid: 0,
+            rule_id: 0,
+            policy_version: 0,
+            kind: 0,
+            verdict: 0,
+            mechanism: 0,
+            op: 0,
+            reason: 0,
+            protocol: 0,
+            port: 0,
+            family: 0,
+            path_len: 0,
+            path_truncated: 0,
+            _pad: [0; 3],
+            addr: [0; 16],
+            comm: [0; 16],
+            path: [0; agent_common::EVENT_PATH_LEN],
+        }
+    }
+
+    fn names() -> Option<Attribution> {
+        Some(Attribution { identity: "coder".into(), policy: "coding-agent".into(), rule: "{path: /usr/bin/curl, action: deny}".into() })
+    }
+
+    #[test]
+    fn exec_deny_reads_like_the_policy() {
+        let mut e = blank();
+        e.kind = kind::EXEC;
+        e.verdict = verdict::DENY;
+        e.mechanism = mechanism::LSM;
+        e.op = op::EXEC;
+        e.reason = reason::RULE;
+        e.identity = 3;
+        e.rule_id = 2;
+        e.policy_version = 4;
+        e.tgid = 100;
+        e.pid = 101;
+        e.uid = 1000;
+        e.cgroup_id = 77;
+        e.ktime_ns = 1_500_000_000;
+        e.comm[..4].copy_from_slice(b"bash");
+        let p = b"/usr/bin/curl";
+        e.path[..p.len()].copy_from_slice(p);
+        e.path_len = p.len() as u16;
+        let got = convert(&e, Duration::from_secs(1_700_000_000), names(), "/usr/bin/bash".into());
+        assert_eq!(got.time, "2023-11-14T22:13:21.500000000Z");
+        assert_eq!(
+            (got.kind.as_str(), got.verdict.as_str(), got.mechanism.as_str(), got.op.as_str(), got.reason.as_str()),
+            ("exec", "deny", "lsm", "exec", "rule")
+        );
+        assert_eq!((got.identity.as_str(), got.identity_id, got.policy.as_str(), got.policy_version), ("coder", 3, "coding-agent", 4));
+        assert_eq!(got.rule, "{path: /usr/bin/curl, action: deny}");
+        assert_eq!((got.pid, got.tid, got.uid, got.cgroup_id), (100, 101, 1000, 77));
+        assert_eq!((got.comm.as_str(), got.executable.as_str(), got.target.as_str()), ("bash", "/usr/bin/bash", "/usr/bin/curl"));
+        assert_eq!(got.protocol, "");
+    }
+
+    #[test]
+    fn egress_targets() {
+        let mut e = blank();
+        e.kind = kind::EGRESS;
+        e.verdict = verdict::KILL;
+        e.protocol = 6;
+        e.port = 443;
+        e.family = libc::AF_INET as u16;
+        e.addr = std::net::Ipv4Addr::new(140, 82, 112, 3).to_ipv6_mapped().octets();
+        let got = convert(&e, Duration::ZERO, names(), String::new());
+        assert_eq!((got.target.as_str(), got.protocol.as_str(), got.verdict.as_str()), ("140.82.112.3:443", "tcp", "kill"));
+        e.family = libc::AF_INET6 as u16;
+        e.protocol = 17;
+        e.port = 53;
+        e.addr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        let got = convert(&e, Duration::ZERO, names(), String::new());
+        assert_eq!((got.target.as_str(), got.protocol.as_str()), ("[2001:db8::1]:53", "udp"));
+    }
+
+    #[test]
+    fn truncated_paths_unknown_ids_and_codes() {
+        let mut e = blank();
+        e.kind = kind::WRITE;
+        e.identity = 9;
+        e.path = [b'a'; agent_common::EVENT_PATH_LEN];
+        e.path_len = agent_common::EVENT_PATH_LEN as u16;
+        e.path_truncated = 1;
+        e.verdict = 99;
+        let got = convert(&e, Duration::ZERO, None, String::new());
+        assert!(got.target.ends_with("a…") && got.target.chars().count() == agent_common::EVENT_PATH_LEN + 1);
+        assert_eq!(got.identity, "#9");
+        assert_eq!(got.verdict, "unknown(99)");
+        // A path_len beyond the buffer is clamped, not a panic.
+        e.path_len = u16::MAX;
+        e.path_truncated = 0;
+        assert_eq!(convert(&e, Duration::ZERO, None, String::new()).target.len(), agent_common::EVENT_PATH_LEN);
+        e.kind = kind::SOCKET;
+        e.family = libc::AF_PACKET as u16;
+        e.reason = reason::RAW_SOCKET;
+        let got = convert(&e, Duration::ZERO, None, String::new());
+        assert_eq!((got.kind.as_str(), got.target.as_str(), got.reason.as_str()), ("raw-socket", "packet socket", "raw-socket"));
+    }
+
+    #[test]
+    fn boot_offset_is_the_boot_time() {
+        let boot = SystemTime::UNIX_EPOCH + boot_offset();
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime").unwrap().split(' ').next().unwrap().parse().unwrap();
+        let expect = SystemTime::now() - Duration::from_secs_f64(uptime);
+        let diff = boot.duration_since(expect).unwrap_or_else(|e| e.duration());
+        assert!(diff < Duration::from_secs(2), "{diff:?}");
+    }
+
+    fn event(n: u32) -> pb::Event {
+        pb::Event { pid: n, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn kept_then_live_and_last_n() {
+        let hub = Hub::new();
+        for n in 0..(KEEP as u32 + 10) {
+            hub.publish(event(n));
+        }
+        let all: Vec<_> = hub.subscribe(false, 0).collect().await;
+        assert_eq!(all.len(), KEEP, "only the last {KEEP} are kept");
+        assert_eq!(all[0].as_ref().unwrap().pid, 10);
+        let last: Vec<u32> = hub.subscribe(false, 2).map(|e| e.unwrap().pid).collect().await;
+        assert_eq!(last, vec![KEEP as u32 + 8, KEEP as u32 + 9]);
+
+        let mut follow = hub.subscribe(true, 1);
+        assert_eq!(follow.next().await.unwrap().unwrap().pid, KEEP as u32 + 9);
+        hub.publish(event(1));
+        assert_eq!(follow.next().await.unwrap().unwrap().pid, 1);
+        hub.close();
+        let end = follow.next().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::Unavailable);
+        assert!(follow.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_lagging_follower_is_told_how_many_it_lost() {
+        let hub = Hub::new();
+        let mut follow = hub.subscribe(true, 0);
+        // Let the forwarding task start waiting, then overrun its buffers.
+        tokio::task::yield_now().await;
+        for n in 0..(FOLLOW_BUFFER as u32 * 3) {
+            hub.publish(event(n));
+        }
+        let mut got = 0;
+        loop {
+            match follow.next().await {
+                Some(Ok(_)) => got += 1,
+                Some(Err(s)) => {
+                    assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+                    assert!(s.message().contains("events were dropped for it"), "{}", s.message());
+                    break;
+                }
+                None => panic!("stream ended without saying events were lost"),
+            }
+        }
+        assert!(got < FOLLOW_BUFFER * 3);
+        assert!(follow.next().await.is_none());
+    }
+}

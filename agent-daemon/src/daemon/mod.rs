@@ -1,0 +1,287 @@
+//! The agentd daemon: start-up (checks, mounts, loading or adopting the kernel
+//! programs, making the kernel match the state directory), the agentctl API on a
+//! unix socket, the event pipeline, and a clean stop.
+//!
+//! Enforcement lives in pinned kernel objects, not in this process: stopping agentd
+//! (SIGTERM, SIGINT, or a crash) leaves every policy and binding in force, and the
+//! next agentd adopts them.
+//!
+//! - [`core`]: state + kernel, kept consistent (unit-tested with a fake kernel)
+//! - [`server`]: the gRPC service
+//! - [`peer`]: who is calling, and the rule that agents cannot change their own enforcement
+//! - [`events`]: kernel events to `agentctl events`
+//! - [`host`]: pseudo filesystems and `doctor` checks
+
+#![forbid(unsafe_code)]
+
+pub mod core;
+pub mod events;
+pub mod host;
+pub mod peer;
+pub mod server;
+
+use std::{
+    fs, io,
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::{
+    net::{UnixListener, UnixStream},
+    signal::unix::{signal, SignalKind},
+};
+use tracing::{info, warn};
+
+use self::{core::Core, events::Hub, server::Service};
+use crate::{
+    api::pb::agentd_server::AgentdServer,
+    cgroup::{self, CgroupError},
+    enforce::{EnforceError, Enforcer, EnforcerConfig, MechanismReport},
+    state::{StateError, Store},
+};
+
+/// The group whose members may change enforcement through the socket, if it exists.
+pub const SOCKET_GROUP: &str = "agentd";
+/// How often expiries are checked.
+const EXPIRY_TICK: Duration = Duration::from_secs(10);
+/// How long a stop waits for open requests to finish.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Where the daemon keeps things (from the command line).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Policies, identities, keys and bindings.
+    pub state_dir: PathBuf,
+    /// The agentctl socket.
+    pub socket: PathBuf,
+    /// bpffs directory of the pinned programs and maps.
+    pub pin_dir: PathBuf,
+}
+
+/// Why agentd could not start (or stopped with an error). Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("must run as root: it loads eBPF programs, pins them in bpffs and attaches them to cgroups (run it as the systemd unit, or with sudo)")]
+    NotRoot,
+    #[error("cannot create {}: {source}", .path.display())]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Socket(String),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("state directory: {0}")]
+    State(#[from] StateError),
+    #[error("cannot load eBPF programs: {0} (run `agentctl doctor`)")]
+    Load(EnforceError),
+    #[error("cannot install the stored policies and bindings in the kernel: {0} (run `agentctl doctor`)")]
+    Reconcile(EnforceError),
+    #[error("serving the API failed: {0}")]
+    Serve(String),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DaemonError::NotRoot);
+    }
+    // Installed first, so a stop requested during a slow start is not lost.
+    let mut term = signal(SignalKind::terminate()).map_err(|e| DaemonError::Serve(format!("SIGTERM handler: {e}")))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Serve(format!("SIGINT handler: {e}")))?;
+
+    // First: is another agentd running? Then it owns the state and the pins.
+    prepare_socket_dir(&config.socket)?;
+    clear_stale_socket(&config.socket).await?;
+    let store = Store::open(&config.state_dir)?;
+    host::mount_pseudo_filesystems();
+    if !host::on_bpffs(&config.pin_dir) {
+        return Err(DaemonError::Load(EnforceError::Other(format!(
+            "--pin-dir {} is not on a bpf filesystem; choose a directory under /sys/fs/bpf",
+            config.pin_dir.display()
+        ))));
+    }
+    let cgroup_mount = cgroup::cgroup2_mount()?;
+    info!(mount = %cgroup_mount.display(), "cgroup2");
+    // The state is read before the kernel is touched: a damaged state directory
+    // stops agentd while the previous enforcement stays pinned and untouched.
+    let (state, warnings) = store.load()?;
+    for w in warnings {
+        warn!("{w}");
+    }
+
+    let started = Instant::now();
+    let mut enforcer = Enforcer::open(&EnforcerConfig { pin_dir: config.pin_dir.clone(), cgroup_root: cgroup_mount.clone() })
+        .map_err(DaemonError::Load)?;
+    let report = enforcer.report();
+    log_report(&report);
+    let reader = enforcer.take_events().map_err(DaemonError::Load)?;
+
+    let mut core = Core::new(Box::new(enforcer), store, state);
+    let r = core
+        .reconcile(&|p: &Path| cgroup::cgroup_id(p).ok(), SystemTime::now())
+        .map_err(DaemonError::Reconcile)?;
+    info!(
+        adopted_pins = report.adopted,
+        identities = r.identities,
+        bindings_adopted = r.adopted,
+        bindings_written = r.bound,
+        bindings_dropped = r.dropped,
+        bindings_missing = r.missing,
+        broken_policies = ?r.broken_policies,
+        took_ms = started.elapsed().as_millis() as u64,
+        "kernel matches the state"
+    );
+    let core = Arc::new(Mutex::new(core));
+
+    let hub = Hub::new();
+    let names = core.clone();
+    tokio::spawn(events::pump(reader, hub.clone(), move |id, version, rule| {
+        names.lock().unwrap_or_else(PoisonError::into_inner).attribute(id, version, rule)
+    }));
+    tokio::spawn(watch_expiry(core.clone()));
+
+    let (listener, socket_gid) = bind_socket(&config.socket)?;
+    let own_cgroup = cgroup::current_cgroup(std::process::id()).ok();
+    let service = Service::new(
+        core,
+        hub.clone(),
+        server::Info {
+            state_dir: config.state_dir.clone(),
+            pin_dir: config.pin_dir.clone(),
+            cgroup_mount,
+            socket_gid,
+            own_cgroup,
+            started,
+        },
+    );
+    info!(socket = %config.socket.display(), "serving agentctl");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
+        .add_service(AgentdServer::new(service))
+        .serve_with_incoming_shutdown(peer::incoming(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(serve);
+    let stopped_by = tokio::select! {
+        r = &mut serve => Err(r),
+        _ = term.recv() => Ok("SIGTERM"),
+        _ = int.recv() => Ok("SIGINT"),
+    };
+    let result = match stopped_by {
+        Ok(signal) => stop(signal, &hub, stop_tx, serve).await,
+        Err(Ok(())) => Err(DaemonError::Serve("the server stopped by itself".into())),
+        Err(Err(e)) => Err(DaemonError::Serve(e.to_string())),
+    };
+    if let Err(e) = fs::remove_file(&config.socket) {
+        if e.kind() != io::ErrorKind::NotFound {
+            warn!(socket = %config.socket.display(), error = %e, "could not remove the socket");
+        }
+    }
+    info!(pins = %config.pin_dir.display(), "agentd stopped; enforcement stays in the kernel");
+    result
+}
+
+/// Stops serving: followers' streams end, open requests get a moment to finish.
+async fn stop<F>(signal: &str, hub: &Hub, stop_tx: tokio::sync::oneshot::Sender<()>, serve: F) -> Result<(), DaemonError>
+where
+    F: std::future::Future<Output = Result<(), tonic::transport::Error>>,
+{
+    info!("{signal}: stopping; enforcement stays pinned in the kernel");
+    hub.close();
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(STOP_GRACE, serve).await {
+        Ok(r) => r.map_err(|e| DaemonError::Serve(e.to_string())),
+        Err(_) => {
+            warn!("open requests did not finish within {STOP_GRACE:?}; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Says loudly what is not enforced (the enforcer logs what is).
+fn log_report(report: &MechanismReport) {
+    for k in report.kinds.iter().filter(|k| k.active.is_empty()) {
+        warn!(kind = %k.kind, unavailable = ?k.unavailable, "nothing on this kernel enforces {}", k.kind);
+    }
+}
+
+/// Re-installs identities whose expiry has passed, so expiry takes effect in the
+/// kernel without waiting for a restart.
+async fn watch_expiry(core: Arc<Mutex<Core>>) {
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    loop {
+        tick.tick().await;
+        let core = core.clone();
+        let changed = tokio::task::spawn_blocking(move || {
+            core.lock().unwrap_or_else(PoisonError::into_inner).refresh_expiry(SystemTime::now())
+        })
+        .await
+        .unwrap_or_default();
+        for name in changed {
+            warn!(identity = %name, "identity expired: everything it does is denied from now on");
+        }
+    }
+}
+
+/// Creates the socket's directory (0750, group [`SOCKET_GROUP`] if that exists)
+/// when it is missing; an existing directory is left as it is.
+fn prepare_socket_dir(socket: &Path) -> Result<(), DaemonError> {
+    let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
+    if dir.exists() {
+        return Ok(());
+    }
+    let err = |source| DaemonError::Dir { path: dir.to_path_buf(), source };
+    fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(err)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o750)).map_err(err)?;
+    if let Some(gid) = socket_group() {
+        nix::unistd::chown(dir, None, Some(gid)).map_err(|e| err(e.into()))?;
+    }
+    info!(dir = %dir.display(), "created the socket directory (0750)");
+    Ok(())
+}
+
+fn socket_group() -> Option<nix::unistd::Gid> {
+    nix::unistd::Group::from_name(SOCKET_GROUP).ok().flatten().map(|g| g.gid)
+}
+
+/// Removes a socket file left by an agentd that died, but refuses to start when
+/// an agentd still answers on it.
+async fn clear_stale_socket(socket: &Path) -> Result<(), DaemonError> {
+    let meta = match fs::symlink_metadata(socket) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(DaemonError::Socket(format!("{}: {e}", socket.display()))),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(DaemonError::Socket(format!(
+            "{} exists and is not a socket; move it away or choose another path with --socket",
+            socket.display()
+        )));
+    }
+    match tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(socket)).await {
+        Ok(Ok(_)) | Err(_) => Err(DaemonError::Socket(format!(
+            "another agentd is serving {} (stop it first, e.g. `systemctl stop agentd`, or choose another --socket)",
+            socket.display()
+        ))),
+        Ok(Err(_)) => {
+            fs::remove_file(socket).map_err(|e| DaemonError::Socket(format!("removing the stale socket {}: {e}", socket.display())))?;
+            info!(socket = %socket.display(), "removed a stale socket left by an earlier agentd");
+            Ok(())
+        }
+    }
+}
+
+/// Binds the API socket: mode 0660, group [`SOCKET_GROUP`] if it exists. Returns
+/// the listener and the socket's group id.
+fn bind_socket(socket: &Path) -> Result<(UnixListener, u32), DaemonError> {
+    let err = |what: &str, e: &dyn std::fmt::Display| DaemonError::Socket(format!("{what} {}: {e}", socket.display()));
+    let listener = UnixListener::bind(socket).map_err(|e| err("binding", &e))?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o660)).map_err(|e| err("setting the mode of", &e))?;
+    if let Some(gid) = socket_group() {
+        nix::unistd::chown(socket, None, Some(gid)).map_err(|e| err("setting the group of", &e))?;
+    }
+    let gid = fs::metadata(socket).map_err(|e| err("reading", &e))?.gid();
+    Ok((listener, gid))
+}

@@ -1,0 +1,414 @@
+//! The gRPC service agentctl talks to: request checks, caller authorisation, and
+//! conversion between the API messages and the daemon's records.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Instant, SystemTime},
+};
+
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::{
+    core::{Core, OpError},
+    events::{EventStream, Hub},
+    host,
+    peer::{self, Peer},
+};
+use crate::{
+    api::pb::{self, agentd_server::Agentd},
+    cgroup,
+    enforce::MechanismReport,
+    identity::IdentityRecord,
+    state::{self, BindingRecord, PolicyRecord},
+};
+
+/// Facts fixed at start-up.
+#[derive(Debug)]
+pub struct Info {
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub cgroup_mount: PathBuf,
+    /// The socket file's group: its members (and root) may make changes.
+    pub socket_gid: u32,
+    /// agentd's own cgroup: never bindable.
+    pub own_cgroup: Option<PathBuf>,
+    pub started: Instant,
+}
+
+/// The Agentd service.
+#[derive(Clone)]
+pub struct Service {
+    core: Arc<Mutex<Core>>,
+    hub: Hub,
+    info: Arc<Info>,
+}
+
+impl From<OpError> for Status {
+    fn from(e: OpError) -> Status {
+        match e {
+            OpError::Invalid(m) => Status::invalid_argument(m),
+            OpError::NotFound(m) => Status::not_found(m),
+            OpError::Exists(m) => Status::already_exists(m),
+            OpError::Kernel(m) => Status::failed_precondition(m),
+            OpError::State(m) => Status::internal(m),
+        }
+    }
+}
+
+impl Service {
+    pub fn new(core: Arc<Mutex<Core>>, hub: Hub, info: Info) -> Service {
+        Service { core, hub, info: Arc::new(info) }
+    }
+
+    /// Runs `f` on the core off the async workers: changes fsync files and write
+    /// kernel maps, which must not stall the event pipeline.
+    async fn with_core<R, F>(&self, f: F) -> Result<R, Status>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Core) -> R + Send + 'static,
+    {
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || f(&mut core.lock().unwrap_or_else(PoisonError::into_inner)))
+            .await
+            .map_err(|e| Status::internal(format!("agentd: internal error: {e}")))
+    }
+
+    /// Refuses a change unless the caller is root or in the socket's group, and is
+    /// not inside a bound cgroup: an agent must never reconfigure its own enforcement.
+    /// Returns the caller and its cgroup.
+    async fn authorize_change<T>(&self, req: &Request<T>) -> Result<(Peer, PathBuf), Status> {
+        let peer = req
+            .extensions()
+            .get::<Peer>()
+            .cloned()
+            .ok_or_else(|| Status::permission_denied("agentd: cannot tell who is calling (no peer credentials); refusing the change"))?;
+        if !peer::may_change(peer.uid, peer.gid, &peer.groups(), self.info.socket_gid) {
+            return Err(Status::permission_denied(format!(
+                "agentd: uid {} may read but not change enforcement: changes need root or membership of group {} (the socket's group)",
+                peer.uid,
+                group_name(self.info.socket_gid)
+            )));
+        }
+        let cg = peer
+            .cgroup(&self.info.cgroup_mount)
+            .map_err(|e| Status::permission_denied(format!("agentd: {e}; refusing the change")))?;
+        let bound = self.with_core(|c| c.bound_cgroups()).await?;
+        if let Some(c) = peer::confinement(bound.iter().map(|(p, i)| (p.as_str(), i.as_str())), &cg) {
+            info!(pid = ?peer.pid, uid = peer.uid, cgroup = %c.cgroup, identity = %c.identity, "refused a change from inside a bound cgroup");
+            return Err(Status::permission_denied(c.refusal()));
+        }
+        Ok((peer, cg))
+    }
+
+    /// Checks a Bind request's path: an existing cgroup2 directory, not the root,
+    /// not agentd's own, within the depth the kernel follows. Returns the canonical
+    /// path and the cgroup id.
+    fn check_bindable(&self, arg: &str, caller_cgroup: &Path) -> Result<(PathBuf, u64), Status> {
+        let mount = &self.info.cgroup_mount;
+        if !Path::new(arg).is_absolute() {
+            return Err(Status::invalid_argument(format!("agentd: cgroup path {arg:?} is not absolute (agentctl resolves names and relative paths)")));
+        }
+        let path = cgroup::resolve_in(mount, arg).map_err(|e| Status::invalid_argument(format!("agentd: {e}")))?;
+        let depth = cgroup::depth_below(mount, &path).unwrap_or(0);
+        if depth == 0 {
+            return Err(Status::invalid_argument(format!(
+                "agentd: refusing to bind the root cgroup {}: that would bind every process, agentd included; bind the agent's own cgroup",
+                mount.display()
+            )));
+        }
+        if depth as u32 >= agent_common::MAX_CGROUP_DEPTH {
+            return Err(Status::invalid_argument(format!(
+                "agentd: {} is {depth} levels below {}; the kernel follows bindings only {} levels, so bind a cgroup nearer the root",
+                path.display(),
+                mount.display(),
+                agent_common::MAX_CGROUP_DEPTH - 1
+            )));
+        }
+        if let Some(own) = &self.info.own_cgroup {
+            if cgroup::is_within(own, &path) {
+                return Err(Status::invalid_argument(format!(
+                    "agentd: {} contains agentd itself ({}); bind a cgroup that holds only the agent",
+                    path.display(),
+                    own.display()
+                )));
+            }
+        }
+        // Binding the caller's own cgroup (or an ancestor) would also lock the
+        // caller out of every later change, the unbind included.
+        if cgroup::is_within(caller_cgroup, &path) {
+            return Err(Status::invalid_argument(format!(
+                "agentd: {} contains the calling process itself ({}): agentctl would then be refused every change, this binding's removal included; bind a cgroup that holds only the agent (or use `agentctl run`)",
+                path.display(),
+                caller_cgroup.display()
+            )));
+        }
+        let id = cgroup::cgroup_id(&path).map_err(|e| Status::invalid_argument(format!("agentd: {}: {e}", path.display())))?;
+        Ok((path, id))
+    }
+}
+
+fn group_name(gid: u32) -> String {
+    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten().map_or_else(|| gid.to_string(), |g| g.name)
+}
+
+fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map_or_else(|| format!("uid:{uid}"), |u| u.name)
+}
+
+fn policy_summary(core: &Core, name: &str, rec: &PolicyRecord) -> pb::PolicySummary {
+    let loaded = core.loaded(name);
+    pb::PolicySummary {
+        name: name.to_string(),
+        description: loaded.map(|l| l.description.clone()).unwrap_or_default(),
+        version: rec.meta.version,
+        hash: rec.meta.hash.clone(),
+        mode: match loaded.map(|l| l.compiled.monitor) {
+            Some(true) => "monitor",
+            Some(false) => "enforce",
+            // Stored but no longer compiles: nothing of it is enforced.
+            None => "invalid",
+        }
+        .to_string(),
+        applied_at: rec.meta.applied_at.clone(),
+        rules: loaded.map_or(0, |l| l.compiled.rules.len() as u32),
+    }
+}
+
+fn identity_pb(core: &Core, rec: &IdentityRecord, now: SystemTime) -> pb::Identity {
+    pb::Identity {
+        name: rec.name.clone(),
+        id: rec.id,
+        policy: rec.policy.clone(),
+        owner: rec.owner.clone(),
+        public_key: rec.public_key.clone(),
+        fingerprint: rec.fingerprint(),
+        created_at: rec.created_at.clone(),
+        state: rec.state(now, core.loaded(&rec.policy).is_some()).as_str().to_string(),
+        bound_cgroups: core.state().bound_cgroups(&rec.name),
+    }
+}
+
+fn binding_pb(b: &BindingRecord) -> pb::Binding {
+    pb::Binding {
+        cgroup_path: b.cgroup_path.clone(),
+        cgroup_id: b.cgroup_id,
+        identity: b.identity.clone(),
+        bound_at: b.bound_at.clone(),
+        present: cgroup::cgroup_id(Path::new(&b.cgroup_path)).is_ok_and(|id| id == b.cgroup_id),
+    }
+}
+
+fn mechanisms_pb(report: &MechanismReport) -> Vec<pb::KindMechanism> {
+    report
+        .kinds
+        .iter()
+        .map(|k| pb::KindMechanism {
+            kind: k.kind.clone(),
+            active: k.active.clone(),
+            effect: k.effect.clone(),
+            unavailable: k.unavailable.iter().map(|(m, r)| pb::Unavailable { mechanism: m.clone(), reason: r.clone() }).collect(),
+        })
+        .collect()
+}
+
+fn not_found_policy(name: &str) -> Status {
+    Status::not_found(format!("agentd: no policy named {name:?} (`agentctl policy list` shows them; add one with `agentctl policy apply FILE`)"))
+}
+
+fn not_found_identity(name: &str) -> Status {
+    Status::not_found(format!(
+        "agentd: no identity named {name:?} (`agentctl identity list` shows them; create one with `agentctl identity create {name} --policy POLICY`)"
+    ))
+}
+
+#[tonic::async_trait]
+impl Agentd for Service {
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        let info = self.info.clone();
+        let reply = self
+            .with_core(move |c| {
+                let counters = c.counters().map_err(|e| Status::internal(format!("agentd: reading kernel counters: {e}")))?;
+                let report = c.report();
+                Ok::<_, Status>(pb::StatusReply {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    uptime_seconds: info.started.elapsed().as_secs(),
+                    pin_dir: info.pin_dir.display().to_string(),
+                    state_dir: info.state_dir.display().to_string(),
+                    adopted: report.adopted,
+                    identities: c.state().identities.len() as u32,
+                    policies: c.state().policies.len() as u32,
+                    bindings: c.state().bindings.len() as u32,
+                    counters: Some(pb::Counters {
+                        events: counters.events,
+                        events_dropped: counters.events_dropped,
+                        deny_exec: counters.deny_exec,
+                        deny_write: counters.deny_write,
+                        deny_egress: counters.deny_egress,
+                        deny_socket: counters.deny_socket,
+                        kills: counters.kills,
+                        unresolved: counters.unresolved,
+                    }),
+                    mechanisms: mechanisms_pb(&report),
+                })
+            })
+            .await??;
+        Ok(Response::new(reply))
+    }
+
+    async fn doctor(&self, _req: Request<pb::DoctorRequest>) -> Result<Response<pb::DoctorReply>, Status> {
+        let report = self.with_core(|c| c.report()).await?;
+        let pin_dir = self.info.pin_dir.clone();
+        let checks = tokio::task::spawn_blocking(move || host::checks(&pin_dir)).await.map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::DoctorReply { kernel_release: host::kernel_release(), mechanisms: mechanisms_pb(&report), checks }))
+    }
+
+    async fn policy_apply(&self, req: Request<pb::PolicyApplyRequest>) -> Result<Response<pb::PolicyApplyReply>, Status> {
+        self.authorize_change(&req).await?;
+        let r = req.into_inner();
+        let file_name = if r.file_name.is_empty() { "policy.yaml".to_string() } else { r.file_name };
+        // Compile before taking the lock: a bad policy changes nothing and waits for nothing.
+        let yaml = r.yaml;
+        let (policy, compiled) = tokio::task::spawn_blocking({
+            let (file_name, yaml) = (file_name.clone(), yaml.clone());
+            move || state::compile_policy(&file_name, &yaml)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::invalid_argument)?;
+        let description = policy.description().to_string();
+        let mut warnings: Vec<String> = policy.warnings().to_vec();
+        for w in &compiled.warnings {
+            if !warnings.contains(w) {
+                warnings.push(w.clone());
+            }
+        }
+        let (applied, summary) = self
+            .with_core(move |c| {
+                let applied = c.apply(&yaml, &file_name, &description, compiled, SystemTime::now())?;
+                let rec = c.state().policies.get(&applied.name).cloned().expect("just applied");
+                let summary = policy_summary(c, &applied.name, &rec);
+                Ok::<_, OpError>((applied, summary))
+            })
+            .await??;
+        info!(policy = %applied.name, version = applied.version, identities = ?applied.identities, "policy applied");
+        Ok(Response::new(pb::PolicyApplyReply { policy: Some(summary), warnings }))
+    }
+
+    async fn policy_list(&self, _req: Request<pb::PolicyListRequest>) -> Result<Response<pb::PolicyListReply>, Status> {
+        let policies = self.with_core(|c| c.state().policies.iter().map(|(n, r)| policy_summary(c, n, r)).collect()).await?;
+        Ok(Response::new(pb::PolicyListReply { policies }))
+    }
+
+    async fn policy_show(&self, req: Request<pb::PolicyShowRequest>) -> Result<Response<pb::PolicyShowReply>, Status> {
+        let name = req.into_inner().name;
+        let reply = self
+            .with_core(move |c| {
+                let rec = c.state().policies.get(&name).ok_or_else(|| not_found_policy(&name))?;
+                let rules = c
+                    .loaded(&name)
+                    .map(|l| {
+                        l.compiled
+                            .rules
+                            .iter()
+                            .map(|r| pb::Rule { id: r.id, kind: r.kind.to_string(), text: r.text.clone(), line: r.line as u32 })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok::<_, Status>(pb::PolicyShowReply { policy: Some(policy_summary(c, &name, rec)), yaml: rec.yaml.clone(), rules })
+            })
+            .await??;
+        Ok(Response::new(reply))
+    }
+
+    async fn identity_create(&self, req: Request<pb::IdentityCreateRequest>) -> Result<Response<pb::IdentityCreateReply>, Status> {
+        let (peer, _) = self.authorize_change(&req).await?;
+        let r = req.into_inner();
+        let owner = if r.owner.trim().is_empty() { user_name(peer.uid) } else { r.owner.trim().to_string() };
+        let identity = self
+            .with_core(move |c| {
+                let now = SystemTime::now();
+                let rec = c.create_identity(&r.name, &r.policy, &owner, now)?;
+                Ok::<_, OpError>(identity_pb(c, &rec, now))
+            })
+            .await??;
+        info!(identity = %identity.name, id = identity.id, policy = %identity.policy, owner = %identity.owner, fingerprint = %identity.fingerprint, "identity created");
+        Ok(Response::new(pb::IdentityCreateReply { identity: Some(identity) }))
+    }
+
+    async fn identity_list(&self, _req: Request<pb::IdentityListRequest>) -> Result<Response<pb::IdentityListReply>, Status> {
+        let identities = self
+            .with_core(|c| {
+                let now = SystemTime::now();
+                c.state().identities.values().map(|r| identity_pb(c, r, now)).collect()
+            })
+            .await?;
+        Ok(Response::new(pb::IdentityListReply { identities }))
+    }
+
+    async fn identity_show(&self, req: Request<pb::IdentityShowRequest>) -> Result<Response<pb::IdentityShowReply>, Status> {
+        let name = req.into_inner().name;
+        let identity = self
+            .with_core(move |c| {
+                let rec = c.state().identities.get(&name).ok_or_else(|| not_found_identity(&name))?;
+                Ok::<_, Status>(identity_pb(c, rec, SystemTime::now()))
+            })
+            .await??;
+        Ok(Response::new(pb::IdentityShowReply { identity: Some(identity) }))
+    }
+
+    async fn bind(&self, req: Request<pb::BindRequest>) -> Result<Response<pb::BindReply>, Status> {
+        let (_, caller_cgroup) = self.authorize_change(&req).await?;
+        let r = req.into_inner();
+        let (path, cgroup_id) = self.check_bindable(&r.cgroup_path, &caller_cgroup)?;
+        let path = path.display().to_string();
+        let identity = r.identity;
+        let bound = self.with_core(move |c| c.bind(&path, cgroup_id, &identity, SystemTime::now())).await??;
+        let b = &bound.binding;
+        match &bound.replaced {
+            Some(old) => info!(cgroup = %b.cgroup_path, cgroup_id = b.cgroup_id, identity = %b.identity, replaced = %old, "rebound"),
+            None => info!(cgroup = %b.cgroup_path, cgroup_id = b.cgroup_id, identity = %b.identity, "bound"),
+        }
+        Ok(Response::new(pb::BindReply { binding: Some(binding_pb(b)) }))
+    }
+
+    async fn unbind(&self, req: Request<pb::UnbindRequest>) -> Result<Response<pb::UnbindReply>, Status> {
+        self.authorize_change(&req).await?;
+        let arg = req.into_inner().cgroup_path;
+        let mount = self.info.cgroup_mount.clone();
+        let b = self
+            .with_core(move |c| {
+                // As stored; else the same cgroup under another spelling; else by its id.
+                let key = if c.binding(&arg).is_some() {
+                    Some(arg.clone())
+                } else {
+                    let canonical = cgroup::resolve_in(&mount, &arg).ok();
+                    canonical
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .filter(|p| c.binding(p).is_some())
+                        .or_else(|| {
+                            let id = cgroup::cgroup_id(canonical.as_deref()?).ok()?;
+                            c.binding_by_id(id).map(|b| b.cgroup_path.clone())
+                        })
+                };
+                c.unbind(key.as_deref().unwrap_or(&arg))
+            })
+            .await??;
+        info!(cgroup = %b.cgroup_path, identity = %b.identity, "unbound");
+        Ok(Response::new(pb::UnbindReply { binding: Some(binding_pb(&b)) }))
+    }
+
+    async fn bindings(&self, _req: Request<pb::BindingsRequest>) -> Result<Response<pb::BindingsReply>, Status> {
+        let bindings = self.with_core(|c| c.state().bindings.values().map(binding_pb).collect()).await?;
+        Ok(Response::new(pb::BindingsReply { bindings }))
+    }
+
+    type EventsStream = EventStream;
+
+    async fn events(&self, req: Request<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(self.hub.subscribe(r.follow, r.last as usize)))
+    }
+}

@@ -1,0 +1,261 @@
+//! A validated policy to the entries of the kernel's LPM tries.
+//!
+//! The kernel does one longest-prefix lookup per decision, so the compiler's job is
+//! to lay rules out such that that lookup gives exactly the evaluator's answer:
+//!
+//! - Paths: an exact rule is the real path plus a NUL (it only matches a lookup that
+//!   ends there, and beats every prefix); `DIR/**` is the real `DIR/`. The longest
+//!   matching key is then the format's "exact beats pattern, longer literal prefix
+//!   wins". Anything else (`*` inside a name, `**` before the end) is refused: the
+//!   trie cannot express it, and widening a rule silently is not an option.
+//! - Egress: one entry per distinct network, holding its own port rules followed by
+//!   those of every shorter network that covers it, in the format's precedence
+//!   order. The lookup finds the longest network containing the address, and the
+//!   first port rule that matches is then the evaluator's most specific rule.
+//!
+//! What the kernel cannot enforce yet is either refused (if skipping it could let
+//! something through) or skipped with a warning (if that only denies more).
+
+use std::{cmp::Reverse, collections::BTreeMap};
+
+use agent_common::{EgressRules, PathRule as KernelPathRule, PortRule, MAX_PORT_RULES, PATH_KEY_LEN};
+
+use super::{
+    compiled::{CompiledPolicy, EgressEntry, PathEntry},
+    error::{ErrorKind, Errors, PolicyErrors},
+    glob::KernelForm,
+    model::{mapped_net, net_contains, ActionKind, EgressRule, Mode, PathSection, Policy, RuleKind, Target},
+    path::{real_path, FileSystem, RealPaths},
+    validate::egress_rank_within_net,
+};
+
+/// Compiles a validated policy for the kernel, resolving rule paths on this machine.
+pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyErrors> {
+    compile_with(policy, &FileSystem)
+}
+
+pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<CompiledPolicy, PolicyErrors> {
+    let mut c = Compiler { policy, errors: Errors::new(&policy.file), warnings: policy.warnings.clone() };
+    let exec = c.paths(RuleKind::Exec, &policy.exec, fs);
+    let write = c.paths(RuleKind::Write, &policy.write, fs);
+    let egress = c.egress();
+    if policy.uses_ask() {
+        c.warnings.push(format!(
+            "{}: `ask` is enforced as deny until the approval service exists: nothing is held for a person yet",
+            policy.file
+        ));
+    }
+    let Compiler { errors, warnings, .. } = c;
+    errors.finish()?;
+    Ok(CompiledPolicy {
+        name: policy.name.clone(),
+        hash: policy.hash.clone(),
+        monitor: policy.mode == Mode::Monitor,
+        exec_default: policy.exec.default.code(),
+        write_default: policy.write.default.code(),
+        egress_default: policy.egress.default.code(),
+        exec,
+        write,
+        egress,
+        rules: policy.rule_infos(),
+        warnings,
+    })
+}
+
+struct Compiler<'p> {
+    policy: &'p Policy,
+    errors: Errors,
+    warnings: Vec<String>,
+}
+
+/// The trie key of a path rule's kernel form, with its directory resolved.
+fn path_key(form: &KernelForm, fs: &dyn RealPaths) -> Vec<u8> {
+    match form {
+        KernelForm::Exact(p) => {
+            let mut key = real_path(p, fs).unwrap_or_else(|| p.clone());
+            key.push(0);
+            key
+        }
+        KernelForm::Below(dir) => {
+            let mut key = real_path(dir, fs).unwrap_or_else(|| dir.clone());
+            if key != b"/" {
+                key.push(b'/');
+            }
+            key
+        }
+    }
+}
+
+/// A key for people: the NUL of an exact key is not shown.
+fn show_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(key.strip_suffix(b"\0").unwrap_or(key)).into_owned()
+}
+
+impl Compiler<'_> {
+    fn paths(&mut self, kind: RuleKind, section: &PathSection, fs: &dyn RealPaths) -> Vec<PathEntry> {
+        let mut by_key: BTreeMap<Vec<u8>, &super::model::PathRule> = BTreeMap::new();
+        for r in &section.rules {
+            let Some(form) = r.pattern.kernel_form() else {
+                self.errors.push(
+                    ErrorKind::Unenforceable,
+                    r.path_at,
+                    format!(
+                        "pattern {:?} cannot be enforced in the kernel yet: only exact paths and trailing /** are supported",
+                        r.pattern.as_str()
+                    ),
+                    Some(format!(
+                        "write the exact paths or DIR/** directories it should cover instead (e.g. {}/**); agentd never widens a rule on its own",
+                        String::from_utf8_lossy(&r.pattern.literal_dir()).trim_end_matches('/')
+                    )),
+                );
+                continue;
+            };
+            let key = path_key(&form, fs);
+            if key.len() > PATH_KEY_LEN {
+                self.errors.push(
+                    ErrorKind::Limit,
+                    r.path_at,
+                    format!(
+                        "path {:?} is {} bytes as a kernel key ({}), over the kernel's {PATH_KEY_LEN}",
+                        r.pattern.as_str(),
+                        key.len(),
+                        show_key(&key)
+                    ),
+                    Some("use a rule for a shorter directory (DIR/**)".into()),
+                );
+                continue;
+            }
+            match by_key.get(&key) {
+                None => {
+                    by_key.insert(key, r);
+                }
+                Some(&other) => {
+                    // Same key: the stronger action wins, then the earlier rule; the
+                    // evaluator breaks the tie the same way.
+                    let (winner, loser) = if (r.action, Reverse(r.id)) > (other.action, Reverse(other.id)) {
+                        (r, other)
+                    } else {
+                        (other, r)
+                    };
+                    self.warnings.push(format!(
+                        "{}:{}:{}: {} rule {} {} can never match on this machine: it is the same real path ({}) as rule {} {} at line {}, which wins",
+                        self.policy.file,
+                        loser.at.line,
+                        loser.at.column,
+                        kind.as_str(),
+                        loser.id,
+                        loser.text,
+                        show_key(&key),
+                        winner.id,
+                        winner.text,
+                        winner.at.line,
+                    ));
+                    by_key.insert(key, winner);
+                }
+            }
+        }
+        by_key
+            .into_iter()
+            .map(|(key, r)| PathEntry {
+                key,
+                value: KernelPathRule { action: r.action.code(), _pad: [0; 3], rule_id: r.id },
+            })
+            .collect()
+    }
+
+    fn egress(&mut self) -> Vec<EgressEntry> {
+        let policy = self.policy;
+        let default = policy.egress.default;
+        let mut cidrs: Vec<((u128, u8), &EgressRule)> = Vec::new();
+        for r in &policy.egress.rules {
+            match &r.target {
+                Target::Cidr(net) => cidrs.push((mapped_net(net), r)),
+                Target::Host(host) => self.host_rule(r, host, default),
+            }
+        }
+        let mut nets: Vec<(u128, u8)> = cidrs.iter().map(|(n, _)| *n).collect();
+        nets.sort();
+        nets.dedup();
+        let mut entries = Vec::with_capacity(nets.len());
+        for net in nets {
+            let mut applicable: Vec<&((u128, u8), &EgressRule)> =
+                cidrs.iter().filter(|((a, len), _)| *len <= net.1 && net_contains((*a, *len), net.0)).collect();
+            applicable.sort_by_key(|((_, len), r)| (Reverse(*len), egress_rank_within_net(r)));
+            let mut list: Vec<PortRule> = Vec::new();
+            'rules: for (_, r) in &applicable {
+                let all = [super::model::PortRange { lo: 0, hi: u16::MAX }];
+                let ranges = if r.ports.is_empty() { &all[..] } else { &r.ports[..] };
+                let protocol = r.protocol.map_or(0, |p| p.number());
+                for pr in ranges {
+                    list.push(PortRule {
+                        port_lo: pr.lo,
+                        port_hi: pr.hi,
+                        protocol,
+                        action: r.action.code(),
+                        _pad: [0; 2],
+                        rule_id: r.id,
+                    });
+                    // Every port and protocol: nothing after it can ever be reached.
+                    if protocol == 0 && pr.lo == 0 && pr.hi == u16::MAX {
+                        break 'rules;
+                    }
+                }
+            }
+            if list.len() > MAX_PORT_RULES {
+                let own = applicable
+                    .iter()
+                    .filter(|(n, _)| *n == net)
+                    .map(|(_, r)| r)
+                    .min_by_key(|r| r.id)
+                    .expect("a network has a rule");
+                let Target::Cidr(shown) = &own.target else { unreachable!("only cidr rules have networks") };
+                let covering: Vec<String> =
+                    applicable.iter().filter(|(n, _)| *n != net).map(|(_, r)| format!("line {}", r.at.line)).collect();
+                self.errors.push(
+                    ErrorKind::Limit,
+                    own.target_at,
+                    format!(
+                        "{} port rules apply to {shown}{}, more than the {MAX_PORT_RULES} the kernel holds per network",
+                        list.len(),
+                        if covering.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (its own and those of covering networks at {})", covering.join(", "))
+                        },
+                    ),
+                    Some(
+                        "merge port ranges (\"8000-8100\" is one rule), or split the network's rules differently"
+                            .into(),
+                    ),
+                );
+                continue;
+            }
+            let mut value = EgressRules { count: list.len() as u32, ..Default::default() };
+            value.rules[..list.len()].copy_from_slice(&list);
+            entries.push(EgressEntry { addr: net.0.to_be_bytes(), prefix_len: u32::from(net.1), value });
+        }
+        entries
+    }
+
+    /// Host rules compile to nothing until DNS is intercepted. That only narrows
+    /// when the default is at least as strict as the rule; an `ask` under an
+    /// allowing default would quietly become an allow, so it is refused.
+    fn host_rule(&mut self, r: &EgressRule, host: &str, default: ActionKind) {
+        let p = &self.policy;
+        if r.action == ActionKind::Ask && matches!(default, ActionKind::Allow | ActionKind::Audit) {
+            self.errors.push(
+                ErrorKind::Unenforceable,
+                r.target_at,
+                format!(
+                    "host rule for {host:?} (ask) cannot be enforced in the kernel yet, and the egress default ({default}) would let these connections through without asking"
+                ),
+                Some("make the egress default deny or ask, or ask by cidr instead".into()),
+            );
+            return;
+        }
+        self.warnings.push(format!(
+            "{}:{}:{}: host rule {} is not enforced yet (no DNS interception in this build): connections to {host} fall to the egress default ({default})",
+            p.file, r.at.line, r.at.column, r.text
+        ));
+    }
+}

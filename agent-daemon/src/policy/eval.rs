@@ -1,0 +1,175 @@
+//! The policy's decision for one action, in userspace, by the format's full rules.
+//!
+//! This is the reference semantics: the daemon and the CLI can use it to predict
+//! and explain decisions, and the compiler's output is tested against it (see
+//! `crosscheck`), so what the kernel enforces and what this says cannot drift.
+//!
+//! Paths are judged the way the kernel sees them: the given path is normalised and
+//! its symlinks resolved on this machine (`path::real_path`), and every rule is read
+//! with its literal directory resolved the same way. So `/bin/sh` and
+//! `/usr/bin/dash` get the same decision when one links to the other, whichever
+//! spelling the rule or the question uses; a rule's precedence is that of its
+//! resolved spelling, as in the kernel. Like open(2) and exec, the final component
+//! is followed too; an unlink or rename of a symlink itself is judged by the kernel
+//! on the link's own path. Host rules never match here: a connection is judged by
+//! its address, and names are not enforced yet.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use super::{
+    glob::Glob,
+    model::{mapped_addr, mapped_net, net_contains, ActionKind, Mode, PathSection, Policy, Protocol, RuleKind, Target},
+    path::{real_path, FileSystem, RealPaths},
+    validate::egress_rank_within_net,
+};
+
+/// Something an agent tries to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run the program at `path`.
+    Exec { path: PathBuf },
+    /// Create, modify, rename or remove the file at `path`.
+    Write { path: PathBuf },
+    /// Open a connection (or send a datagram) to `addr:port`.
+    Connect { addr: IpAddr, port: u16, protocol: Protocol },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Exec { path } => write!(f, "exec {}", path.display()),
+            Action::Write { path } => write!(f, "write {}", path.display()),
+            Action::Connect { addr, port, protocol } => {
+                write!(f, "connect {} {}", protocol.as_str(), SocketAddr::new(*addr, *port))
+            }
+        }
+    }
+}
+
+/// The policy's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// What the policy says. In monitor mode the action is allowed regardless, and a
+    /// deny or ask is reported as "would deny" (the reason says so).
+    pub action: ActionKind,
+    /// The rule that decided, 0 for the kind's default.
+    pub rule_id: u32,
+    /// That rule as written, in one line.
+    pub rule_text: Option<String>,
+    /// Why, in a sentence for a person.
+    pub reason: String,
+}
+
+/// Decides `action` under `policy` on this machine.
+pub fn evaluate(policy: &Policy, action: &Action) -> Decision {
+    evaluate_with(policy, action, &FileSystem)
+}
+
+pub(crate) fn evaluate_with(policy: &Policy, action: &Action, fs: &dyn RealPaths) -> Decision {
+    let mut d = match action {
+        Action::Exec { path } => path_decision(RuleKind::Exec, &policy.exec, path, fs),
+        Action::Write { path } => path_decision(RuleKind::Write, &policy.write, path, fs),
+        Action::Connect { addr, port, protocol } => connect_decision(policy, *addr, *port, *protocol),
+    };
+    d.reason = format!("{action}: {}", d.reason);
+    if policy.mode == Mode::Monitor && matches!(d.action, ActionKind::Deny | ActionKind::Ask) {
+        d.reason.push_str(" (monitor mode: allowed, reported as would-deny)");
+    }
+    d
+}
+
+/// A rule's pattern as it reads on this machine: its literal directory resolved.
+pub(crate) fn effective_pattern(pattern: &Glob, fs: &dyn RealPaths) -> Glob {
+    let dir = pattern.literal_dir();
+    match real_path(&dir, fs) {
+        Some(real) => pattern.with_literal_dir(&real),
+        None => pattern.clone(),
+    }
+}
+
+fn path_decision(kind: RuleKind, section: &PathSection, path: &Path, fs: &dyn RealPaths) -> Decision {
+    let default = |reason: String| Decision { action: section.default, rule_id: 0, rule_text: None, reason };
+    let Some(real) = real_path(path.as_os_str().as_bytes(), fs) else {
+        return default(format!(
+            "a relative path never matches a rule (the kernel judges absolute real paths); {} default {}",
+            kind.as_str(),
+            section.default
+        ));
+    };
+    let shown = String::from_utf8_lossy(&real);
+    let best = section
+        .rules
+        .iter()
+        .filter_map(|r| {
+            let eff = effective_pattern(&r.pattern, fs);
+            eff.matches(&real).then(|| (eff.specificity(), r, eff))
+        })
+        // Most specific, then strongest action, then first in the file.
+        .max_by(|(sa, a, _), (sb, b, _)| sa.cmp(sb).then(a.action.cmp(&b.action)).then(b.id.cmp(&a.id)));
+    let via =
+        if shown.as_bytes() != path.as_os_str().as_bytes() { format!(" (real path {shown})") } else { String::new() };
+    match best {
+        None => {
+            default(format!("no {} rule matches{via}; {} default {}", kind.as_str(), kind.as_str(), section.default))
+        }
+        Some((spec, r, eff)) => {
+            let how = if spec.exact {
+                "exact path".to_string()
+            } else {
+                format!("pattern, literal prefix {} bytes", spec.literal_len)
+            };
+            let resolved = if eff.as_str() != r.pattern.as_str() {
+                format!(", read as {eff} on this machine")
+            } else {
+                String::new()
+            };
+            Decision {
+                action: r.action,
+                rule_id: r.id,
+                rule_text: Some(r.text.clone()),
+                reason: format!("{}{via} by rule {} at line {} ({how}{resolved})", r.action, r.id, r.at.line),
+            }
+        }
+    }
+}
+
+fn connect_decision(policy: &Policy, addr: IpAddr, port: u16, protocol: Protocol) -> Decision {
+    let a = mapped_addr(addr);
+    let best = policy
+        .egress
+        .rules
+        .iter()
+        .filter_map(|r| match &r.target {
+            Target::Cidr(net) => {
+                let m = mapped_net(net);
+                (net_contains(m, a) && r.matches_port(port, protocol)).then_some((m.1, r, net))
+            }
+            Target::Host(_) => None,
+        })
+        // Longest prefix, then ports, protocol, strongest action, first in file.
+        .min_by_key(|(len, r, _)| (std::cmp::Reverse(*len), egress_rank_within_net(r)));
+    match best {
+        Some((_, r, net)) => Decision {
+            action: r.action,
+            rule_id: r.id,
+            rule_text: Some(r.text.clone()),
+            reason: format!("{} by rule {} at line {} (cidr {net})", r.action, r.id, r.at.line),
+        },
+        None => {
+            let hosts = policy.egress.rules.iter().filter(|r| matches!(r.target, Target::Host(_))).count();
+            let note =
+                if hosts > 0 { format!(" ({hosts} host rule(s) are not matched by address)") } else { String::new() };
+            Decision {
+                action: policy.egress.default,
+                rule_id: 0,
+                rule_text: None,
+                reason: format!("no egress rule matches{note}; egress default {}", policy.egress.default),
+            }
+        }
+    }
+}

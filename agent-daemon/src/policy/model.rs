@@ -1,0 +1,346 @@
+//! The typed model of an `agentd.io/v1` policy, as `parse` returns it.
+//!
+//! Everything here has been validated: paths are well-formed patterns, CIDRs have
+//! no host bits, port ranges are ordered, durations are positive. Each rule carries
+//! its id (stable, in file order: exec rules, then write, then egress, from 1; 0
+//! means "the default") and where it was written, so decisions, events and receipts
+//! can point back at the line a user wrote.
+
+use std::{net::IpAddr, time::Duration};
+
+use ipnet::IpNet;
+
+use super::{compiled::RuleInfo, error::Location, glob::Glob};
+
+/// A rule's or a default's action. Ordered by strength: at equal specificity the
+/// stronger wins (deny > ask > audit > allow).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ActionKind {
+    Allow,
+    /// Allow, and sign a receipt for it.
+    Audit,
+    /// Hold for a human's approval.
+    Ask,
+    Deny,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 4] = [ActionKind::Allow, ActionKind::Deny, ActionKind::Ask, ActionKind::Audit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Allow => "allow",
+            ActionKind::Audit => "audit",
+            ActionKind::Ask => "ask",
+            ActionKind::Deny => "deny",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        ActionKind::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// The code the kernel maps hold (`agent_common::action`).
+    pub fn code(self) -> u8 {
+        use agent_common::action;
+        match self {
+            ActionKind::Allow => action::ALLOW,
+            ActionKind::Audit => action::AUDIT,
+            ActionKind::Ask => action::ASK,
+            ActionKind::Deny => action::DENY,
+        }
+    }
+}
+
+impl std::fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `spec.mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Decisions are enforced.
+    #[default]
+    Enforce,
+    /// Everything is allowed, and what would have been denied or held is reported.
+    Monitor,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
+}
+
+/// The transport of an egress rule or a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IP protocol number, as the kernel's port rules store it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// Which of the three rule lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RuleKind {
+    Exec,
+    Write,
+    Egress,
+}
+
+impl RuleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleKind::Exec => "exec",
+            RuleKind::Write => "write",
+            RuleKind::Egress => "egress",
+        }
+    }
+}
+
+/// A validated policy.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub(crate) file: String,
+    pub(crate) text: String,
+    pub(crate) hash: String,
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) mode: Mode,
+    pub exec: PathSection,
+    pub write: PathSection,
+    pub egress: EgressSection,
+    pub approvals: Approvals,
+    pub receipts: Receipts,
+    /// Things worth knowing that do not make the file wrong.
+    pub(crate) warnings: Vec<String>,
+}
+
+impl Policy {
+    /// `metadata.name`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `metadata.description` (empty when absent).
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The file name given to `parse`, used in every message.
+    pub fn file_name(&self) -> &str {
+        &self.file
+    }
+
+    /// The exact text that was parsed.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Hex SHA-256 of the text's bytes.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Warnings found while parsing (compile adds its own to `CompiledPolicy`).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub fn path_section(&self, kind: RuleKind) -> Option<&PathSection> {
+        match kind {
+            RuleKind::Exec => Some(&self.exec),
+            RuleKind::Write => Some(&self.write),
+            RuleKind::Egress => None,
+        }
+    }
+
+    /// Every rule in id order, for events, receipts and `policy show`.
+    pub fn rule_infos(&self) -> Vec<RuleInfo> {
+        let paths = |kind: RuleKind, s: &PathSection| {
+            s.rules
+                .iter()
+                .enumerate()
+                .map(move |(index, r)| RuleInfo {
+                    id: r.id,
+                    kind: kind.as_str(),
+                    index,
+                    text: r.text.clone(),
+                    line: r.at.line,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut out = paths(RuleKind::Exec, &self.exec);
+        out.extend(paths(RuleKind::Write, &self.write));
+        out.extend(self.egress.rules.iter().enumerate().map(|(index, r)| RuleInfo {
+            id: r.id,
+            kind: RuleKind::Egress.as_str(),
+            index,
+            text: r.text.clone(),
+            line: r.at.line,
+        }));
+        out
+    }
+
+    /// The rule with this id, as written, and where.
+    pub fn rule(&self, id: u32) -> Option<(RuleKind, &str, Location)> {
+        fn in_section(kind: RuleKind, s: &PathSection, id: u32) -> Option<(RuleKind, &str, Location)> {
+            s.rules.iter().find(|r| r.id == id).map(|r| (kind, r.text.as_str(), r.at))
+        }
+        in_section(RuleKind::Exec, &self.exec, id).or_else(|| in_section(RuleKind::Write, &self.write, id)).or_else(
+            || self.egress.rules.iter().find(|r| r.id == id).map(|r| (RuleKind::Egress, r.text.as_str(), r.at)),
+        )
+    }
+
+    /// Whether any default or rule says `ask`.
+    pub fn uses_ask(&self) -> bool {
+        [self.exec.default, self.write.default, self.egress.default].contains(&ActionKind::Ask)
+            || self.exec.rules.iter().chain(&self.write.rules).any(|r| r.action == ActionKind::Ask)
+            || self.egress.rules.iter().any(|r| r.action == ActionKind::Ask)
+    }
+}
+
+/// `spec.exec` or `spec.write`. An absent section is `default: deny` with no rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathSection {
+    pub default: ActionKind,
+    pub rules: Vec<PathRule>,
+}
+
+/// One `{path, action}` rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathRule {
+    pub id: u32,
+    pub pattern: Glob,
+    pub action: ActionKind,
+    /// Where the rule starts.
+    pub at: Location,
+    /// Where its `path` value is (for errors about the path).
+    pub path_at: Location,
+    /// The rule in one line, as written.
+    pub text: String,
+}
+
+/// `spec.egress`. An absent section is `default: deny` with no rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressSection {
+    pub default: ActionKind,
+    pub rules: Vec<EgressRule>,
+}
+
+/// One egress rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressRule {
+    pub id: u32,
+    pub target: Target,
+    /// Inclusive ranges, sorted and merged; empty means every port.
+    pub ports: Vec<PortRange>,
+    /// `None` means both TCP and UDP.
+    pub protocol: Option<Protocol>,
+    pub action: ActionKind,
+    pub at: Location,
+    /// Where its `cidr` or `host` value is.
+    pub target_at: Location,
+    pub text: String,
+}
+
+impl EgressRule {
+    pub fn matches_port(&self, port: u16, protocol: Protocol) -> bool {
+        (self.ports.is_empty() || self.ports.iter().any(|r| r.contains(port)))
+            && self.protocol.is_none_or(|p| p == protocol)
+    }
+}
+
+/// What an egress rule is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A network, host bits zero. IPv4 networks also cover IPv4-mapped IPv6.
+    Cidr(IpNet),
+    /// A DNS name, lowercase, possibly `*.` + a domain (allow or ask only).
+    Host(String),
+}
+
+/// An inclusive port range (`lo == hi` for one port); never contains 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub fn contains(self, port: u16) -> bool {
+        (self.lo..=self.hi).contains(&port)
+    }
+}
+
+/// `spec.approvals`: how `ask` holds behave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Approvals {
+    /// How long an action is held before `on_timeout` applies.
+    pub timeout: Duration,
+    /// `deny` or `allow`.
+    pub on_timeout: ActionKind,
+    /// Holds waiting at once for this identity; more are decided by `on_timeout`.
+    pub max_pending: u32,
+}
+
+impl Default for Approvals {
+    /// The values of the format's example: a minute, then deny; eight at a time.
+    fn default() -> Self {
+        Approvals { timeout: Duration::from_secs(60), on_timeout: ActionKind::Deny, max_pending: 8 }
+    }
+}
+
+/// `spec.receipts`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Receipts {
+    /// Also sign allowed actions (denials, holds and approvals always are).
+    pub allows: bool,
+}
+
+/// A network as a 128-bit prefix, IPv4 as IPv4-mapped IPv6: the kernel's key space.
+pub(crate) fn mapped_net(net: &IpNet) -> (u128, u8) {
+    match net {
+        IpNet::V4(n) => (u128::from_be_bytes(n.network().to_ipv6_mapped().octets()), 96 + n.prefix_len()),
+        IpNet::V6(n) => (u128::from_be_bytes(n.network().octets()), n.prefix_len()),
+    }
+}
+
+/// An address in the kernel's key space.
+pub(crate) fn mapped_addr(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u128::from_be_bytes(a.to_ipv6_mapped().octets()),
+        IpAddr::V6(a) => u128::from_be_bytes(a.octets()),
+    }
+}
+
+/// Whether the mapped network `(net, len)` contains the mapped address.
+pub(crate) fn net_contains((net, len): (u128, u8), addr: u128) -> bool {
+    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+    net & mask == addr & mask
+}

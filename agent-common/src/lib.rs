@@ -104,6 +104,9 @@ pub mod reason {
     /// operations bypass syscall tracepoints; 32-bit compat or x32 syscalls,
     /// numbered differently): refused to bound identities.
     pub const UNSUPPORTED_SYSCALL: u8 = 7;
+    /// The identity's expiry time has passed (checked by the kernel itself, so it
+    /// holds while the daemon is down): everything is denied.
+    pub const EXPIRED: u8 = 8;
 }
 
 /// Bits of [`IdentityConfig::flags`].
@@ -130,10 +133,18 @@ pub mod counter {
     pub const UNRESOLVED: u32 = 7;
     /// LSM hook invocations by the daemon's start-up probe task.
     pub const LSM_PROBE: u32 = 8;
+    /// Rule hit counts lost because the `HITS` map was full.
+    pub const HITS_DROPPED: u32 = 9;
 }
 
 /// Value of the `IDENTITIES` map, keyed by the identity's numeric id (`u32`).
 /// A bound cgroup whose identity has no entry here is denied everything.
+///
+/// A policy's rules live in the rule maps under a *rule set* id, never under the
+/// identity: a new version of a policy is written under a fresh rule set, then each
+/// identity's config (defaults, flags, version and rule set together, in one hash
+/// map update) is switched to it, then the old rule set is deleted. A lookup
+/// therefore sees the old version whole or the new one whole, never a mix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IdentityConfig {
@@ -143,19 +154,27 @@ pub struct IdentityConfig {
     pub flags: u8,
     /// Version of the policy these maps were compiled from; copied into events.
     pub policy_version: u32,
+    /// Key prefix of this identity's rules in `EXEC_RULES`, `EXEC_INODES`,
+    /// `WRITE_RULES`, `EGRESS_RULES`, and of its rule hit counters.
+    pub ruleset: u32,
+    pub _pad: u32,
+    /// `CLOCK_BOOTTIME` nanoseconds at which the identity expires (0: never). The
+    /// kernel compares it with `bpf_ktime_get_boot_ns()` on every decision.
+    pub expires_boot_ns: u64,
 }
 
 /// Data part of an LPM-trie key for exec and write rules.
 ///
-/// The prefix length counts bits from the start of `identity`: 32 bits of identity
+/// The prefix length counts bits from the start of `ruleset`: 32 bits of rule set
 /// plus 8 per path byte. A rule for a path prefix (`/usr/lib/git-core/**`) is the
 /// prefix's bytes; an exact path rule is the path's bytes followed by one NUL byte,
 /// so it only matches a lookup that ends there too and always beats a prefix.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PathKey {
-    /// The identity id, big-endian so the trie's bit order is well defined.
-    pub identity: [u8; 4],
+    /// The rule set id ([`IdentityConfig::ruleset`]), big-endian so the trie's bit
+    /// order is well defined.
+    pub ruleset: [u8; 4],
     pub path: [u8; PATH_KEY_LEN],
 }
 
@@ -180,8 +199,47 @@ pub struct PathRule {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AddrKey {
-    pub identity: [u8; 4],
+    /// The rule set id, big-endian.
+    pub ruleset: [u8; 4],
     pub addr: [u8; 16],
+}
+
+/// Key of the `EXEC_INODES` hash: an executable named by an exact exec rule,
+/// pinned by its inode, so a hard link or a bind mount of it under another name
+/// gets the rule's decision too. `dev` is the kernel's own encoding of the
+/// superblock's `s_dev` (major << 20 | minor), not `stat`'s.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExecInodeKey {
+    pub ruleset: u32,
+    pub dev: u32,
+    pub ino: u64,
+}
+
+/// Key of the per-CPU `HITS` hash: how often one rule (or a kind's default,
+/// `rule_id == 0`) of one rule set decided.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HitKey {
+    pub ruleset: u32,
+    pub rule_id: u32,
+    /// `kind::EXEC`, `kind::WRITE` or `kind::EGRESS`.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the `HITS` map (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hits {
+    /// Allowed (by allow or audit).
+    pub allow: u64,
+    /// Blocked (deny; ask while the kernel has no hold).
+    pub deny: u64,
+    /// Monitor mode: allowed, would have been blocked.
+    pub would_deny: u64,
+    /// Allowed by an audit rule.
+    pub audit: u64,
 }
 
 /// One port rule inside an [`EgressRules`] entry.
@@ -245,7 +303,12 @@ pub struct KernelOffsets {
     /// `task_struct::thread_info.status` (x86: TS_COMPAT marks a 32-bit syscall,
     /// including `int 0x80` from 64-bit code).
     pub task_ti_status: u32,
-    pub _pad: u32,
+    /// `file::f_inode`, `inode::i_ino`, `inode::i_sb`, `super_block::s_dev`: the
+    /// executable's (dev, inode) for `EXEC_INODES`.
+    pub file_f_inode: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub super_block_s_dev: u32,
 }
 
 /// A decision the kernel reports to the daemon through the `EVENTS` ring buffer.
@@ -293,6 +356,9 @@ mod pod {
     unsafe impl aya::Pod for AddrKey {}
     unsafe impl aya::Pod for PortRule {}
     unsafe impl aya::Pod for EgressRules {}
+    unsafe impl aya::Pod for ExecInodeKey {}
+    unsafe impl aya::Pod for HitKey {}
+    unsafe impl aya::Pod for Hits {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Event {}
 }
@@ -304,13 +370,16 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<IdentityConfig>(), 8);
+        assert_eq!(size_of::<IdentityConfig>(), 24);
+        assert_eq!(size_of::<ExecInodeKey>(), 16);
+        assert_eq!(size_of::<HitKey>(), 12);
+        assert_eq!(size_of::<Hits>(), 32);
         assert_eq!(size_of::<PathKey>(), 256);
         assert_eq!(size_of::<PathRule>(), 8);
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<PortRule>(), 12);
         assert_eq!(size_of::<EgressRules>(), 4 + 12 * MAX_PORT_RULES);
-        assert_eq!(size_of::<KernelOffsets>(), 24 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 27 * 4);
         assert_eq!(size_of::<Event>(), 8 + 8 + 6 * 4 + 8 + 4 + 4 + 16 + 16 + EVENT_PATH_LEN);
     }
 }

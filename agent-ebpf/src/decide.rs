@@ -5,7 +5,7 @@
 //! not resolve are all denied.
 
 use agent_common::{
-    action, counter, identity_flags, kind, reason, verdict, Event, IdentityConfig, PathKey,
+    action, counter, identity_flags, kind, reason, verdict, Event, HitKey, Hits, IdentityConfig, PathKey,
     EVENT_PATH_LEN, PATH_KEY_LEN,
 };
 use aya_ebpf::{
@@ -16,7 +16,7 @@ use core::ffi::c_void;
 
 use crate::{
     attribution::Subject,
-    maps::{Scratch, COUNTERS, EVENTS, IDENTITIES},
+    maps::{Scratch, COUNTERS, EVENTS, HITS, IDENTITIES},
     vfs::{Resolved, Unresolved},
 };
 
@@ -49,21 +49,82 @@ impl Decision {
     }
 }
 
-/// Applies the identity's mode to a matched (or default) action.
+/// Which `Hits` counter a decision adds to.
+const HIT_ALLOW: u64 = 0;
+const HIT_DENY: u64 = 1;
+const HIT_WOULD_DENY: u64 = 2;
+const HIT_AUDIT: u64 = 3;
+
+/// Applies the identity's mode to a matched (or default) action of `kind`, and
+/// counts the decision against the rule.
 #[inline(always)]
-pub fn from_action(cfg: &IdentityConfig, act: u8, reason: u8, rule_id: u32) -> Decision {
+pub fn from_action(cfg: &IdentityConfig, kind: u8, act: u8, reason: u8, rule_id: u32) -> Decision {
     let v = cfg.policy_version;
     let monitor = cfg.flags & identity_flags::MONITOR != 0;
-    match act {
-        action::ALLOW => Decision { block: false, report: false, soft_verdict: 0, reason, rule_id, policy_version: v },
-        action::AUDIT => Decision { block: false, report: true, soft_verdict: verdict::AUDIT, reason, rule_id, policy_version: v },
+    let (d, which) = match act {
+        action::ALLOW => {
+            (Decision { block: false, report: false, soft_verdict: 0, reason, rule_id, policy_version: v }, HIT_ALLOW)
+        }
+        action::AUDIT => (
+            Decision { block: false, report: true, soft_verdict: verdict::AUDIT, reason, rule_id, policy_version: v },
+            HIT_AUDIT,
+        ),
         // DENY, ASK (no hold service in the kernel: deny) and anything unknown.
-        _ if monitor => Decision { block: false, report: true, soft_verdict: verdict::WOULD_DENY, reason, rule_id, policy_version: v },
-        _ => Decision::deny(reason, rule_id, v),
+        _ if monitor => (
+            Decision {
+                block: false,
+                report: true,
+                soft_verdict: verdict::WOULD_DENY,
+                reason,
+                rule_id,
+                policy_version: v,
+            },
+            HIT_WOULD_DENY,
+        ),
+        _ => (Decision::deny(reason, rule_id, v), HIT_DENY),
+    };
+    count_hit(cfg.ruleset, kind, rule_id, which);
+    d
+}
+
+/// Adds one to counter `which` of the rule's per-CPU `Hits`.
+#[inline(always)]
+fn count_hit(ruleset: u32, kind: u8, rule_id: u32, which: u64) {
+    let key = HitKey { ruleset, rule_id, kind, _pad: [0; 3] };
+    if let Some(h) = HITS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's copy; nothing else writes it while we run.
+        unsafe { add_hit(&mut *h, which) };
+        return;
+    }
+    let mut fresh = Hits::default();
+    add_hit(&mut fresh, which);
+    // BPF_NOEXIST: another CPU may have created the entry meanwhile; then add
+    // to this CPU's copy of it instead.
+    if HITS.insert(&key, &fresh, 1).is_ok() {
+        return;
+    }
+    match HITS.get_ptr_mut(&key) {
+        // SAFETY: as above.
+        Some(h) => unsafe { add_hit(&mut *h, which) },
+        None => bump(counter::HITS_DROPPED),
     }
 }
 
-/// The identity's config, or the fail-closed decision when it has none or is revoked.
+#[inline(always)]
+fn add_hit(h: &mut Hits, which: u64) {
+    match which {
+        HIT_ALLOW => h.allow += 1,
+        HIT_DENY => h.deny += 1,
+        HIT_WOULD_DENY => h.would_deny += 1,
+        _ => {
+            h.audit += 1;
+            h.allow += 1;
+        }
+    }
+}
+
+/// The identity's config, or the fail-closed decision when it has none, is
+/// revoked, or has expired.
 #[inline(always)]
 pub fn identity_config(identity: u32) -> Result<&'static IdentityConfig, Decision> {
     // SAFETY: the reference is only read before the program returns.
@@ -72,17 +133,21 @@ pub fn identity_config(identity: u32) -> Result<&'static IdentityConfig, Decisio
         Some(cfg) if cfg.flags & identity_flags::REVOKED != 0 => {
             Err(Decision::deny(reason::REVOKED, 0, cfg.policy_version))
         }
+        // SAFETY: helper without arguments.
+        Some(cfg) if cfg.expires_boot_ns != 0 && unsafe { bpf_ktime_get_boot_ns() } >= cfg.expires_boot_ns => {
+            Err(Decision::deny(reason::EXPIRED, 0, cfg.policy_version))
+        }
         Some(cfg) => Ok(cfg),
     }
 }
 
-/// Looks up the path in `Scratch::path` for `identity` in `rules` and decides,
-/// with `default` when nothing matches.
+/// Looks up the path in `Scratch::path` in the identity's rule set of `rules`
+/// and decides, with `default` when nothing matches.
 #[inline(always)]
 pub fn decide_path(
     s: &mut Scratch,
     rules: &LpmTrie<PathKey, agent_common::PathRule>,
-    identity: u32,
+    kind: u8,
     cfg: &IdentityConfig,
     default: u8,
     resolved: Resolved,
@@ -90,13 +155,13 @@ pub fn decide_path(
     // Exact rules end in NUL: include it when the path is complete.
     let bytes = if resolved.truncated { PATH_KEY_LEN } else { resolved.len + 1 };
     s.prefix_len = PathKey::prefix_bits(if bytes > PATH_KEY_LEN { PATH_KEY_LEN } else { bytes });
-    s.identity = identity.to_be_bytes();
+    s.ruleset = cfg.ruleset.to_be_bytes();
     // SAFETY: Scratch starts with exactly the layout of Key<PathKey> (prefix_len,
     // identity, PATH_KEY_LEN path bytes); the map reads only that many bytes.
     let key = unsafe { &*(s as *const Scratch as *const Key<PathKey>) };
     match rules.get(key) {
-        Some(rule) => from_action(cfg, rule.action, reason::RULE, rule.rule_id),
-        None => from_action(cfg, default, reason::DEFAULT, 0),
+        Some(rule) => from_action(cfg, kind, rule.action, reason::RULE, rule.rule_id),
+        None => from_action(cfg, kind, default, reason::DEFAULT, 0),
     }
 }
 

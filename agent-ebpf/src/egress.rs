@@ -35,8 +35,8 @@ const IPPROTO_UDP: u8 = 17;
 
 /// Picks the first port rule of the longest matching prefix; else the default.
 #[inline(always)]
-fn lookup(identity: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u8, u32)> {
-    let key = Key::new(32 + 128, AddrKey { identity: identity.to_be_bytes(), addr: *addr });
+fn lookup(ruleset: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u8, u32)> {
+    let key = Key::new(32 + 128, AddrKey { ruleset: ruleset.to_be_bytes(), addr: *addr });
     let rules: &EgressRules = EGRESS_RULES.get(&key)?;
     let count = rules.count as usize;
     let mut i = 0;
@@ -68,9 +68,9 @@ fn judge(subject: &Subject, family: u16, addr: [u8; 16], port: u16, protocol: u8
     };
     let d = match identity_config(subject.identity) {
         Err(d) => d,
-        Ok(cfg) => match lookup(subject.identity, &addr, port, protocol) {
-            Some((act, rule_id)) => from_action(cfg, act, reason::RULE, rule_id),
-            None => from_action(cfg, cfg.egress_default, reason::DEFAULT, 0),
+        Ok(cfg) => match lookup(cfg.ruleset, &addr, port, protocol) {
+            Some((act, rule_id)) => from_action(cfg, kind::EGRESS, act, reason::RULE, rule_id),
+            None => from_action(cfg, kind::EGRESS, cfg.egress_default, reason::DEFAULT, 0),
         },
     };
     if let Some(s) = SCRATCH.get_ptr(0) {

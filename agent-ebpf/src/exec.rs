@@ -3,7 +3,7 @@
 //! tracepoint plus SIGKILL (the new image is loaded but never runs a user-space
 //! instruction). Both decide on `bprm->file`, the file the kernel actually opened.
 
-use agent_common::{kind, mechanism, op, verdict};
+use agent_common::{kind, mechanism, op, reason, verdict, ExecInodeKey, PathRule};
 use aya_ebpf::{
     helpers::bpf_send_signal,
     macros::{lsm, raw_tracepoint},
@@ -12,9 +12,9 @@ use aya_ebpf::{
 
 use crate::{
     attribution::current_subject,
-    decide::{decide_path, identity_config, report, unresolved, Decision, Target},
-    maps::{EXEC_RULES, SCRATCH},
-    vfs::{offsets, read_u64, resolve_file},
+    decide::{decide_path, from_action, identity_config, report, unresolved, Decision, Target},
+    maps::{EXEC_INODES, EXEC_RULES, SCRATCH},
+    vfs::{offsets, read_u32, read_u64, resolve_file},
     EPERM, SIGKILL,
 };
 
@@ -24,6 +24,20 @@ fn resolve_bprm(s: &mut crate::maps::Scratch, bprm: u64) -> Result<crate::vfs::R
     let o = offsets()?;
     let file = read_u64(bprm + o.binprm_file as u64)?;
     resolve_file(s, o, file)
+}
+
+/// The (dev, inode) key of `bprm->file` in rule set `ruleset`, or `None` when
+/// the kernel objects cannot be read (then only the path rules apply, which
+/// judge the same file by its real path).
+#[inline(always)]
+fn inode_key(bprm: u64, ruleset: u32) -> Option<ExecInodeKey> {
+    let o = offsets().ok()?;
+    let file = read_u64(bprm + o.binprm_file as u64).ok()?;
+    let inode = read_u64(file + o.file_f_inode as u64).ok()?;
+    let ino = read_u64(inode + o.inode_i_ino as u64).ok()?;
+    let sb = read_u64(inode + o.inode_i_sb as u64).ok()?;
+    let dev = read_u32(sb + o.super_block_s_dev as u64).ok()?;
+    Some(ExecInodeKey { ruleset, dev, ino })
 }
 
 /// Decides an exec of `bprm` (a `struct linux_binprm *`). `None`: not ours to judge.
@@ -42,7 +56,18 @@ fn judge(bprm: u64, mech: u8, hard: u8) -> Option<Decision> {
             let resolved = resolve_bprm(s, bprm);
             match resolved {
                 Ok(r) => {
-                    let d = decide_path(s, &EXEC_RULES, subject.identity, cfg, cfg.exec_default, r);
+                    // An exact rule pinned to this very file decides first.
+                    let mut pinned: Option<PathRule> = None;
+                    if let Some(k) = inode_key(bprm, cfg.ruleset) {
+                        // SAFETY: the value is copied out at once.
+                        if let Some(rule) = unsafe { EXEC_INODES.get(&k) } {
+                            pinned = Some(*rule);
+                        }
+                    }
+                    let d = match pinned {
+                        Some(rule) => from_action(cfg, kind::EXEC, rule.action, reason::RULE, rule.rule_id),
+                        None => decide_path(s, &EXEC_RULES, kind::EXEC, cfg, cfg.exec_default, r),
+                    };
                     report(s, &subject, &d, &Target::path(kind::EXEC, op::EXEC, mech, Some(r)), hard);
                     d
                 }

@@ -3,12 +3,12 @@
 //! depends on the daemon being alive.
 
 use agent_common::{
-    AddrKey, EgressRules, Event, IdentityConfig, KernelOffsets, PathKey, PathRule, COUNTERS_LEN,
-    PATH_KEY_LEN,
+    AddrKey, EgressRules, Event, ExecInodeKey, HitKey, Hits, IdentityConfig, KernelOffsets, PathKey, PathRule,
+    COUNTERS_LEN, PATH_KEY_LEN,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 /// cgroup id → identity id. A task is attributed to the deepest bound ancestor of
@@ -23,6 +23,12 @@ pub static IDENTITIES: HashMap<u32, IdentityConfig> = HashMap::pinned(4096, 0);
 #[map]
 pub static EXEC_RULES: LpmTrie<PathKey, PathRule> = LpmTrie::pinned(65536, 0);
 
+/// (rule set, dev, inode) of each executable an exact exec rule names. Checked
+/// before `EXEC_RULES`: an exact rule beats every pattern, whatever name the file
+/// is run by.
+#[map]
+pub static EXEC_INODES: HashMap<ExecInodeKey, PathRule> = HashMap::pinned(16384, 0);
+
 #[map]
 pub static WRITE_RULES: LpmTrie<PathKey, PathRule> = LpmTrie::pinned(65536, 0);
 
@@ -32,6 +38,11 @@ pub static EGRESS_RULES: LpmTrie<AddrKey, EgressRules> = LpmTrie::pinned(16384, 
 /// Index 0: struct field offsets of the running kernel, filled by the daemon from BTF.
 #[map]
 pub static KERNEL_OFFSETS: Array<KernelOffsets> = Array::pinned(1, 0);
+
+/// Per-rule decision counts, for `agentctl policy show`. Full: counted in
+/// `counter::HITS_DROPPED` instead.
+#[map]
+pub static HITS: PerCpuHashMap<HitKey, Hits> = PerCpuHashMap::pinned(32768, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
@@ -49,12 +60,12 @@ pub static PROBE_TGID: Array<u32> = Array::pinned(1, 0);
 /// Per-CPU scratch space: path reconstruction needs more than the 512-byte stack.
 ///
 /// The first 8 + `PATH_KEY_LEN` bytes double as an LPM lookup key
-/// (`prefix_len`, identity, path), so the path is built in place and looked up
+/// (`prefix_len`, rule set, path), so the path is built in place and looked up
 /// without copying.
 #[repr(C)]
 pub struct Scratch {
     pub prefix_len: u32,
-    pub identity: [u8; 4],
+    pub ruleset: [u8; 4],
     /// Room for `PATH_KEY_LEN` bytes plus one more component read of up to 256
     /// bytes at any offset below 256, which is what the verifier needs to see.
     pub path: [u8; 512],

@@ -34,6 +34,19 @@ fn policy(name: &str, exec: &str, write: &str, egress: &str) -> String {
     )
 }
 
+/// The first event (from `agentctl events --json`) for which `want` holds,
+/// waiting for the daemon to drain the kernel's ring buffer.
+fn event_where(d: &Daemon, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let events = |text: &str| -> Vec<serde_json::Value> {
+        serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v["events"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let text = d.events_until(|t| events(t).iter().any(&want));
+    events(&text).into_iter().find(|e| want(e)).expect("found above")
+}
+
 const ALLOW_ALL: &str = "    default: allow\n";
 
 fn probe(d: &Daemon, cg: &Cgroup, args: &[&str]) -> Outcome {
@@ -347,4 +360,98 @@ pub fn unjudgeable_syscalls_fail_closed() {
     }
     // Unbound processes are never affected.
     assert_eq!(probe_here(&d, &["io-uring"]), Outcome::Ok);
+}
+
+/// A re-applied policy replaces the old one whole. Versions A and B agree on two
+/// destinations but for different reasons (A: default allow and a deny rule; B:
+/// default deny and an allow rule), so any instant in which the kernel mixed A's
+/// defaults with B's rules, or the reverse, gets one of them wrong. A bound process
+/// connects to both as fast as it can while the policy is re-applied 20 times.
+pub fn policy_reload_is_atomic() {
+    let d = Daemon::start("reload");
+    let cg = Cgroup::new("reload");
+    let (allowed, denied) = ("198.51.100.7:53", "192.0.2.7:53");
+    let a = policy("reload", ALLOW_ALL, ALLOW_ALL, "    default: allow\n    rules:\n      - {cidr: 192.0.2.7/32, action: deny}\n");
+    let b = policy("reload", ALLOW_ALL, ALLOW_ALL, "    default: deny\n    rules:\n      - {cidr: 198.51.100.7/32, action: allow}\n");
+    d.identity_bound("reload", &a, &cg);
+    let mut child = cg.spawn(&d.bins.probe, &["hammer", allowed, denied, "120000"]);
+    for i in 0..20 {
+        d.apply("reload", if i % 2 == 0 { &b } else { &a });
+    }
+    // Closing its stdin stops the hammer.
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("hammer");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let n: Vec<u64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(n.len(), 4, "hammer output: {text}");
+    assert!(n[0] > 1000 && n[3] > 1000, "the hammer ran too little to mean anything: {text}");
+    assert_eq!(n[1], 0, "the allowed destination was refused during a re-apply: {text}");
+    assert_eq!(n[2], 0, "the denied destination was let through during a re-apply: {text}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&d.ctl_ok(&["policy", "show", "reload", "--json"])).expect("policy show --json");
+    assert_eq!(shown["policy"]["version"], 21, "{shown}");
+}
+
+/// An exact exec rule pins the file itself (device and inode): a hard link to a
+/// denied binary, under a name no rule mentions, is denied by the same rule; a copy
+/// (another inode) is not.
+pub fn exec_pinned_by_inode() {
+    let d = Daemon::start("inode");
+    let files = Scratch::new("inode");
+    fs::create_dir_all(files.path("bin")).expect("bin");
+    fs::create_dir_all(files.path("elsewhere")).expect("elsewhere");
+    let tool = files.path("bin/tool");
+    fs::copy(&d.bins.probe, &tool).expect("copy");
+    let alias = files.path("elsewhere/alias");
+    fs::hard_link(&tool, &alias).expect("hard link");
+    let copy = files.path("elsewhere/copy");
+    fs::copy(&tool, &copy).expect("copy");
+    let cg = Cgroup::new("inode");
+    let exec = format!("    default: allow\n    rules:\n      - {{path: \"{tool}\", action: deny}}\n");
+    d.identity_bound("inode", &policy("inode", &exec, ALLOW_ALL, ALLOW_ALL), &cg);
+    let want = d.denied("exec");
+    let probe_path = d.bins.probe.to_str().expect("utf-8").to_string();
+    assert_eq!(probe(&d, &cg, &["exec", &tool, "sleep", "0"]), want, "the named file");
+    assert_eq!(probe(&d, &cg, &["exec", &alias, "sleep", "0"]), want, "a hard link to it");
+    assert_eq!(probe(&d, &cg, &["exec", &copy, "sleep", "0"]), Outcome::Ok, "a copy is another file");
+    assert_eq!(probe(&d, &cg, &["exec", &probe_path, "sleep", "0"]), Outcome::Ok, "another binary");
+    let ev = event_where(&d, |e| e["target"].as_str().is_some_and(|t| t.ends_with("elsewhere/alias")));
+    assert_eq!((ev["rule_id"].as_u64(), ev["reason"].as_str()), (Some(1), Some("rule")), "{ev}");
+    // The userspace evaluator gives the same answer for the link.
+    let file = files.path("inode.yaml");
+    fs::write(&file, policy("inode", &exec, ALLOW_ALL, ALLOW_ALL)).expect("policy file");
+    let t: serde_json::Value =
+        serde_json::from_str(&d.ctl_ok(&["policy", "test", &file, "--exec", &alias, "--json"])).expect("policy test");
+    assert_eq!((t["decision"].as_str(), t["rule_id"].as_u64()), (Some("deny"), Some(1)), "{t}");
+}
+
+/// Monitor mode: nothing is blocked, what would have been is reported as
+/// would-deny with its rule, and `policy show` counts every decision per rule.
+pub fn monitor_mode_reports_and_counts() {
+    let d = Daemon::start("monitor");
+    let files = Scratch::new("monitor");
+    fs::create_dir_all(files.path("ok")).expect("ok dir");
+    let cg = Cgroup::new("monitor");
+    let ok_dir = files.path("ok");
+    let write = format!("    default: deny\n    rules:\n      - {{path: \"{ok_dir}/**\", action: allow}}\n");
+    let text = policy("monitor", ALLOW_ALL, &write, ALLOW_ALL).replace("mode: enforce", "mode: monitor");
+    d.identity_bound("monitor", &text, &cg);
+    let outside = files.path("outside.txt");
+    assert_eq!(probe(&d, &cg, &["write", &outside]), Outcome::Ok, "monitor mode blocks nothing");
+    assert!(fs::metadata(&outside).is_ok(), "the write happened");
+    for i in 0..3 {
+        assert_eq!(probe(&d, &cg, &["write", &format!("{ok_dir}/f{i}")]), Outcome::Ok, "allowed write");
+    }
+    let ev = event_where(&d, |e| {
+        e["target"].as_str().is_some_and(|t| t.ends_with("outside.txt")) && e["verdict"] == "would-deny"
+    });
+    assert_eq!(ev["reason"], "default", "{ev}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&d.ctl_ok(&["policy", "show", "monitor", "--json"])).expect("policy show --json");
+    let rule = &shown["rules"][0];
+    assert_eq!(rule["kind"], "write", "{shown}");
+    assert!(rule["hits"]["allow"].as_u64().unwrap_or(0) >= 3, "allow rule hits: {shown}");
+    assert_eq!(rule["hits"]["deny"].as_u64().unwrap_or(0), 0, "{shown}");
+    assert!(shown["write_default_hits"]["would_deny"].as_u64().unwrap_or(0) >= 1, "default would-deny: {shown}");
+    assert_eq!(shown["write_default_hits"]["deny"].as_u64().unwrap_or(0), 0, "{shown}");
 }

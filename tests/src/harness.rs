@@ -105,6 +105,15 @@ impl Cgroup {
         cmd
     }
 
+    /// Starts `program args` inside this cgroup, stdin and stdout piped.
+    pub fn spawn(&self, program: &Path, args: &[&str]) -> std::process::Child {
+        self.command(program, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {} in {}: {e}", program.display(), self.path.display()))
+    }
+
     /// Runs `program args` inside this cgroup and collects its output.
     pub fn run(&self, program: &Path, args: &[&str]) -> Output {
         self.command(program, args)

@@ -40,5 +40,8 @@ agentd_tests::scenario_tests!(outside_vm;
     survives_daemon_sigkill_and_restart_adopts,
     unjudgeable_syscalls_fail_closed,
     bad_input_is_refused_and_changes_nothing,
+    policy_reload_is_atomic,
+    exec_pinned_by_inode,
+    monitor_mode_reports_and_counts,
     agents_cannot_unbind_themselves,
 );

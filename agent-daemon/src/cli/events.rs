@@ -157,6 +157,7 @@ mod tests {
             executable: "/usr/bin/bash".into(),
             target: "/usr/bin/curl".into(),
             protocol: String::new(),
+            policy_hash: "ab".repeat(32),
         }
     }
 
@@ -216,6 +217,7 @@ mod tests {
                 "op",
                 "pid",
                 "policy",
+                "policy_hash",
                 "policy_version",
                 "protocol",
                 "reason",

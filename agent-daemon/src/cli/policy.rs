@@ -82,14 +82,28 @@ fn show_text(reply: &pb::PolicyShowReply) -> String {
         ("sha256", p.hash),
         ("applied_at", or_dash(&p.applied_at)),
     ]);
-    if !reply.rules.is_empty() {
-        let mut t = output::table(&["ID", "KIND", "LINE", "RULE"]);
-        for r in &reply.rules {
-            t.add_row(vec![r.id.to_string(), r.kind.clone(), r.line.to_string(), r.text.clone()]);
-        }
-        out.push_str("\n\n");
-        out.push_str(&output::render_table(&t));
+    // Rules with the kernel's decision counts for this version, then each kind's default.
+    let counts = |h: &Option<pb::Hits>| {
+        let h = h.unwrap_or_default();
+        vec![h.allow.to_string(), h.deny.to_string(), h.would_deny.to_string(), h.audit.to_string()]
+    };
+    let mut t = output::table(&["ID", "KIND", "LINE", "RULE", "ALLOW", "DENY", "WOULD-DENY", "AUDIT"]);
+    for r in &reply.rules {
+        let mut row = vec![r.id.to_string(), r.kind.clone(), r.line.to_string(), r.text.clone()];
+        row.extend(counts(&r.hits));
+        t.add_row(row);
     }
+    for (kind, h) in [
+        ("exec", &reply.exec_default_hits),
+        ("write", &reply.write_default_hits),
+        ("egress", &reply.egress_default_hits),
+    ] {
+        let mut row = vec!["0".to_string(), kind.to_string(), "-".to_string(), format!("(default of {kind})")];
+        row.extend(counts(h));
+        t.add_row(row);
+    }
+    out.push_str("\n\n");
+    out.push_str(&output::render_table(&t));
     if !reply.yaml.is_empty() {
         out.push_str("\n\n--- yaml\n");
         out.push_str(reply.yaml.trim_end());
@@ -183,16 +197,21 @@ mod tests {
                 kind: "exec".into(),
                 text: "{path: /usr/bin/git, action: allow}".into(),
                 line: 9,
+                action: "allow".into(),
+                hits: Some(pb::Hits { allow: 41, deny: 0, would_deny: 0, audit: 0 }),
             }],
+            exec_default_hits: Some(pb::Hits { allow: 0, deny: 3, would_deny: 0, audit: 0 }),
+            ..Default::default()
         };
         let s = show_text(&reply);
         assert!(s.starts_with("name:        coder\n"), "{s}");
         assert!(s.contains("description: -"), "{s}");
         assert!(
             s.lines()
-                .any(|l| l.starts_with('1') && l.contains("exec") && l.contains("{path: /usr/bin/git, action: allow}")),
+                .any(|l| l.starts_with('1') && l.contains("exec") && l.contains("{path: /usr/bin/git, action: allow}") && l.contains("41")),
             "{s}"
         );
+        assert!(s.lines().any(|l| l.contains("(default of exec)") && l.contains('3')), "{s}");
         assert!(s.ends_with("--- yaml\napiVersion: agentd.io/v1"), "{s}");
     }
 

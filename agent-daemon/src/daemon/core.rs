@@ -13,6 +13,7 @@ use std::{
     time::SystemTime,
 };
 
+use agent_common::Hits;
 use tracing::{info, warn};
 
 use crate::{
@@ -28,7 +29,18 @@ const RULE_HISTORY: usize = 4;
 
 /// The kernel operations the daemon uses; [`Enforcer`] in production.
 pub trait Kernel: Send {
-    fn set_identity(&mut self, id: u32, policy: Option<&CompiledPolicy>, version: u32, revoked: bool) -> Result<(), EnforceError>;
+    /// Installs identity `id` (see [`Enforcer::set_identity`]): its policy, whether
+    /// it is revoked, and the expiry the kernel itself enforces.
+    fn set_identity(
+        &mut self,
+        id: u32,
+        policy: Option<&CompiledPolicy>,
+        version: u32,
+        revoked: bool,
+        expires: Option<SystemTime>,
+    ) -> Result<(), EnforceError>;
+    /// Per-rule decision counts of identity `id`'s rules in force: (kind, rule id, hits).
+    fn hits(&self, id: u32) -> Result<Vec<(u8, u32, Hits)>, EnforceError>;
     fn remove_identity(&mut self, id: u32) -> Result<(), EnforceError>;
     fn bind(&mut self, cgroup_id: u64, id: u32) -> Result<(), EnforceError>;
     fn unbind(&mut self, cgroup_id: u64) -> Result<(), EnforceError>;
@@ -38,8 +50,18 @@ pub trait Kernel: Send {
 }
 
 impl Kernel for Enforcer {
-    fn set_identity(&mut self, id: u32, policy: Option<&CompiledPolicy>, version: u32, revoked: bool) -> Result<(), EnforceError> {
-        Enforcer::set_identity(self, id, policy, version, revoked)
+    fn set_identity(
+        &mut self,
+        id: u32,
+        policy: Option<&CompiledPolicy>,
+        version: u32,
+        revoked: bool,
+        expires: Option<SystemTime>,
+    ) -> Result<(), EnforceError> {
+        Enforcer::set_identity(self, id, policy, version, revoked, expires)
+    }
+    fn hits(&self, id: u32) -> Result<Vec<(u8, u32, Hits)>, EnforceError> {
+        Enforcer::hits(self, id)
     }
     fn remove_identity(&mut self, id: u32) -> Result<(), EnforceError> {
         Enforcer::remove_identity(self, id)
@@ -161,6 +183,22 @@ impl Core {
         self.kernel.counters()
     }
 
+    /// Decision counts of policy `name`'s rules in force, summed over every
+    /// identity using it: (kind, rule id) → hits; rule id 0 is the kind's default.
+    pub fn policy_hits(&self, name: &str) -> Result<HashMap<(u8, u32), Hits>, EnforceError> {
+        let mut out: HashMap<(u8, u32), Hits> = HashMap::new();
+        for rec in self.state.identities.values().filter(|i| i.policy == name) {
+            for (kind, rule, h) in self.kernel.hits(rec.id)? {
+                let e = out.entry((kind, rule)).or_default();
+                e.allow += h.allow;
+                e.deny += h.deny;
+                e.would_deny += h.would_deny;
+                e.audit += h.audit;
+            }
+        }
+        Ok(out)
+    }
+
     /// The version of policy `name` in force (0 if none).
     fn version(&self, policy: &str) -> u32 {
         self.state.policies.get(policy).map_or(0, |p| p.meta.version)
@@ -184,7 +222,7 @@ impl Core {
         let compiled = self.compiled(&rec.policy);
         let version = self.version(&rec.policy);
         let denied = rec.denies_all(now);
-        self.kernel.set_identity(rec.id, compiled.as_deref(), version, denied)?;
+        self.kernel.set_identity(rec.id, compiled.as_deref(), version, denied, rec.expires_at())?;
         self.denied.insert(rec.id, denied);
         Ok(())
     }
@@ -282,13 +320,13 @@ impl Core {
 
         let rollback = |core: &mut Core, done: &[IdentityRecord]| {
             for rec in done {
-                if let Err(e) = core.kernel.set_identity(rec.id, previous.as_deref(), previous_version, rec.denies_all(now)) {
+                if let Err(e) = core.kernel.set_identity(rec.id, previous.as_deref(), previous_version, rec.denies_all(now), rec.expires_at()) {
                     warn!(identity = %rec.name, error = %e, "could not restore the previous policy in the kernel");
                 }
             }
         };
         for (i, rec) in users.iter().enumerate() {
-            if let Err(e) = self.kernel.set_identity(rec.id, Some(&compiled), version, rec.denies_all(now)) {
+            if let Err(e) = self.kernel.set_identity(rec.id, Some(&compiled), version, rec.denies_all(now), rec.expires_at()) {
                 rollback(self, &users[..=i]);
                 return Err(OpError::Kernel(format!(
                     "agentd: the kernel refused policy {name} v{version} for identity {}: {e}; every identity keeps {}",
@@ -476,16 +514,21 @@ impl Core {
     /// version the kernel decided under, when it is still remembered.
     pub fn attribute(&self, identity_id: u32, policy_version: u32, rule_id: u32) -> Option<super::events::Attribution> {
         let rec = self.state.identity_by_id(identity_id)?;
+        // Only the version that decided can name the rule: ids are per version.
         let table = self
             .history
             .get(&rec.policy)
-            .and_then(|h| h.iter().find(|(v, _)| *v == policy_version).map(|(_, c)| c.clone()))
-            .or_else(|| self.compiled(&rec.policy));
-        let rule = match (rule_id, table) {
+            .and_then(|h| h.iter().find(|(v, _)| *v == policy_version).map(|(_, c)| c.clone()));
+        let rule = match (rule_id, &table) {
             (0, _) | (_, None) => String::new(),
             (id, Some(t)) => t.rules.iter().find(|r| r.id == id).map(|r| r.text.clone()).unwrap_or_default(),
         };
-        Some(super::events::Attribution { identity: rec.name.clone(), policy: rec.policy.clone(), rule })
+        Some(super::events::Attribution {
+            identity: rec.name.clone(),
+            policy: rec.policy.clone(),
+            rule,
+            policy_hash: table.map(|t| t.hash.clone()).unwrap_or_default(),
+        })
     }
 }
 

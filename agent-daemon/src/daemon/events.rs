@@ -32,6 +32,9 @@ pub struct Attribution {
     pub policy: String,
     /// The rule as written in the policy; empty for a default decision.
     pub rule: String,
+    /// SHA-256 of the policy version that decided; empty when that version is no
+    /// longer known to this daemon.
+    pub policy_hash: String,
 }
 
 /// The stream type of the Events RPC.
@@ -260,11 +263,13 @@ pub fn convert(ev: &Event, boot_offset: Duration, names: Option<Attribution>, ex
                 (reason::UNRESOLVED, "unresolved"),
                 (reason::RAW_SOCKET, "raw-socket"),
                 (reason::UNSUPPORTED_SYSCALL, "unsupported-syscall"),
+                (reason::EXPIRED, "expired"),
             ],
         ),
         rule_id: ev.rule_id,
         rule: names.rule,
         policy: names.policy,
+        policy_hash: names.policy_hash,
         policy_version: ev.policy_version,
         pid: ev.tgid,
         tid: ev.pid,
@@ -315,7 +320,12 @@ mod tests {
     }
 
     fn names() -> Option<Attribution> {
-        Some(Attribution { identity: "coder".into(), policy: "coding-agent".into(), rule: "{path: /usr/bin/curl, action: deny}".into() })
+        Some(Attribution {
+            identity: "coder".into(),
+            policy: "coding-agent".into(),
+            rule: "{path: /usr/bin/curl, action: deny}".into(),
+            policy_hash: "ab".repeat(32),
+        })
     }
 
     #[test]

@@ -306,17 +306,41 @@ impl Agentd for Service {
         let reply = self
             .with_core(move |c| {
                 let rec = c.state().policies.get(&name).ok_or_else(|| not_found_policy(&name))?;
+                let hits = c.policy_hits(&name).map_err(|e| Status::unavailable(format!("agentd: reading rule hit counts: {e}")))?;
+                let hit = |kind: u8, id: u32| {
+                    let h = hits.get(&(kind, id)).copied().unwrap_or_default();
+                    Some(pb::Hits { allow: h.allow, deny: h.deny, would_deny: h.would_deny, audit: h.audit })
+                };
+                let kind_code = |k: &str| match k {
+                    "exec" => agent_common::kind::EXEC,
+                    "write" => agent_common::kind::WRITE,
+                    _ => agent_common::kind::EGRESS,
+                };
                 let rules = c
                     .loaded(&name)
                     .map(|l| {
                         l.compiled
                             .rules
                             .iter()
-                            .map(|r| pb::Rule { id: r.id, kind: r.kind.to_string(), text: r.text.clone(), line: r.line as u32 })
+                            .map(|r| pb::Rule {
+                                id: r.id,
+                                kind: r.kind.to_string(),
+                                text: r.text.clone(),
+                                line: r.line as u32,
+                                action: r.action.to_string(),
+                                hits: hit(kind_code(r.kind), r.id),
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
-                Ok::<_, Status>(pb::PolicyShowReply { policy: Some(policy_summary(c, &name, rec)), yaml: rec.yaml.clone(), rules })
+                Ok::<_, Status>(pb::PolicyShowReply {
+                    policy: Some(policy_summary(c, &name, rec)),
+                    yaml: rec.yaml.clone(),
+                    rules,
+                    exec_default_hits: hit(agent_common::kind::EXEC, 0),
+                    write_default_hits: hit(agent_common::kind::WRITE, 0),
+                    egress_default_hits: hit(agent_common::kind::EGRESS, 0),
+                })
             })
             .await??;
         Ok(Response::new(reply))

@@ -53,7 +53,10 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         // Absent when the kernel has no BPF LSM; then the hook is never loaded.
         path_rename_nargs: func_nargs(&btf, "bpf_lsm_path_rename").unwrap_or(5),
         task_ti_status: f("task_struct", "thread_info")? + f("thread_info", "status")?,
-        _pad: 0,
+        file_f_inode: f("file", "f_inode")?,
+        inode_i_ino: f("inode", "i_ino")?,
+        inode_i_sb: f("inode", "i_sb")?,
+        super_block_s_dev: f("super_block", "s_dev")?,
     })
 }
 

@@ -7,18 +7,19 @@
 //! there is no moment with no enforcement.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashMap as StdHashMap},
     fs,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
+    time::SystemTime,
 };
 
 use agent_common::{
-    counter, identity_flags, AddrKey, EgressRules, Event, IdentityConfig, KernelOffsets,
-    PathKey, PathRule, COUNTERS_LEN, PATH_KEY_LEN,
+    counter, identity_flags, AddrKey, EgressRules, Event, ExecInodeKey, HitKey, Hits, IdentityConfig,
+    KernelOffsets, PathKey, PathRule, COUNTERS_LEN, PATH_KEY_LEN,
 };
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, RawTracePoint,
     },
@@ -69,11 +70,53 @@ pub struct Enforcer {
     bindings: HashMap<MapData, u64, u32>,
     identities: HashMap<MapData, u32, IdentityConfig>,
     exec_rules: LpmTrie<MapData, PathKey, PathRule>,
+    exec_inodes: HashMap<MapData, ExecInodeKey, PathRule>,
     write_rules: LpmTrie<MapData, PathKey, PathRule>,
     egress_rules: LpmTrie<MapData, AddrKey, EgressRules>,
+    hits: PerCpuHashMap<MapData, HitKey, Hits>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     report: MechanismReport,
+    /// identity id → the rule set the kernel uses for it.
+    installed: StdHashMap<u32, Installed>,
+    /// Next rule set id to hand out; never one the kernel still has entries for.
+    next_ruleset: u32,
+}
+
+/// An identity's rule set in the kernel.
+struct Installed {
+    ruleset: u32,
+    /// (policy hash, version) it was written from; `None` for one adopted from an
+    /// earlier daemon (rewritten at the next install).
+    source: Option<(String, u32)>,
+}
+
+/// Waits until every BPF program that started before now has returned.
+///
+/// BPF programs on these hooks run inside RCU read-side critical sections, and
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)` is `synchronize_rcu()` in the kernel. Where
+/// it is refused (nohz_full), a generous sleep stands in.
+fn grace_period() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long, 0 as libc::c_long) };
+    if r != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `CLOCK_BOOTTIME` nanoseconds at wall-clock time `at` (1 if already past: the
+/// kernel treats the identity as expired from its next decision).
+fn boot_deadline(at: SystemTime) -> u64 {
+    let left = match at.duration_since(SystemTime::now()) {
+        Ok(d) => d,
+        Err(_) => return 1,
+    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let now = (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64);
+    now.saturating_add(left.as_nanos().min(u64::MAX as u128) as u64).max(1)
 }
 
 fn kerr(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> EnforceError {
@@ -131,16 +174,21 @@ impl Enforcer {
             offsets_map.set(0, offsets, 0).map_err(kerr("writing KERNEL_OFFSETS"))?;
             attach_all(&mut ebpf, &config.cgroup_root, &links_dir, &offsets)?
         };
-        let enforcer = Enforcer {
+        let mut enforcer = Enforcer {
             bindings: pinned(&maps_dir, "BINDINGS")?,
             identities: pinned(&maps_dir, "IDENTITIES")?,
             exec_rules: pinned(&maps_dir, "EXEC_RULES")?,
+            exec_inodes: pinned(&maps_dir, "EXEC_INODES")?,
             write_rules: pinned(&maps_dir, "WRITE_RULES")?,
             egress_rules: pinned(&maps_dir, "EGRESS_RULES")?,
+            hits: pinned(&maps_dir, "HITS")?,
             counters: pinned(&maps_dir, "COUNTERS")?,
             events: Some(pinned(&maps_dir, "EVENTS")?),
             report: MechanismReport { adopted: adopt, ..report },
+            installed: StdHashMap::new(),
+            next_ruleset: 1,
         };
+        enforcer.adopt_rulesets()?;
         // Old builds' pins go only now that ours enforce.
         remove_other_pins(&config.pin_dir, &id);
         Ok(enforcer)
@@ -157,40 +205,48 @@ impl Enforcer {
     }
 
     /// Installs (or replaces) identity `id`'s policy. `policy: None` means the identity
-    /// has no policy: everything it does is denied. `revoked` denies everything too.
+    /// has no policy: everything it does is denied. `revoked` denies everything too,
+    /// and so does the kernel itself once `expires` has passed.
+    ///
+    /// Atomic per identity: a changed policy is written under a fresh rule set id
+    /// first, then the identity's config (rule set, defaults, flags and version, one
+    /// hash map value) is replaced in one update, and only after an RCU grace period
+    /// (every program that could still be using the old rule set has returned) is
+    /// the old rule set deleted. A program sees the old version whole or the new one
+    /// whole. If writing the new rule set fails, it is removed and the old version
+    /// stays in force.
     pub fn set_identity(
         &mut self,
         id: u32,
         policy: Option<&CompiledPolicy>,
         version: u32,
         revoked: bool,
+        expires: Option<SystemTime>,
     ) -> Result<(), EnforceError> {
         let Some(policy) = policy else {
-            self.clear_rules(id, &HashSet::new(), &HashSet::new(), &HashSet::new())?;
-            return self.identities.remove(&id).or_else(ignore_missing).map_err(kerr("removing identity"));
+            self.identities.remove(&id).or_else(ignore_missing).map_err(kerr("removing identity"))?;
+            if let Some(old) = self.installed.remove(&id) {
+                grace_period();
+                self.drop_ruleset(old.ruleset)?;
+            }
+            return Ok(());
         };
-        // New rules first, then stale ones out, then the defaults: a concurrent
-        // lookup sees old or new rules for each key, never a missing deny it had.
-        let id_be = id.to_be_bytes();
-        let mut keep_exec = HashSet::new();
-        for e in &policy.exec {
-            let key = path_key(id_be, &e.key)?;
-            self.exec_rules.insert(&key, e.value, 0).map_err(kerr("writing EXEC_RULES"))?;
-            keep_exec.insert(key_bytes(&key));
-        }
-        let mut keep_write = HashSet::new();
-        for e in &policy.write {
-            let key = path_key(id_be, &e.key)?;
-            self.write_rules.insert(&key, e.value, 0).map_err(kerr("writing WRITE_RULES"))?;
-            keep_write.insert(key_bytes(&key));
-        }
-        let mut keep_egress = HashSet::new();
-        for e in &policy.egress {
-            let key = Key::new(32 + e.prefix_len, AddrKey { identity: id_be, addr: e.addr });
-            self.egress_rules.insert(&key, e.value, 0).map_err(kerr("writing EGRESS_RULES"))?;
-            keep_egress.insert((key.prefix_len(), e.addr));
-        }
-        self.clear_rules(id, &keep_exec, &keep_write, &keep_egress)?;
+        let source = (policy.hash.clone(), version);
+        let current = self.installed.get(&id).filter(|i| i.source.as_ref() == Some(&source)).map(|i| i.ruleset);
+        let (ruleset, fresh) = match current {
+            Some(r) => (r, false),
+            None => {
+                let r = self.next_ruleset;
+                self.next_ruleset = self.next_ruleset.checked_add(1).unwrap_or(1);
+                if let Err(e) = self.write_ruleset(r, policy) {
+                    if let Err(e2) = self.drop_ruleset(r) {
+                        warn!(ruleset = r, error = %e2, "could not remove a partly written rule set");
+                    }
+                    return Err(e);
+                }
+                (r, true)
+            }
+        };
         let mut flags = 0;
         if revoked {
             flags |= identity_flags::REVOKED;
@@ -204,45 +260,133 @@ impl Enforcer {
             egress_default: policy.egress_default,
             flags,
             policy_version: version,
+            ruleset,
+            _pad: 0,
+            expires_boot_ns: expires.map_or(0, boot_deadline),
         };
-        self.identities.insert(id, cfg, 0).map_err(kerr("writing IDENTITIES"))
-    }
-
-    /// Removes every rule of identity `id` not in the keep sets.
-    fn clear_rules(
-        &mut self,
-        id: u32,
-        keep_exec: &HashSet<Vec<u8>>,
-        keep_write: &HashSet<Vec<u8>>,
-        keep_egress: &HashSet<(u32, [u8; 16])>,
-    ) -> Result<(), EnforceError> {
-        let id_be = id.to_be_bytes();
-        for (trie, keep) in [(&mut self.exec_rules, keep_exec), (&mut self.write_rules, keep_write)] {
-            let stale: Vec<Key<PathKey>> = trie
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.data().identity == id_be && !keep.contains(&key_bytes(k)))
-                .collect();
-            for k in stale {
-                trie.remove(&k).or_else(ignore_missing).map_err(kerr("removing a stale rule"))?;
+        if let Err(e) = self.identities.insert(id, cfg, 0) {
+            if fresh {
+                let _ = self.drop_ruleset(ruleset);
+            }
+            return Err(kerr("writing IDENTITIES")(e));
+        }
+        if fresh {
+            if let Some(old) = self.installed.insert(id, Installed { ruleset, source: Some(source) }) {
+                grace_period();
+                self.drop_ruleset(old.ruleset)?;
             }
         }
-        let stale: Vec<Key<AddrKey>> = self
-            .egress_rules
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.data().identity == id_be && !keep_egress.contains(&(k.prefix_len(), k.data().addr)))
-            .collect();
+        Ok(())
+    }
+
+    /// Writes every entry of `policy` under rule set `ruleset`.
+    fn write_ruleset(&mut self, ruleset: u32, policy: &CompiledPolicy) -> Result<(), EnforceError> {
+        let rs = ruleset.to_be_bytes();
+        for e in &policy.exec {
+            self.exec_rules.insert(&path_key(rs, &e.key)?, e.value, 0).map_err(kerr("writing EXEC_RULES"))?;
+        }
+        for e in &policy.exec_inodes {
+            let key = ExecInodeKey { ruleset, dev: e.dev, ino: e.ino };
+            self.exec_inodes.insert(key, e.value, 0).map_err(kerr("writing EXEC_INODES"))?;
+        }
+        for e in &policy.write {
+            self.write_rules.insert(&path_key(rs, &e.key)?, e.value, 0).map_err(kerr("writing WRITE_RULES"))?;
+        }
+        for e in &policy.egress {
+            let key = Key::new(32 + e.prefix_len, AddrKey { ruleset: rs, addr: e.addr });
+            self.egress_rules.insert(&key, e.value, 0).map_err(kerr("writing EGRESS_RULES"))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every entry of rule set `ruleset`, and its hit counts.
+    fn drop_ruleset(&mut self, ruleset: u32) -> Result<(), EnforceError> {
+        let rs = ruleset.to_be_bytes();
+        for trie in [&mut self.exec_rules, &mut self.write_rules] {
+            let stale: Vec<Key<PathKey>> =
+                trie.keys().filter_map(Result::ok).filter(|k| k.data().ruleset == rs).collect();
+            for k in stale {
+                trie.remove(&k).or_else(ignore_missing).map_err(kerr("removing an old rule"))?;
+            }
+        }
+        let stale: Vec<Key<AddrKey>> =
+            self.egress_rules.keys().filter_map(Result::ok).filter(|k| k.data().ruleset == rs).collect();
         for k in stale {
-            self.egress_rules.remove(&k).or_else(ignore_missing).map_err(kerr("removing a stale egress rule"))?;
+            self.egress_rules.remove(&k).or_else(ignore_missing).map_err(kerr("removing an old egress rule"))?;
+        }
+        let stale: Vec<ExecInodeKey> =
+            self.exec_inodes.keys().filter_map(Result::ok).filter(|k| k.ruleset == ruleset).collect();
+        for k in stale {
+            self.exec_inodes.remove(&k).or_else(ignore_missing).map_err(kerr("removing an old exec pin"))?;
+        }
+        let stale: Vec<HitKey> = self.hits.keys().filter_map(Result::ok).filter(|k| k.ruleset == ruleset).collect();
+        for k in stale {
+            self.hits.remove(&k).or_else(ignore_missing).map_err(kerr("removing old hit counts"))?;
         }
         Ok(())
     }
 
     /// Removes identity `id`'s entries. Cgroups still bound to it are then denied everything.
     pub fn remove_identity(&mut self, id: u32) -> Result<(), EnforceError> {
-        self.identities.remove(&id).or_else(ignore_missing).map_err(kerr("removing identity"))?;
-        self.clear_rules(id, &HashSet::new(), &HashSet::new(), &HashSet::new())
+        self.set_identity(id, None, 0, true, None)
+    }
+
+    /// How often each rule of identity `id`'s current rule set decided, summed over
+    /// CPUs: (kind, rule id, counts), rule id 0 being the kind's default.
+    pub fn hits(&self, id: u32) -> Result<Vec<(u8, u32, Hits)>, EnforceError> {
+        let Some(inst) = self.installed.get(&id) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for key in self.hits.keys() {
+            let key = key.map_err(kerr("reading HITS"))?;
+            if key.ruleset != inst.ruleset {
+                continue;
+            }
+            let per_cpu = match self.hits.get(&key, 0) {
+                Ok(v) => v,
+                Err(e) => match ignore_missing(e) {
+                    // Removed since the key was listed.
+                    Ok(()) => continue,
+                    Err(e) => return Err(kerr("reading HITS")(e)),
+                },
+            };
+            let mut sum = Hits::default();
+            for h in per_cpu.iter() {
+                sum.allow += h.allow;
+                sum.deny += h.deny;
+                sum.would_deny += h.would_deny;
+                sum.audit += h.audit;
+            }
+            out.push((key.kind, key.rule_id, sum));
+        }
+        Ok(out)
+    }
+
+    /// Learns which rule sets pinned maps already hold: the identities' current
+    /// ones are kept (and rewritten at their next install); any other is the
+    /// remains of an apply interrupted by a crash, and is deleted.
+    fn adopt_rulesets(&mut self) -> Result<(), EnforceError> {
+        let mut in_use = BTreeSet::new();
+        for entry in self.identities.iter() {
+            let (id, cfg) = entry.map_err(kerr("reading IDENTITIES"))?;
+            in_use.insert(cfg.ruleset);
+            self.installed.insert(id, Installed { ruleset: cfg.ruleset, source: None });
+        }
+        let mut present = BTreeSet::new();
+        for k in self.exec_rules.keys().chain(self.write_rules.keys()).filter_map(Result::ok) {
+            present.insert(u32::from_be_bytes(k.data().ruleset));
+        }
+        for k in self.egress_rules.keys().filter_map(Result::ok) {
+            present.insert(u32::from_be_bytes(k.data().ruleset));
+        }
+        for k in self.exec_inodes.keys().filter_map(Result::ok) {
+            present.insert(k.ruleset);
+        }
+        self.next_ruleset = present.iter().chain(in_use.iter()).max().map_or(1, |m| m.saturating_add(1));
+        for orphan in present.difference(&in_use) {
+            warn!(ruleset = orphan, "removing a rule set no identity uses (an apply was interrupted)");
+            self.drop_ruleset(*orphan)?;
+        }
+        Ok(())
     }
 
     /// Binds cgroup `cgroup_id` (the inode number of its cgroup2 directory) and all its
@@ -332,7 +476,7 @@ fn ignore_missing(e: aya::maps::MapError) -> Result<(), aya::maps::MapError> {
     }
 }
 
-fn path_key(id_be: [u8; 4], bytes: &[u8]) -> Result<Key<PathKey>, EnforceError> {
+fn path_key(ruleset_be: [u8; 4], bytes: &[u8]) -> Result<Key<PathKey>, EnforceError> {
     if bytes.len() > PATH_KEY_LEN {
         return Err(EnforceError::Other(format!(
             "a compiled path rule is {} bytes long; the kernel matches at most {PATH_KEY_LEN}",
@@ -341,14 +485,9 @@ fn path_key(id_be: [u8; 4], bytes: &[u8]) -> Result<Key<PathKey>, EnforceError> 
     }
     let mut path = [0u8; PATH_KEY_LEN];
     path[..bytes.len()].copy_from_slice(bytes);
-    Ok(Key::new(PathKey::prefix_bits(bytes.len()), PathKey { identity: id_be, path }))
+    Ok(Key::new(PathKey::prefix_bits(bytes.len()), PathKey { ruleset: ruleset_be, path }))
 }
 
-fn key_bytes(k: &Key<PathKey>) -> Vec<u8> {
-    let d = k.data();
-    let n = ((k.prefix_len() - 32) / 8) as usize;
-    d.path[..n.min(PATH_KEY_LEN)].to_vec()
-}
 
 fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T, EnforceError> {
     let map = ebpf.take_map(name).ok_or_else(|| EnforceError::Other(format!("eBPF object has no map {name}")))?;
@@ -616,13 +755,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn path_keys_carry_identity_and_prefix_bits() {
+    fn path_keys_carry_ruleset_and_prefix_bits() {
         let k = path_key(7u32.to_be_bytes(), b"/usr/bin/git\0").expect("fits");
         assert_eq!(k.prefix_len(), 32 + 8 * 13);
-        assert_eq!(k.data().identity, [0, 0, 0, 7]);
-        assert_eq!(key_bytes(&k), b"/usr/bin/git\0");
+        assert_eq!(k.data().ruleset, [0, 0, 0, 7]);
+        assert_eq!(&k.data().path[..13], b"/usr/bin/git\0");
         let prefix = path_key(7u32.to_be_bytes(), b"/usr/lib/").expect("fits");
-        assert_eq!(key_bytes(&prefix), b"/usr/lib/");
+        assert_eq!(prefix.prefix_len(), 32 + 8 * 9);
     }
 
     #[test]

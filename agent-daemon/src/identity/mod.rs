@@ -67,6 +67,12 @@ impl IdentityRecord {
         }
     }
 
+    /// The expiry as a time (`None`: never, or unparseable, which `is_expired`
+    /// already treats as expired).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+    }
+
     /// Revoked or expired: the kernel must deny everything it does.
     pub fn denies_all(&self, now: SystemTime) -> bool {
         self.revoked || self.is_expired(now)

@@ -16,16 +16,16 @@
 //! What the kernel cannot enforce yet is either refused (if skipping it could let
 //! something through) or skipped with a warning (if that only denies more).
 
-use std::{cmp::Reverse, collections::BTreeMap};
+use std::{cmp::Reverse, collections::BTreeMap, os::unix::ffi::OsStrExt as _};
 
 use agent_common::{EgressRules, PathRule as KernelPathRule, PortRule, MAX_PORT_RULES, PATH_KEY_LEN};
 
 use super::{
-    compiled::{CompiledPolicy, EgressEntry, PathEntry},
+    compiled::{CompiledPolicy, EgressEntry, InodeEntry, PathEntry},
     error::{ErrorKind, Errors, PolicyErrors},
     glob::KernelForm,
     model::{mapped_net, net_contains, ActionKind, EgressRule, Mode, PathSection, Policy, RuleKind, Target},
-    path::{real_path, FileSystem, RealPaths},
+    path::{real_path, FileId, FileSystem, RealPaths},
     validate::egress_rank_within_net,
 };
 
@@ -37,6 +37,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyErrors> {
 pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<CompiledPolicy, PolicyErrors> {
     let mut c = Compiler { policy, errors: Errors::new(&policy.file), warnings: policy.warnings.clone() };
     let exec = c.paths(RuleKind::Exec, &policy.exec, fs);
+    let exec_inodes = exec_inodes(&policy.exec, fs);
     let write = c.paths(RuleKind::Write, &policy.write, fs);
     let egress = c.egress();
     if policy.uses_ask() {
@@ -55,11 +56,39 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
         write_default: policy.write.default.code(),
         egress_default: policy.egress.default.code(),
         exec,
+        exec_inodes,
         write,
         egress,
         rules: policy.rule_infos(),
         warnings,
     })
+}
+
+/// Pins every exact exec rule whose file exists to its (dev, inode), so the file
+/// gets the rule's decision under any name (a hard link, a bind mount). Where
+/// several exact rules name the same file, the strongest action wins, then the
+/// earlier rule: the evaluator decides the same way.
+fn exec_inodes(section: &PathSection, fs: &dyn RealPaths) -> Vec<InodeEntry> {
+    let mut by_id: BTreeMap<FileId, &super::model::PathRule> = BTreeMap::new();
+    for r in &section.rules {
+        let Some(KernelForm::Exact(p)) = r.pattern.kernel_form() else { continue };
+        let Some(real) = real_path(&p, fs) else { continue };
+        let Some(id) = fs.file_id(std::path::Path::new(std::ffi::OsStr::from_bytes(&real))) else { continue };
+        match by_id.get(&id) {
+            Some(other) if (other.action, Reverse(other.id)) >= (r.action, Reverse(r.id)) => {}
+            _ => {
+                by_id.insert(id, r);
+            }
+        }
+    }
+    by_id
+        .into_iter()
+        .map(|(id, r)| InodeEntry {
+            dev: id.dev,
+            ino: id.ino,
+            value: KernelPathRule { action: r.action.code(), _pad: [0; 3], rule_id: r.id },
+        })
+        .collect()
 }
 
 struct Compiler<'p> {

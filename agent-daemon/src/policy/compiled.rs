@@ -22,6 +22,9 @@ pub struct CompiledPolicy {
     pub egress_default: u8,
     /// Exec rules for the `EXEC_RULES` LPM trie.
     pub exec: Vec<PathEntry>,
+    /// Exact exec rules pinned to the (dev, inode) their path named when the policy
+    /// was compiled, for the `EXEC_INODES` hash. Checked first by the kernel.
+    pub exec_inodes: Vec<InodeEntry>,
     /// Write rules for the `WRITE_RULES` LPM trie.
     pub write: Vec<PathEntry>,
     /// Egress entries for the `EGRESS_RULES` LPM trie.
@@ -38,6 +41,15 @@ pub struct PathEntry {
     /// The key's path bytes: a prefix (`/usr/lib/git-core/`) or an exact path followed
     /// by a single NUL (`/usr/bin/git\0`). At most `agent_common::PATH_KEY_LEN` bytes.
     pub key: Vec<u8>,
+    pub value: PathRule,
+}
+
+/// One entry of the `EXEC_INODES` hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InodeEntry {
+    /// Kernel encoding of the superblock's device (major << 20 | minor).
+    pub dev: u32,
+    pub ino: u64,
     pub value: PathRule,
 }
 
@@ -63,4 +75,6 @@ pub struct RuleInfo {
     pub text: String,
     /// 1-based line of the rule in the policy file.
     pub line: usize,
+    /// "allow", "deny", "ask" or "audit".
+    pub action: &'static str,
 }

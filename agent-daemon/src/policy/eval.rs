@@ -22,8 +22,11 @@ use std::{
 };
 
 use super::{
-    glob::Glob,
-    model::{mapped_addr, mapped_net, net_contains, ActionKind, Mode, PathSection, Policy, Protocol, RuleKind, Target},
+    glob::{Glob, KernelForm, Specificity},
+    model::{
+        mapped_addr, mapped_net, net_contains, ActionKind, Mode, PathRule, PathSection, Policy, Protocol, RuleKind,
+        Target,
+    },
     path::{real_path, FileSystem, RealPaths},
     validate::egress_rank_within_net,
 };
@@ -102,15 +105,18 @@ fn path_decision(kind: RuleKind, section: &PathSection, path: &Path, fs: &dyn Re
         ));
     };
     let shown = String::from_utf8_lossy(&real);
-    let best = section
-        .rules
-        .iter()
-        .filter_map(|r| {
-            let eff = effective_pattern(&r.pattern, fs);
-            eff.matches(&real).then(|| (eff.specificity(), r, eff))
-        })
-        // Most specific, then strongest action, then first in the file.
-        .max_by(|(sa, a, _), (sb, b, _)| sa.cmp(sb).then(a.action.cmp(&b.action)).then(b.id.cmp(&a.id)));
+    let best = match pinned_exec_rule(kind, section, &real, fs) {
+        Some(hit) => Some(hit),
+        None => section
+            .rules
+            .iter()
+            .filter_map(|r| {
+                let eff = effective_pattern(&r.pattern, fs);
+                eff.matches(&real).then(|| (eff.specificity(), r, eff))
+            })
+            // Most specific, then strongest action, then first in the file.
+            .max_by(|(sa, a, _), (sb, b, _)| sa.cmp(sb).then(a.action.cmp(&b.action)).then(b.id.cmp(&a.id))),
+    };
     let via =
         if shown.as_bytes() != path.as_os_str().as_bytes() { format!(" (real path {shown})") } else { String::new() };
     match best {
@@ -136,6 +142,32 @@ fn path_decision(kind: RuleKind, section: &PathSection, path: &Path, fs: &dyn Re
             }
         }
     }
+}
+
+/// Exec only: the exact rules naming the very file at `real` (same device and
+/// inode, so also through a hard link), as the kernel's `EXEC_INODES` pins them.
+/// Among several, the strongest action, then the earliest rule.
+fn pinned_exec_rule<'r>(
+    kind: RuleKind,
+    section: &'r PathSection,
+    real: &[u8],
+    fs: &dyn RealPaths,
+) -> Option<(Specificity, &'r PathRule, Glob)> {
+    if kind != RuleKind::Exec {
+        return None;
+    }
+    let id = fs.file_id(Path::new(std::ffi::OsStr::from_bytes(real)))?;
+    section
+        .rules
+        .iter()
+        .filter(|r| matches!(r.pattern.kernel_form(), Some(KernelForm::Exact(_))))
+        .filter_map(|r| {
+            let eff = effective_pattern(&r.pattern, fs);
+            let rule_real = real_path(eff.as_str().as_bytes(), fs)?;
+            (fs.file_id(Path::new(std::ffi::OsStr::from_bytes(&rule_real))) == Some(id))
+                .then(|| (eff.specificity(), r, eff))
+        })
+        .max_by(|(_, a, _), (_, b, _)| a.action.cmp(&b.action).then(b.id.cmp(&a.id)))
 }
 
 fn connect_decision(policy: &Policy, addr: IpAddr, port: u16, protocol: Protocol) -> Decision {

@@ -34,6 +34,7 @@ mod glob;
 mod model;
 mod parse;
 mod path;
+pub use path::FileId;
 mod validate;
 
 #[cfg(test)]

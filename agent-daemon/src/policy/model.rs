@@ -192,6 +192,7 @@ impl Policy {
                     index,
                     text: r.text.clone(),
                     line: r.at.line,
+                    action: r.action.as_str(),
                 })
                 .collect::<Vec<_>>()
         };
@@ -203,6 +204,7 @@ impl Policy {
             index,
             text: r.text.clone(),
             line: r.at.line,
+            action: r.action.as_str(),
         }));
         out
     }

@@ -23,6 +23,26 @@ pub(crate) trait RealPaths {
     /// The canonical path of an existing file or directory, `None` if it does not
     /// exist (or cannot be resolved).
     fn canonicalize(&self, path: &Path) -> Option<PathBuf>;
+    /// The (device, inode) of the regular file at `path`, symlinks followed, with
+    /// the device in the kernel's own encoding (`MKDEV`: major << 20 | minor, what
+    /// `super_block::s_dev` holds), `None` if it is not an existing regular file.
+    fn file_id(&self, path: &Path) -> Option<FileId>;
+}
+
+/// A file's identity as the kernel's exec programs read it from `bprm->file`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileId {
+    pub dev: u32,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// From `stat`'s `st_dev` (glibc's encoding) and `st_ino`.
+    pub fn from_stat(st_dev: u64, st_ino: u64) -> FileId {
+        let major = libc::major(st_dev) as u32;
+        let minor = libc::minor(st_dev) as u32;
+        FileId { dev: (major << 20) | (minor & 0xf_ffff), ino: st_ino }
+    }
 }
 
 /// The filesystem of the machine this runs on.
@@ -31,6 +51,11 @@ pub(crate) struct FileSystem;
 impl RealPaths for FileSystem {
     fn canonicalize(&self, path: &Path) -> Option<PathBuf> {
         std::fs::canonicalize(path).ok()
+    }
+    fn file_id(&self, path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path).ok()?;
+        m.is_file().then(|| FileId::from_stat(m.dev(), m.ino()))
     }
 }
 
@@ -82,6 +107,9 @@ impl RealPaths for NoFiles {
     fn canonicalize(&self, _: &Path) -> Option<PathBuf> {
         None
     }
+    fn file_id(&self, _: &Path) -> Option<FileId> {
+        None
+    }
 }
 
 /// A filesystem in which every path exists and some directories or files are
@@ -101,6 +129,9 @@ impl RealPaths for FakeLinks {
             }
         }
         Some(path.to_path_buf())
+    }
+    fn file_id(&self, _: &Path) -> Option<FileId> {
+        None
     }
 }
 

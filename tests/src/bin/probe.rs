@@ -86,6 +86,37 @@ fn main() {
             use std::os::unix::process::CommandExt as _;
             Err(std::process::Command::new(a(1)).args(&args[2..]).exec())
         }
+        // hammer ALLOWED DENIED MILLIS — UDP connect(2) (no packet is sent) to
+        // ALLOWED and DENIED in turn as fast as possible until stdin closes (or
+        // MILLIS ms pass); prints `allowed_ok N allowed_failed N denied_ok N
+        // denied_failed N`. Used to look for an instant, during a policy re-apply,
+        // with the wrong decision.
+        "hammer" => {
+            let allowed: SocketAddr = a(1).parse().unwrap_or_else(|_| usage());
+            let denied: SocketAddr = a(2).parse().unwrap_or_else(|_| usage());
+            let millis: u64 = a(3).parse().unwrap_or_else(|_| usage());
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = done.clone();
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let bind = if allowed.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let (sa, sd) = match (UdpSocket::bind(bind), UdpSocket::bind(bind)) {
+                (Ok(a), Ok(d)) => (a, d),
+                (Err(e), _) | (_, Err(e)) => fail(e),
+            };
+            let mut n = [0u64; 4];
+            let end = std::time::Instant::now() + Duration::from_millis(millis);
+            while std::time::Instant::now() < end && !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..64 {
+                    n[if sa.connect(allowed).is_ok() { 0 } else { 1 }] += 1;
+                    n[if sd.connect(denied).is_ok() { 2 } else { 3 }] += 1;
+                }
+            }
+            println!("allowed_ok {} allowed_failed {} denied_ok {} denied_failed {}", n[0], n[1], n[2], n[3]);
+            exit(0)
+        }
         // sleep SECS — stay alive (a process to find in a cgroup).
         "sleep" => {
             std::thread::sleep(Duration::from_secs(a(1).parse().unwrap_or(1)));
@@ -104,6 +135,12 @@ fn main() {
             exit(1)
         }
     }
+}
+
+fn fail(e: std::io::Error) -> ! {
+    let n = e.raw_os_error().unwrap_or(0);
+    println!("errno {} {n}", errno_name(n));
+    exit(1)
 }
 
 /// unlink(2) through the ia32 syscall gate, with the path in the low 4 GiB as a
@@ -169,7 +206,7 @@ fn errno_name(n: i32) -> &'static str {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: probe connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH | rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | io-uring | unlink32 PATH | exec PATH [ARGS] | sleep SECS"
+        "usage: probe connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH | rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | io-uring | unlink32 PATH | exec PATH [ARGS] | hammer ALLOWED DENIED MILLIS | sleep SECS"
     );
     exit(2)
 }

@@ -29,13 +29,23 @@ impl Fake {
 }
 
 impl Kernel for Fake {
-    fn set_identity(&mut self, id: u32, policy: Option<&CompiledPolicy>, version: u32, revoked: bool) -> Result<(), EnforceError> {
+    fn set_identity(
+        &mut self,
+        id: u32,
+        policy: Option<&CompiledPolicy>,
+        version: u32,
+        revoked: bool,
+        _expires: Option<std::time::SystemTime>,
+    ) -> Result<(), EnforceError> {
         let mut s = self.get();
         if s.refuse == Some(id) {
             return Err(EnforceError::Other("map full".into()));
         }
         s.identities.insert(id, (policy.map(|p| p.name.clone()), version, revoked));
         Ok(())
+    }
+    fn hits(&self, _id: u32) -> Result<Vec<(u8, u32, agent_common::Hits)>, EnforceError> {
+        Ok(Vec::new())
     }
     fn remove_identity(&mut self, id: u32) -> Result<(), EnforceError> {
         self.get().identities.remove(&id);

@@ -15,6 +15,10 @@ use std::{
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    run(&args)
+}
+
+fn run(args: &[String]) -> ! {
     let a = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| usage())
     };
@@ -117,6 +121,48 @@ fn main() {
             println!("allowed_ok {} allowed_failed {} denied_ok {} denied_failed {}", n[0], n[1], n[2], n[3]);
             exit(0)
         }
+        // join CGROUP_DIR ACTION... — move into the cgroup, then do ACTION, so the
+        // action is the only thing the cgroup's policy judges (no exec of probe).
+        "join" => {
+            if let Err(e) = std::fs::write(std::path::Path::new(a(1)).join("cgroup.procs"), "0") {
+                eprintln!("probe: joining {}: {e}", a(1));
+                exit(3)
+            }
+            if args.len() < 3 {
+                usage()
+            }
+            run(&args[2..])
+        }
+        // tcp-try ADDR:PORT — a non-blocking TCP connect: `ok` once the kernel let
+        // it start (EINPROGRESS, or an immediate answer such as ECONNREFUSED), the
+        // errno when connect(2) itself was refused.
+        "tcp-try" => {
+            let addr: SocketAddr = a(1).parse().unwrap_or_else(|_| usage());
+            let fam = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+            // SAFETY: plain syscalls on a socket we own; the sockaddr is built by
+            // socket2-free code below with the right length for its family.
+            unsafe {
+                let fd = libc::socket(fam, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+                if fd < 0 {
+                    fail(std::io::Error::last_os_error());
+                }
+                let (sa, len) = sockaddr(&addr);
+                let r = libc::connect(fd, &sa as *const libc::sockaddr_storage as *const libc::sockaddr, len);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                match (r, err.raw_os_error()) {
+                    (0, _) => Ok(()),
+                    (_, Some(libc::EINPROGRESS | libc::ECONNREFUSED | libc::ENETUNREACH | libc::EHOSTUNREACH)) => Ok(()),
+                    _ => Err(err),
+                }
+            }
+        }
+        // udp-connect ADDR:PORT — connect(2) a UDP socket (sends nothing).
+        "udp-connect" => {
+            let addr: SocketAddr = a(1).parse().unwrap_or_else(|_| usage());
+            let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            UdpSocket::bind(bind).and_then(|s| s.connect(addr))
+        }
         // sleep SECS — stay alive (a process to find in a cgroup).
         "sleep" => {
             std::thread::sleep(Duration::from_secs(a(1).parse().unwrap_or(1)));
@@ -133,6 +179,30 @@ fn main() {
             let n = e.raw_os_error().unwrap_or(0);
             println!("errno {} {n}", errno_name(n));
             exit(1)
+        }
+    }
+}
+
+/// `addr` as a sockaddr_in/sockaddr_in6 in a sockaddr_storage, and its length.
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid; we fill the family's fields.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            (ss, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            (ss, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
         }
     }
 }
@@ -206,7 +276,7 @@ fn errno_name(n: i32) -> &'static str {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: probe connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH | rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | io-uring | unlink32 PATH | exec PATH [ARGS] | hammer ALLOWED DENIED MILLIS | sleep SECS"
+        "usage: probe connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH | rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | io-uring | unlink32 PATH | exec PATH [ARGS] | hammer ALLOWED DENIED MILLIS | join CGROUP ACTION... | tcp-try ADDR:PORT | udp-connect ADDR:PORT | sleep SECS"
     );
     exit(2)
 }

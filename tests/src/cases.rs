@@ -53,6 +53,13 @@ fn probe(d: &Daemon, cg: &Cgroup, args: &[&str]) -> Outcome {
     outcome(&cg.run(&d.bins.probe, args))
 }
 
+/// A probe that joins `cg` after it started: only its action is judged there.
+fn probe_in(d: &Daemon, cg: &Cgroup, args: &[&str]) -> Outcome {
+    let mut full = vec!["join", cg.path.to_str().expect("utf-8 cgroup")];
+    full.extend_from_slice(args);
+    outcome(&std::process::Command::new(&d.bins.probe).args(&full).output().expect("run probe"))
+}
+
 fn probe_here(d: &Daemon, args: &[&str]) -> Outcome {
     outcome(&std::process::Command::new(&d.bins.probe).args(args).output().expect("run probe"))
 }
@@ -454,4 +461,65 @@ pub fn monitor_mode_reports_and_counts() {
     assert_eq!(rule["hits"]["deny"].as_u64().unwrap_or(0), 0, "{shown}");
     assert!(shown["write_default_hits"]["would_deny"].as_u64().unwrap_or(0) >= 1, "default would-deny: {shown}");
     assert_eq!(shown["write_default_hits"]["deny"].as_u64().unwrap_or(0), 0, "{shown}");
+}
+
+/// Revoking an identity denies everything its bound cgroups do from their next
+/// action on, for every kind, with reason `revoked`; a revoked identity cannot be
+/// revoked again, and the state shows who revoked it and why.
+pub fn revoked_identity_is_denied_at_once() {
+    let d = Daemon::start("revoke");
+    let files = Scratch::new("revoke");
+    let cg = Cgroup::new("revoke");
+    d.identity_bound("revokee", &policy("revokee", ALLOW_ALL, ALLOW_ALL, ALLOW_ALL), &cg);
+    let target = files.path("f.txt");
+    assert_eq!(probe_in(&d, &cg, &["udp-connect", "198.51.100.9:53"]), Outcome::Ok, "before revoke");
+    assert_eq!(probe_in(&d, &cg, &["write", &target]), Outcome::Ok, "before revoke");
+    // A process that is already running when the revocation lands.
+    let mut running = cg.spawn(&d.bins.probe, &["hammer", "198.51.100.9:53", "198.51.100.10:53", "120000"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    d.ctl_ok(&["identity", "revoke", "revokee", "--reason", "key leaked"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(running.stdin.take());
+    let text = String::from_utf8_lossy(&running.wait_with_output().expect("hammer").stdout).to_string();
+    let n: Vec<u64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(n.len(), 4, "hammer output: {text}");
+    assert!(n[1] > 0 && n[3] > 0, "the running process was not denied after the revocation: {text}");
+    let (want_write, want_exec) = (d.denied("write"), d.denied("exec"));
+    assert_eq!(probe_in(&d, &cg, &["udp-connect", "198.51.100.9:53"]), Outcome::Errno("EPERM".into()), "egress");
+    assert_eq!(probe_in(&d, &cg, &["write", &target]), want_write, "write");
+    let probe_path = d.bins.probe.to_str().expect("utf-8").to_string();
+    assert_eq!(probe_in(&d, &cg, &["exec", &probe_path, "sleep", "0"]), want_exec, "exec");
+    let ev = event_where(&d, |e| e["reason"] == "revoked" && e["kind"] == "egress");
+    assert_eq!(ev["identity"], "revokee", "{ev}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&d.ctl_ok(&["identity", "show", "revokee", "--json"])).expect("identity show --json");
+    let ident = if shown.get("identity").is_some() { &shown["identity"] } else { &shown };
+    assert_eq!(ident["state"], "revoked", "{shown}");
+    assert_eq!(ident["revoke_reason"], "key leaked", "{shown}");
+    let again = d.ctl(&["identity", "revoke", "revokee"]);
+    assert_eq!(again.status.code(), Some(1), "revoking twice is an error");
+}
+
+/// An identity's expiry is enforced by the kernel itself: with agentd killed, a
+/// bound process is allowed before the expiry and denied after it.
+pub fn expired_identity_is_denied_by_the_kernel() {
+    let mut d = Daemon::start("expiry");
+    let cg = Cgroup::new("expiry");
+    d.apply("expiring", &policy("expiring", ALLOW_ALL, ALLOW_ALL, ALLOW_ALL));
+    d.ctl_ok(&["identity", "create", "expiring", "--policy", "expiring", "--expires", "6s"]);
+    let created = std::time::Instant::now();
+    d.ctl_ok(&["bind", cg.path.to_str().expect("utf-8"), "expiring"]);
+    assert_eq!(probe_in(&d, &cg, &["udp-connect", "198.51.100.9:53"]), Outcome::Ok, "before the expiry");
+    d.kill9();
+    assert_eq!(probe_in(&d, &cg, &["udp-connect", "198.51.100.9:53"]), Outcome::Ok, "daemon down, not expired");
+    let left = std::time::Duration::from_secs(6).saturating_sub(created.elapsed());
+    std::thread::sleep(left + std::time::Duration::from_millis(500));
+    assert_eq!(
+        probe_in(&d, &cg, &["udp-connect", "198.51.100.9:53"]),
+        Outcome::Errno("EPERM".into()),
+        "after the expiry, with no daemon running"
+    );
+    d.restart();
+    let ev = event_where(&d, |e| e["reason"] == "expired");
+    assert_eq!(ev["identity"], "expiring", "{ev}");
 }

@@ -6,6 +6,7 @@
 
 pub mod cases;
 pub mod harness;
+pub mod replay;
 
 /// Reports that `test` did not run, and why, in the line `cargo xtask test` counts.
 pub fn skip(test: &str, reason: &str) {

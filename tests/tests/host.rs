@@ -41,5 +41,7 @@ agentd_tests::scenario_tests!(outside_tier;
     policy_reload_is_atomic,
     exec_pinned_by_inode,
     monitor_mode_reports_and_counts,
+    revoked_identity_is_denied_at_once,
+    expired_identity_is_denied_by_the_kernel,
     agents_cannot_unbind_themselves,
 );

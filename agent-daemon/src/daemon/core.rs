@@ -150,6 +150,13 @@ pub struct Core {
     denied: HashMap<u32, bool>,
 }
 
+/// The kernel's revoked flag for `rec`. The kernel checks a well-formed expiry
+/// itself (and reports it as `expired`, even while agentd is down); the flag is for
+/// revocation, and for an expiry that does not parse (deny rather than guess).
+fn revoked_flag(rec: &IdentityRecord) -> bool {
+    rec.revoked || (rec.expires.is_some() && rec.expires_at().is_none())
+}
+
 fn kernel_err(what: String) -> impl FnOnce(EnforceError) -> OpError {
     move |e| OpError::Kernel(format!("agentd: the kernel refused {what}: {e}"))
 }
@@ -222,7 +229,7 @@ impl Core {
         let compiled = self.compiled(&rec.policy);
         let version = self.version(&rec.policy);
         let denied = rec.denies_all(now);
-        self.kernel.set_identity(rec.id, compiled.as_deref(), version, denied, rec.expires_at())?;
+        self.kernel.set_identity(rec.id, compiled.as_deref(), version, revoked_flag(rec), rec.expires_at())?;
         self.denied.insert(rec.id, denied);
         Ok(())
     }
@@ -320,13 +327,13 @@ impl Core {
 
         let rollback = |core: &mut Core, done: &[IdentityRecord]| {
             for rec in done {
-                if let Err(e) = core.kernel.set_identity(rec.id, previous.as_deref(), previous_version, rec.denies_all(now), rec.expires_at()) {
+                if let Err(e) = core.kernel.set_identity(rec.id, previous.as_deref(), previous_version, revoked_flag(rec), rec.expires_at()) {
                     warn!(identity = %rec.name, error = %e, "could not restore the previous policy in the kernel");
                 }
             }
         };
         for (i, rec) in users.iter().enumerate() {
-            if let Err(e) = self.kernel.set_identity(rec.id, Some(&compiled), version, rec.denies_all(now), rec.expires_at()) {
+            if let Err(e) = self.kernel.set_identity(rec.id, Some(&compiled), version, revoked_flag(rec), rec.expires_at()) {
                 rollback(self, &users[..=i]);
                 return Err(OpError::Kernel(format!(
                     "agentd: the kernel refused policy {name} v{version} for identity {}: {e}; every identity keeps {}",

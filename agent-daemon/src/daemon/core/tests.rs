@@ -15,6 +15,8 @@ use super::*;
 struct FakeState {
     identities: HashMap<u32, (Option<String>, u32, bool)>,
     bindings: HashMap<u64, u32>,
+    /// identity id → the expiry the kernel enforces by itself.
+    expires: HashMap<u32, Option<std::time::SystemTime>>,
     /// set_identity fails for this id.
     refuse: Option<u32>,
 }
@@ -35,12 +37,13 @@ impl Kernel for Fake {
         policy: Option<&CompiledPolicy>,
         version: u32,
         revoked: bool,
-        _expires: Option<std::time::SystemTime>,
+        expires: Option<std::time::SystemTime>,
     ) -> Result<(), EnforceError> {
         let mut s = self.get();
         if s.refuse == Some(id) {
             return Err(EnforceError::Other("map full".into()));
         }
+        s.expires.insert(id, expires);
         s.identities.insert(id, (policy.map(|p| p.name.clone()), version, revoked));
         Ok(())
     }
@@ -310,10 +313,18 @@ fn expiry_reaches_the_kernel() {
     let mut core = Core::new(Box::new(w.kernel.clone()), store, state);
     core.reconcile(&|_: &Path| None, now()).unwrap();
     assert!(!w.kernel.get().identities[&1].2);
+    // The kernel gets the expiry itself, so it denies at that instant even with
+    // agentd down; the revoked flag is not how expiry is enforced.
+    let at = rec.expires_at().expect("parses");
+    assert_eq!(w.kernel.get().expires[&1], Some(at));
     assert!(core.refresh_expiry(now()).is_empty());
     assert_eq!(core.refresh_expiry(now() + Duration::from_secs(7200)), vec!["temp".to_string()]);
-    assert!(w.kernel.get().identities[&1].2, "expired: denied everything");
+    assert_eq!(w.kernel.get().expires[&1], Some(at), "still handed to the kernel");
     assert!(core.refresh_expiry(now() + Duration::from_secs(7300)).is_empty(), "only once");
+    // An expiry that does not parse cannot be handed to the kernel: revoked flag.
+    let mut bad = core.state().identities["temp"].clone();
+    bad.expires = Some("next tuesday".into());
+    assert!(revoked_flag(&bad));
 }
 
 #[test]

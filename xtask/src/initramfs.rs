@@ -166,7 +166,11 @@ fn init_script(spec: &Spec) -> String {
          mnt bpf bpf /sys/fs/bpf\n\
          mnt tracefs tracefs /sys/kernel/tracing\n\
          mnt securityfs securityfs /sys/kernel/security\n\
-         ip link set lo up || echo 'init: bringing up lo failed'\n",
+         ip link set lo up || echo 'init: bringing up lo failed'\n\
+         # No NIC: default routes over lo, so a connect(2) to any address is judged by\n\
+         # agentd's hooks and then routed, as on a host, instead of ENETUNREACH.\n\
+         ip route add default dev lo || echo 'init: IPv4 default route failed'\n\
+         ip -6 route add default dev lo || echo 'init: IPv6 default route failed'\n",
     );
     s.push_str(&format!("echo \"{BOOTED_MARKER} $(cut -d' ' -f1 /proc/uptime)\"\n"));
     for (k, v) in &spec.env {

@@ -2,9 +2,9 @@
 //! dispatch to one module per command group.
 //!
 //! Every command talks to the daemon over its unix socket, except `policy validate`
-//! (offline) and the local checks `doctor` prints when the daemon is down. Errors
-//! come back as [`CliError`], which knows its message, hint and exit code; the
-//! binary only prints them.
+//! (offline), `policy test` and `policy diff` given files (offline), and the local
+//! checks `doctor` prints when the daemon is down. Errors come back as [`CliError`],
+//! which knows its message, hint and exit code; the binary only prints them.
 
 mod bind;
 mod client;
@@ -13,12 +13,15 @@ mod events;
 mod identity;
 mod output;
 mod policy;
+mod policy_diff;
+mod policy_source;
+mod policy_test;
 mod run;
 mod status;
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 pub use error::{CliError, EXIT_FAILURE, EXIT_USAGE};
 
@@ -65,12 +68,14 @@ EXAMPLES:
   agentctl status
   agentctl status --json | jq .counters.events_dropped")]
     Status(JsonFlag),
-    /// Apply, list, show or validate policies.
+    /// Apply, list, show, validate, test or diff policies.
     #[command(
         subcommand,
         after_help = "\
 EXAMPLES:
   agentctl policy validate policies/*.yaml
+  agentctl policy test policies/coding-agent.yaml --exec /usr/bin/curl
+  agentctl policy diff coding-agent policies/coding-agent.yaml
   agentctl policy apply policies/coding-agent.yaml
   agentctl policy list
   agentctl policy show coding-agent"
@@ -195,6 +200,110 @@ EXAMPLES:
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// What a policy (or an identity) decides for one action, and which rule decides.
+    #[command(after_help = "\
+FILE|NAME is a policy file, or the name of a policy applied to agentd (agentd is then
+asked for it; a file needs no daemon). With --identity, agentd is asked for the identity:
+a revoked, expired or policy-less identity is denied everything, and without FILE|NAME
+its own policy is used.
+
+Paths are judged as the kernel sees them: a relative path against --cwd (default: the
+current directory), like the process's working directory; --exec takes the path execve
+gets (no $PATH lookup); symlinks are resolved on this machine. Exits 0 whenever the
+question was answered, whatever the decision; 1 on errors.
+
+--json prints one object: policy, mode, action {kind, target, protocol}, decision
+(allow|deny|ask|audit: what the policy says), enforced (allow|deny|would_deny: what the
+kernel does; ask is enforced as deny for now), rule_id (0: the default), rule, line,
+reason, identity, standing (active|revoked|expired|no-policy).
+
+EXAMPLES:
+  agentctl policy test policies/coding-agent.yaml --exec /usr/bin/curl
+  agentctl policy test coding-agent --write .git/hooks/pre-commit --cwd /home/alice/work
+  agentctl policy test coding-agent --connect 140.82.112.3:443
+  agentctl policy test coding-agent --connect '[2001:db8::1]:53' --protocol udp
+  agentctl policy test --identity coder --exec /usr/bin/git
+  agentctl policy test new.yaml --identity coder --write /etc/passwd --json | jq -r .enforced")]
+    Test(PolicyTestArgs),
+    /// Compare two policies: changed rules, then the actions whose decision changes.
+    #[command(after_help = "\
+OLD and NEW are each a policy file or the name of an applied policy. Rules are matched
+by what they are about (kind and path; egress target), not by position: reordering is
+no change. Decisions are compared on probes at every rule's edges, from both sides: its
+exact path; for a pattern a path inside it, one a level deeper, its directory and a
+sibling just outside; for a CIDR its first and last address and the ones just outside,
+at each edge of every port range and at a port no rule lists, over TCP and UDP.
+
+With --exit-code, exits 1 when some decision changes, or the mode does (like
+`git diff --exit-code`), and 0 otherwise. Errors exit 1 too, with a message.
+
+--json prints one object: old and new {file, policy, mode}, mode {old, new} or null,
+defaults [{kind, old, new}], rules [{change: added|removed|changed, kind, old, new}],
+probes (how many actions were compared), decisions [{action, old, new}] (each side
+{decision, rule_id, rule, line}), changes_enforcement (what --exit-code reports).
+
+EXAMPLES:
+  agentctl policy diff coding-agent policies/coding-agent.yaml   # what applying it changes
+  agentctl policy diff old.yaml new.yaml
+  agentctl policy diff old.yaml new.yaml --exit-code >/dev/null || echo \"decisions change\"
+  agentctl policy diff old.yaml new.yaml --json | jq '.decisions[] | select(.new.decision == \"allow\")'")]
+    Diff(PolicyDiffArgs),
+}
+
+/// `policy test`: a policy (or identity) and exactly one action.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("action").required(true).args(["exec", "write", "connect"])))]
+pub struct PolicyTestArgs {
+    /// A policy file, or the name of an applied policy (default: the identity's).
+    #[arg(value_name = "FILE|NAME", required_unless_present = "identity")]
+    pub policy: Option<String>,
+    /// Run the program at PATH.
+    #[arg(long, value_name = "PATH")]
+    pub exec: Option<PathBuf>,
+    /// Create, modify, rename or remove the file at PATH.
+    #[arg(long, value_name = "PATH")]
+    pub write: Option<PathBuf>,
+    /// Connect to ADDR:PORT (IPv6 in brackets: [2001:db8::1]:443).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = policy_test::parse_connect)]
+    pub connect: Option<SocketAddr>,
+    /// The transport of --connect [default: tcp].
+    // `requires` alone is not enough: clap waives it when the missing argument
+    // conflicts with a present one, as --connect does with --exec and --write.
+    #[arg(long, value_enum, requires = "connect", conflicts_with_all = ["exec", "write"])]
+    pub protocol: Option<ProtocolArg>,
+    /// Judge as this identity: its standing, and its policy unless FILE|NAME is given.
+    #[arg(long, value_name = "NAME")]
+    pub identity: Option<String>,
+    /// The working directory relative paths are taken from [default: the current one].
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Print JSON (stable snake_case fields, see --help) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--protocol`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtocolArg {
+    Tcp,
+    Udp,
+}
+
+/// `policy diff`.
+#[derive(Args, Debug)]
+pub struct PolicyDiffArgs {
+    /// The policy before: a file, or the name of an applied policy.
+    #[arg(value_name = "OLD")]
+    pub old: String,
+    /// The policy after: a file, or the name of an applied policy.
+    #[arg(value_name = "NEW")]
+    pub new: String,
+    /// Exit 1 when some decision (or the mode) changes, 0 when none does.
+    #[arg(long)]
+    pub exit_code: bool,
+    /// Print JSON (stable snake_case fields, see --help) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -282,6 +391,8 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Policy(PolicyCmd::Show { name, json, yaml }) => {
             policy::show(&socket, &name, json.json, yaml).await.map(ok)
         }
+        Command::Policy(PolicyCmd::Test(args)) => policy_test::test(&socket, &args).await.map(ok),
+        Command::Policy(PolicyCmd::Diff(args)) => policy_diff::diff(&socket, &args).await,
         Command::Identity(IdentityCmd::Create { name, policy, owner, json }) => {
             identity::create(&socket, &name, &policy, owner, json.json).await.map(ok)
         }
@@ -429,6 +540,8 @@ mod tests {
             &["bindings", "--json"],
             &["events", "--json"],
             &["events", "--follow", "--json"],
+            &["policy", "test", "p.yaml", "--exec", "/x", "--json"],
+            &["policy", "diff", "a.yaml", "b", "--json"],
         ] {
             let cli = parse(args);
             let json = match cli.command {
@@ -441,10 +554,73 @@ mod tests {
                 | Command::Bind { json, .. }
                 | Command::Unbind { json, .. } => json.json,
                 Command::Events(a) => a.json.json,
+                Command::Policy(PolicyCmd::Test(a)) => a.json,
+                Command::Policy(PolicyCmd::Diff(a)) => a.json,
                 other => panic!("{other:?}"),
             };
             assert!(json, "{args:?}");
         }
+    }
+
+    fn policy_test(args: &[&str]) -> PolicyTestArgs {
+        match parse(&[&["policy", "test"], args].concat()).command {
+            Command::Policy(PolicyCmd::Test(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn policy_test_takes_one_action() {
+        let a = policy_test(&["coder.yaml", "--exec", "/usr/bin/git"]);
+        assert_eq!(a.policy.as_deref(), Some("coder.yaml"));
+        assert_eq!((a.exec, a.write, a.connect), (Some(PathBuf::from("/usr/bin/git")), None, None));
+        assert_eq!((a.identity, a.cwd, a.protocol, a.json), (None, None, None, false));
+        let a = policy_test(&["coder", "--write", "src/main.rs", "--cwd", "/home/alice/work", "--identity", "c"]);
+        assert_eq!(a.write, Some(PathBuf::from("src/main.rs")));
+        assert_eq!((a.cwd, a.identity.as_deref()), (Some(PathBuf::from("/home/alice/work")), Some("c")));
+        let a = policy_test(&["coder", "--connect", "[2001:db8::1]:53", "--protocol", "udp"]);
+        assert_eq!(a.connect, Some("[2001:db8::1]:53".parse().unwrap()));
+        assert_eq!(a.protocol, Some(ProtocolArg::Udp));
+        assert_eq!(policy_test(&["p", "--connect", "1.2.3.4:443"]).connect, Some("1.2.3.4:443".parse().unwrap()));
+        // The identity's own policy when no FILE|NAME is given.
+        let a = policy_test(&["--identity", "coder", "--exec", "/usr/bin/git"]);
+        assert_eq!((a.policy, a.identity.as_deref()), (None, Some("coder")));
+    }
+
+    #[test]
+    fn policy_test_usage_errors() {
+        for (args, kind) in [
+            (&["policy", "test", "p.yaml"][..], ErrorKind::MissingRequiredArgument),
+            (&["policy", "test", "--exec", "/x"], ErrorKind::MissingRequiredArgument),
+            (&["policy", "test", "p.yaml", "--exec", "/x", "--write", "/y"], ErrorKind::ArgumentConflict),
+            (&["policy", "test", "p.yaml", "--exec", "/x", "--protocol", "udp"], ErrorKind::ArgumentConflict),
+            (&["policy", "test", "p.yaml", "--protocol", "udp"], ErrorKind::MissingRequiredArgument),
+            (&["policy", "test", "p.yaml", "--connect", "1.2.3.4:1", "--protocol", "sctp"], ErrorKind::InvalidValue),
+            (&["policy", "test", "p.yaml", "--connect", "1.2.3.4"], ErrorKind::ValueValidation),
+            (&["policy", "test", "p.yaml", "--connect", "2001:db8::1:443"], ErrorKind::ValueValidation),
+            (&["policy", "test", "p.yaml", "--connect", "example.com:443"], ErrorKind::ValueValidation),
+        ] {
+            let e = usage_error(args);
+            assert_eq!((e.kind(), e.exit_code()), (kind, 2), "{args:?}: {e}");
+        }
+        let e = usage_error(&["policy", "test", "p.yaml", "--connect", "2001:db8::1:443"]).to_string();
+        assert!(e.contains("brackets"), "{e}");
+    }
+
+    #[test]
+    fn policy_diff_takes_two_policies() {
+        match parse(&["policy", "diff", "coder", "new.yaml", "--exit-code"]).command {
+            Command::Policy(PolicyCmd::Diff(a)) => {
+                assert_eq!((a.old.as_str(), a.new.as_str(), a.exit_code, a.json), ("coder", "new.yaml", true, false));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["policy", "diff", "a.yaml", "b.yaml"]).command {
+            Command::Policy(PolicyCmd::Diff(a)) => assert!(!a.exit_code),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(usage_error(&["policy", "diff", "a.yaml"]).exit_code(), 2);
+        assert_eq!(usage_error(&["policy", "diff", "a", "b", "c"]).exit_code(), 2);
     }
 
     #[test]

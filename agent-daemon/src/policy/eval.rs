@@ -205,3 +205,133 @@ fn connect_decision(policy: &Policy, addr: IpAddr, port: u16, protocol: Protocol
         }
     }
 }
+
+/// Whether an identity's policy is in force at all. Anything but `Active` denies
+/// every action, whatever the policy says and in monitor mode too: the kernel
+/// fails closed for an identity it cannot attribute a policy to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Standing {
+    /// Its policy is in force.
+    Active,
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// Its policy is missing or does not compile.
+    NoPolicy,
+}
+
+impl Standing {
+    pub const ALL: [Standing; 4] = [Standing::Active, Standing::Revoked, Standing::Expired, Standing::NoPolicy];
+
+    /// The name the API and `agentctl identity list` use for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Standing::Active => "active",
+            Standing::Revoked => "revoked",
+            Standing::Expired => "expired",
+            Standing::NoPolicy => "no-policy",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Standing::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for Standing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Decides `action` for an identity in `standing` whose policy is `policy`, on this
+/// machine. An active identity without a policy is judged as `NoPolicy`: deny
+/// rather than guess.
+pub fn evaluate_as(policy: Option<&Policy>, standing: Standing, action: &Action) -> Decision {
+    evaluate_as_with(policy, standing, action, &FileSystem)
+}
+
+pub(crate) fn evaluate_as_with(
+    policy: Option<&Policy>,
+    standing: Standing,
+    action: &Action,
+    fs: &dyn RealPaths,
+) -> Decision {
+    let why = match (standing, policy) {
+        (Standing::Active, Some(p)) => return evaluate_with(p, action, fs),
+        (Standing::Active | Standing::NoPolicy, _) => {
+            "the identity has no policy in force (missing, or it does not compile)"
+        }
+        (Standing::Revoked, _) => "the identity is revoked",
+        (Standing::Expired, _) => "the identity has expired",
+    };
+    Decision {
+        action: ActionKind::Deny,
+        rule_id: 0,
+        rule_text: None,
+        reason: format!("{action}: deny: {why}, so everything it does is denied, whatever its policy says"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{parse, path::NoFiles};
+
+    fn policy(mode: &str) -> Policy {
+        let text = format!(
+            "apiVersion: agentd.io/v1\nkind: AgentPolicy\nmetadata:\n  name: t\nspec:\n  mode: {mode}\n  exec:\n    default: allow\n"
+        );
+        parse("t.yaml", &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn exec() -> Action {
+        Action::Exec { path: "/usr/bin/git".into() }
+    }
+
+    #[test]
+    fn an_active_identity_gets_its_policys_decision() {
+        let p = policy("enforce");
+        let d = evaluate_as_with(Some(&p), Standing::Active, &exec(), &NoFiles);
+        assert_eq!(d, evaluate_with(&p, &exec(), &NoFiles));
+        assert_eq!(d.action, ActionKind::Allow);
+    }
+
+    #[test]
+    fn revoked_expired_and_policyless_identities_are_denied_everything() {
+        let p = policy("enforce");
+        let connect = Action::Connect { addr: "127.0.0.1".parse().unwrap(), port: 80, protocol: Protocol::Tcp };
+        for (standing, policy, says) in [
+            (Standing::Revoked, Some(&p), "revoked"),
+            (Standing::Expired, Some(&p), "expired"),
+            (Standing::NoPolicy, None, "no policy"),
+            (Standing::NoPolicy, Some(&p), "no policy"),
+            // Active but nothing to judge by: fail closed.
+            (Standing::Active, None, "no policy"),
+        ] {
+            for action in [exec(), Action::Write { path: "/tmp/x".into() }, connect.clone()] {
+                let d = evaluate_as_with(policy, standing, &action, &NoFiles);
+                assert_eq!((d.action, d.rule_id, d.rule_text.as_deref()), (ActionKind::Deny, 0, None), "{standing}");
+                assert!(d.reason.starts_with(&format!("{action}: deny: ")), "{}", d.reason);
+                assert!(d.reason.contains(says), "{standing}: {}", d.reason);
+            }
+        }
+    }
+
+    #[test]
+    fn monitor_mode_does_not_soften_a_revoked_identity() {
+        let p = policy("monitor");
+        let d = evaluate_as_with(Some(&p), Standing::Revoked, &exec(), &NoFiles);
+        assert_eq!(d.action, ActionKind::Deny);
+        assert!(!d.reason.contains("monitor"), "{}", d.reason);
+    }
+
+    #[test]
+    fn standings_round_trip_through_their_api_names() {
+        for s in Standing::ALL {
+            assert_eq!(Standing::from_name(s.as_str()), Some(s));
+        }
+        assert_eq!(Standing::from_name("no-policy"), Some(Standing::NoPolicy));
+        assert_eq!(Standing::from_name("suspended"), None);
+    }
+}

@@ -28,6 +28,7 @@
 
 mod compile;
 pub mod compiled;
+mod diff;
 mod error;
 mod eval;
 mod glob;
@@ -36,6 +37,7 @@ mod parse;
 mod path;
 pub use path::FileId;
 mod validate;
+pub mod vectors;
 
 #[cfg(test)]
 mod crosscheck;
@@ -43,8 +45,9 @@ mod crosscheck;
 mod tests;
 
 pub use compile::compile;
+pub use diff::{diff, DecisionChange, Outcome, PolicyDiff, RuleChange, RuleRef};
 pub use error::{ErrorKind, Location, PolicyError, PolicyErrors};
-pub use eval::{evaluate, Action, Decision};
+pub use eval::{evaluate, evaluate_as, Action, Decision, Standing};
 pub use glob::{Glob, GlobError, KernelForm, Specificity};
 pub use model::{
     ActionKind, Approvals, EgressRule, EgressSection, Mode, PathRule, PathSection, Policy, PortRange, Protocol,

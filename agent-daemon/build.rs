@@ -12,6 +12,8 @@ fn main() -> anyhow::Result<()> {
         // `agentctl --json` prints these messages: their proto field names are the
         // stable JSON names.
         .type_attribute(".", "#[derive(serde::Serialize)]")
+        // Maps (labels) in key order, so JSON output is stable.
+        .btree_map(".")
         .compile_fds(fds)
         .context("generating gRPC code")?;
     println!("cargo:rerun-if-changed=proto/agentd.proto");

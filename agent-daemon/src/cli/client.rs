@@ -96,6 +96,11 @@ impl Client {
         unary(&self.socket, fut).await
     }
 
+    pub async fn identity_revoke(&mut self, name: &str, reason: &str) -> Result<pb::IdentityRevokeReply, CliError> {
+        let fut = self.rpc.identity_revoke(pb::IdentityRevokeRequest { name: name.into(), reason: reason.into() });
+        unary(&self.socket, fut).await
+    }
+
     pub async fn bind(&mut self, cgroup_path: &str, identity: &str) -> Result<pb::BindReply, CliError> {
         let fut = self.rpc.bind(pb::BindRequest { cgroup_path: cgroup_path.into(), identity: identity.into() });
         unary(&self.socket, fut).await

@@ -1,34 +1,85 @@
-//! `agentctl identity create | list | show`.
+//! `agentctl identity create | list | show | revoke`.
 
-use std::path::Path;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
 
 use super::{
     client::Client,
     error::CliError,
     output::{self, key_values, or_dash},
 };
-use crate::api::pb;
+use crate::{
+    api::pb,
+    identity::{self, keys},
+};
 
-pub async fn create(
-    socket: &Path,
-    name: &str,
-    policy: &str,
-    owner: Option<String>,
-    json: bool,
-) -> Result<(), CliError> {
-    let owner = owner.unwrap_or_else(calling_user);
+/// `identity create`'s optional parts.
+#[derive(Debug, Default)]
+pub struct CreateOptions {
+    pub owner: Option<String>,
+    pub public_key: Option<PathBuf>,
+    pub expires: Option<String>,
+    pub labels: Vec<(String, String)>,
+}
+
+pub async fn create(socket: &Path, name: &str, policy: &str, opts: CreateOptions, json: bool) -> Result<(), CliError> {
+    let owner = opts.owner.unwrap_or_else(calling_user);
+    // Checked here, before agentd is asked, so a typo is reported with the flag.
+    let public_key = match &opts.public_key {
+        None => String::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Usage(format!("--public-key {}: {e}", path.display())))?;
+            keys::parse_public_text(&text).map_err(|e| CliError::Usage(format!("--public-key {}: {e}", path.display())))?;
+            text
+        }
+    };
+    let expires_at = match &opts.expires {
+        None => String::new(),
+        Some(w) => {
+            let at = identity::parse_expiry(w, SystemTime::now()).map_err(CliError::Usage)?;
+            humantime::format_rfc3339_seconds(at).to_string()
+        }
+    };
+    let mut labels = BTreeMap::new();
+    for (k, v) in opts.labels {
+        if labels.insert(k.clone(), v).is_some() {
+            return Err(CliError::Usage(format!("--label {k} is given twice")));
+        }
+    }
     let mut c = Client::connect(socket).await?;
-    let reply =
-        c.identity_create(pb::IdentityCreateRequest { name: name.into(), policy: policy.into(), owner }).await?;
+    let req = pb::IdentityCreateRequest { name: name.into(), policy: policy.into(), owner, public_key, expires_at, labels };
+    let reply = c.identity_create(req).await?;
     if json {
         return output::json(&reply);
     }
     let i = reply.identity.unwrap_or_default();
-    output::print(format!(
-        "created identity {} (policy {}, owner {}, key {})",
-        i.name, i.policy, i.owner, i.fingerprint
-    ))?;
+    let key = if i.has_private_key { "new key pair" } else { "your public key" };
+    output::print(format!("created identity {} (policy {}, owner {}, {key} {})", i.name, i.policy, i.owner, i.fingerprint))?;
+    if !i.expires_at.is_empty() {
+        output::print(format!("it expires at {}; after that the kernel denies everything it does", i.expires_at))?;
+    }
     output::print(format!("run an agent under it:  agentctl run --identity {} -- COMMAND", i.name))
+}
+
+pub async fn revoke(socket: &Path, name: &str, reason: &str, json: bool) -> Result<(), CliError> {
+    let mut c = Client::connect(socket).await?;
+    let reply = c.identity_revoke(name, reason).await?;
+    if json {
+        return output::json(&reply);
+    }
+    let i = reply.identity.unwrap_or_default();
+    let n = i.bound_cgroups.len();
+    output::print(format!(
+        "revoked identity {} at {} by {}: the kernel now denies everything in its {n} bound cgroup{}",
+        i.name,
+        i.revoked_at,
+        i.revoked_by,
+        if n == 1 { "" } else { "s" }
+    ))
 }
 
 pub async fn list(socket: &Path, json: bool) -> Result<(), CliError> {
@@ -39,7 +90,7 @@ pub async fn list(socket: &Path, json: bool) -> Result<(), CliError> {
     if reply.identities.is_empty() {
         return output::print("no identities (create one with `agentctl identity create NAME --policy POLICY`)");
     }
-    let mut t = output::table(&["NAME", "ID", "POLICY", "OWNER", "STATE", "KEY", "BOUND", "CREATED"]);
+    let mut t = output::table(&["NAME", "ID", "POLICY", "OWNER", "STATE", "KEY", "BOUND", "CREATED", "EXPIRES"]);
     for i in &reply.identities {
         t.add_row(vec![
             i.name.clone(),
@@ -50,6 +101,7 @@ pub async fn list(socket: &Path, json: bool) -> Result<(), CliError> {
             or_dash(&i.fingerprint),
             i.bound_cgroups.len().to_string(),
             or_dash(&i.created_at),
+            or_dash(&i.expires_at),
         ]);
     }
     output::print(output::render_table(&t))
@@ -65,6 +117,7 @@ pub async fn show(socket: &Path, name: &str, json: bool) -> Result<(), CliError>
 
 fn show_text(i: &pb::Identity) -> String {
     let bound = if i.bound_cgroups.is_empty() { "-".to_string() } else { i.bound_cgroups.join("\n               ") };
+    let labels = i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
     key_values(&[
         ("name", i.name.clone()),
         ("id", i.id.to_string()),
@@ -73,7 +126,13 @@ fn show_text(i: &pb::Identity) -> String {
         ("state", i.state.clone()),
         ("public_key", or_dash(&i.public_key)),
         ("fingerprint", or_dash(&i.fingerprint)),
+        ("private_key", (if i.has_private_key { "held by agentd" } else { "not held by agentd" }).to_string()),
         ("created_at", or_dash(&i.created_at)),
+        ("expires_at", if i.expires_at.is_empty() { "never".to_string() } else { i.expires_at.clone() }),
+        ("labels", if labels.is_empty() { "-".to_string() } else { labels }),
+        ("revoked_at", or_dash(&i.revoked_at)),
+        ("revoked_by", or_dash(&i.revoked_by)),
+        ("revoke_reason", or_dash(&i.revoke_reason)),
         ("bound_cgroups", bound),
     ])
 }
@@ -110,6 +169,7 @@ mod tests {
         assert!(s.starts_with("name:          coder\nid:            3\n"), "{s}");
         assert!(s.contains("public_key:    -"), "{s}");
         assert!(s.ends_with("bound_cgroups: /sys/fs/cgroup/a\n               /sys/fs/cgroup/b"), "{s}");
+        assert!(s.contains("expires_at:    never\n"), "{s}");
     }
 
     #[test]

@@ -308,11 +308,21 @@ pub struct PolicyDiffArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum IdentityCmd {
-    /// Create an identity, with a new Ed25519 key pair, on a policy.
+    /// Create an identity on a policy: a new Ed25519 key pair, or your public key.
     #[command(after_help = "\
+Without --public-key agentd makes an Ed25519 key pair and keeps the private key in its
+state directory (keys/NAME.key, mode 0600, directory 0700). With --public-key the key pair
+is yours: agentd records the public key only.
+
+An identity past --expires, or revoked (`agentctl identity revoke`), is denied everything
+by the kernel in every cgroup bound to it; the expiry is checked by the kernel itself, so
+it holds while agentd is stopped.
+
 EXAMPLES:
   agentctl identity create coder --policy coding-agent
-  agentctl identity create mcp-github --policy mcp-server-readonly --owner alice")]
+  agentctl identity create mcp-github --policy mcp-server-readonly --owner alice --label team=platform
+  agentctl identity create ci-42 --policy ci-runner --expires 2h
+  agentctl identity create audit-bot --policy lockdown --public-key ~/.ssh/id_ed25519.pub --expires 2026-12-31T23:00:00Z")]
     Create {
         /// The identity's name.
         name: String,
@@ -322,6 +332,34 @@ EXAMPLES:
         /// Who the agent acts for (default: you; under sudo, the user who ran sudo).
         #[arg(long, value_name = "WHO")]
         owner: Option<String>,
+        /// Use this public key (64 hex characters, PEM PUBLIC KEY or ssh-ed25519 line) instead of making a key pair.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<std::path::PathBuf>,
+        /// When it stops working: a duration from now (90s, 10m, 8h, 30d) or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN")]
+        expires: Option<String>,
+        /// A KEY=VALUE label (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::identity::parse_label)]
+        labels: Vec<(String, String)>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Revoke an identity for good: the kernel denies everything its cgroups do, at once.
+    #[command(after_help = "\
+Every cgroup bound to the identity is denied every exec, file write and connect from its
+next action on, including processes already running; the bindings stay, so nothing in
+them escapes enforcement. Revocation cannot be undone: create a new identity (a new key)
+and bind it instead. Exits 1 if the identity does not exist or is already revoked.
+
+EXAMPLES:
+  agentctl identity revoke coder --reason \"key leaked in CI log\"
+  agentctl identity revoke mcp-github --json")]
+    Revoke {
+        /// The identity's name.
+        name: String,
+        /// Why, recorded with who revoked it and when.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -393,8 +431,12 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Policy(PolicyCmd::Test(args)) => policy_test::test(&socket, &args).await.map(ok),
         Command::Policy(PolicyCmd::Diff(args)) => policy_diff::diff(&socket, &args).await,
-        Command::Identity(IdentityCmd::Create { name, policy, owner, json }) => {
-            identity::create(&socket, &name, &policy, owner, json.json).await.map(ok)
+        Command::Identity(IdentityCmd::Create { name, policy, owner, public_key, expires, labels, json }) => {
+            let opts = identity::CreateOptions { owner, public_key, expires, labels };
+            identity::create(&socket, &name, &policy, opts, json.json).await.map(ok)
+        }
+        Command::Identity(IdentityCmd::Revoke { name, reason, json }) => {
+            identity::revoke(&socket, &name, &reason, json.json).await.map(ok)
         }
         Command::Identity(IdentityCmd::List(f)) => identity::list(&socket, f.json).await.map(ok),
         Command::Identity(IdentityCmd::Show { name, json }) => identity::show(&socket, &name, json.json).await.map(ok),
@@ -462,6 +504,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse(&["identity", "list"]).command, Command::Identity(IdentityCmd::List(_))));
+        match parse(&["identity", "create", "ci", "--policy", "p", "--expires", "2h", "--label", "a=b", "--label", "c=d=e"]).command {
+            Command::Identity(IdentityCmd::Create { expires, labels, public_key, .. }) => {
+                assert_eq!(expires.as_deref(), Some("2h"));
+                assert_eq!(labels, vec![("a".into(), "b".into()), ("c".into(), "d=e".into())]);
+                assert_eq!(public_key, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            usage_error(&["identity", "create", "ci", "--policy", "p", "--label", "nolabel"]).kind(),
+            ErrorKind::ValueValidation
+        );
+        match parse(&["identity", "revoke", "coder", "--reason", "key leaked"]).command {
+            Command::Identity(IdentityCmd::Revoke { name, reason, .. }) => assert_eq!((name.as_str(), reason.as_str()), ("coder", "key leaked")),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(parse(&["identity", "show", "coder"]).command, Command::Identity(IdentityCmd::Show { .. })));
         match parse(&["bind", "system.slice/mcp-github.service", "mcp-github"]).command {
             Command::Bind { cgroup, identity, .. } => {
@@ -535,6 +593,7 @@ mod tests {
             &["identity", "create", "i", "--policy", "p", "--json"],
             &["identity", "list", "--json"],
             &["identity", "show", "i", "--json"],
+            &["identity", "revoke", "i", "--json"],
             &["bind", "a.service", "i", "--json"],
             &["unbind", "a.service", "--json"],
             &["bindings", "--json"],
@@ -550,6 +609,7 @@ mod tests {
                 Command::Policy(PolicyCmd::Apply { json, .. })
                 | Command::Policy(PolicyCmd::Show { json, .. })
                 | Command::Identity(IdentityCmd::Create { json, .. })
+                | Command::Identity(IdentityCmd::Revoke { json, .. })
                 | Command::Identity(IdentityCmd::Show { json, .. })
                 | Command::Bind { json, .. }
                 | Command::Unbind { json, .. } => json.json,

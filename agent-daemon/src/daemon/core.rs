@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     enforce::{Counters, EnforceError, Enforcer, MechanismReport},
-    identity::{self, keys, IdentityRecord},
+    identity::{self, keys, IdentityRecord, NewIdentity},
     policy::compiled::CompiledPolicy,
     state::{self, BindingRecord, PolicyMeta, PolicyRecord, State, Store},
 };
@@ -364,8 +364,12 @@ impl Core {
         Ok(Applied { name, version, identities: users.into_iter().map(|u| u.name).collect() })
     }
 
-    /// Creates an identity with a fresh key pair, under an existing policy.
-    pub fn create_identity(&mut self, name: &str, policy: &str, owner: &str, now: SystemTime) -> Result<IdentityRecord, OpError> {
+    /// Creates an identity under an existing policy: with a fresh key pair whose
+    /// private key is stored 0600, or with the caller's public key (agentd then
+    /// never has the private key).
+    pub fn create_identity(&mut self, spec: NewIdentity, now: SystemTime) -> Result<IdentityRecord, OpError> {
+        let NewIdentity { name, policy, owner, public_key, expires, labels } = spec;
+        let name = name.as_str();
         identity::validate_name("identity", name).map_err(|e| OpError::Invalid(format!("agentd: {e}")))?;
         if self.state.identities.contains_key(name) {
             return Err(OpError::Exists(format!("agentd: identity {name:?} already exists (see `agentctl identity show {name}`)")));
@@ -375,30 +379,55 @@ impl Core {
                 "agentd: identity {name:?} needs a policy: `agentctl identity create {name} --policy POLICY` (`agentctl policy list` shows them)"
             )));
         }
-        if !self.state.policies.contains_key(policy) {
+        if !self.state.policies.contains_key(&policy) {
             return Err(OpError::NotFound(format!(
                 "agentd: no policy named {policy:?}: apply it first with `agentctl policy apply FILE` (`agentctl policy list` shows the applied ones)"
             )));
         }
+        for (k, v) in &labels {
+            identity::validate_label(k, v).map_err(|e| OpError::Invalid(format!("agentd: {e}")))?;
+        }
+        if let Some(at) = expires {
+            if at <= now {
+                return Err(OpError::Invalid(format!(
+                    "agentd: identity {name:?} would expire at {}, which is not in the future",
+                    state::rfc3339(at)
+                )));
+            }
+        }
         let id = identity::next_id(self.state.identities.values().map(|i| i.id), self.state.next_identity_id)
             .ok_or_else(|| OpError::Invalid("agentd: every identity id has been used".into()))?;
-        let key = keys::generate();
+        let (key, public) = match public_key {
+            Some(pk) => (None, pk),
+            None => {
+                let k = keys::generate();
+                let pk = k.verifying_key();
+                (Some(k), pk)
+            }
+        };
         let rec = IdentityRecord {
             name: name.to_string(),
             id,
-            policy: policy.to_string(),
-            owner: owner.to_string(),
+            policy,
+            owner,
             created_at: state::rfc3339(now),
-            public_key: keys::public_hex(&key.verifying_key()),
+            public_key: keys::public_hex(&public),
+            external_key: key.is_none(),
             revoked: false,
-            expires: None,
+            expires: expires.map(state::rfc3339),
+            labels,
+            revoked_at: None,
+            revoked_by: None,
+            revoke_reason: None,
         };
         self.install(&rec, now).map_err(kernel_err(format!("identity {name}")))?;
         // The id is retired before anything else is written, so even a failure or
         // a crash half way never hands it out twice.
         let persisted = self.store.save_meta(id + 1).and_then(|()| {
             self.state.next_identity_id = id + 1;
-            self.store.save_key(name, &key)?;
+            if let Some(k) = &key {
+                self.store.save_key(name, k)?;
+            }
             self.store.save_identity(&rec)
         });
         if let Err(e) = persisted {
@@ -408,6 +437,47 @@ impl Core {
             return Err(state_err(e));
         }
         self.state.identities.insert(name.to_string(), rec.clone());
+        Ok(rec)
+    }
+
+    /// Revokes identity `name` for good: the kernel denies everything its bound
+    /// cgroups do from their next action on (before this returns), and the state
+    /// records who did it, when and why. There is no un-revoke: create a new
+    /// identity (a new key) instead.
+    pub fn revoke_identity(&mut self, name: &str, by: &str, reason: &str, now: SystemTime) -> Result<IdentityRecord, OpError> {
+        let old = self.state.identities.get(name).cloned().ok_or_else(|| {
+            OpError::NotFound(format!("agentd: no identity named {name:?} (`agentctl identity list` shows them)"))
+        })?;
+        if old.revoked {
+            // Written again, in case recording the revocation failed the first time.
+            self.store.save_identity(&old).map_err(state_err)?;
+            return Err(OpError::Exists(format!(
+                "agentd: identity {name:?} was already revoked at {} by {}",
+                old.revoked_at.as_deref().unwrap_or("an unknown time"),
+                old.revoked_by.as_deref().unwrap_or("an unknown user")
+            )));
+        }
+        if reason.chars().count() > 512 || reason.chars().any(char::is_control) {
+            return Err(OpError::Invalid("agentd: --reason must be at most 512 characters, on one line".into()));
+        }
+        let mut rec = old.clone();
+        rec.revoked = true;
+        rec.revoked_at = Some(state::rfc3339(now));
+        rec.revoked_by = Some(by.to_string());
+        rec.revoke_reason = (!reason.is_empty()).then(|| reason.to_string());
+        // Kernel first: the revocation must bite even if the disk is full. If the
+        // state cannot be written the kernel keeps denying until the next start
+        // (which re-installs what the disk says), and the caller is told.
+        self.install(&rec, now).map_err(kernel_err(format!("revoking identity {name}")))?;
+        let saved = self.store.save_identity(&rec);
+        // Memory follows the kernel either way, so nothing this daemon does (an
+        // expiry refresh, a policy apply) re-installs the identity un-revoked.
+        self.state.identities.insert(name.to_string(), rec.clone());
+        if let Err(e) = saved {
+            return Err(OpError::State(format!(
+                "agentd: identity {name} is revoked in the kernel now, but the state directory could not record it, so a restart of agentd would un-revoke it: {e}; fix the disk and run the revoke again to record it"
+            )));
+        }
         Ok(rec)
     }
 

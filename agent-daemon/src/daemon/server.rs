@@ -8,7 +8,7 @@ use std::{
 };
 
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{
     core::{Core, OpError},
@@ -20,7 +20,7 @@ use crate::{
     api::pb::{self, agentd_server::Agentd},
     cgroup,
     enforce::MechanismReport,
-    identity::IdentityRecord,
+    identity::{keys, IdentityRecord, NewIdentity},
     state::{self, BindingRecord, PolicyRecord},
 };
 
@@ -187,6 +187,12 @@ fn identity_pb(core: &Core, rec: &IdentityRecord, now: SystemTime) -> pb::Identi
         created_at: rec.created_at.clone(),
         state: rec.state(now, core.loaded(&rec.policy).is_some()).as_str().to_string(),
         bound_cgroups: core.state().bound_cgroups(&rec.name),
+        labels: rec.labels.clone(),
+        expires_at: rec.expires.clone().unwrap_or_default(),
+        revoked_at: rec.revoked_at.clone().unwrap_or_default(),
+        revoked_by: rec.revoked_by.clone().unwrap_or_default(),
+        revoke_reason: rec.revoke_reason.clone().unwrap_or_default(),
+        has_private_key: !rec.external_key && core.store().key_path(&rec.name).exists(),
     }
 }
 
@@ -350,15 +356,44 @@ impl Agentd for Service {
         let (peer, _) = self.authorize_change(&req).await?;
         let r = req.into_inner();
         let owner = if r.owner.trim().is_empty() { user_name(peer.uid) } else { r.owner.trim().to_string() };
+        let public_key = match r.public_key.trim() {
+            "" => None,
+            text => Some(
+                keys::parse_public_text(text)
+                    .map_err(|e| Status::invalid_argument(format!("agentd: --public-key: {e}")))?,
+            ),
+        };
+        let expires = match r.expires_at.trim() {
+            "" => None,
+            t => Some(humantime::parse_rfc3339_weak(t).map_err(|e| {
+                Status::invalid_argument(format!("agentd: expires_at {t:?} is not an RFC 3339 time: {e}"))
+            })?),
+        };
+        let spec = NewIdentity { name: r.name, policy: r.policy, owner, public_key, expires, labels: r.labels };
         let identity = self
             .with_core(move |c| {
                 let now = SystemTime::now();
-                let rec = c.create_identity(&r.name, &r.policy, &owner, now)?;
+                let rec = c.create_identity(spec, now)?;
                 Ok::<_, OpError>(identity_pb(c, &rec, now))
             })
             .await??;
-        info!(identity = %identity.name, id = identity.id, policy = %identity.policy, owner = %identity.owner, fingerprint = %identity.fingerprint, "identity created");
+        info!(identity = %identity.name, id = identity.id, policy = %identity.policy, owner = %identity.owner, fingerprint = %identity.fingerprint, expires = %identity.expires_at, own_key = !identity.has_private_key, "identity created");
         Ok(Response::new(pb::IdentityCreateReply { identity: Some(identity) }))
+    }
+
+    async fn identity_revoke(&self, req: Request<pb::IdentityRevokeRequest>) -> Result<Response<pb::IdentityRevokeReply>, Status> {
+        let (peer, _) = self.authorize_change(&req).await?;
+        let r = req.into_inner();
+        let by = user_name(peer.uid);
+        let identity = self
+            .with_core(move |c| {
+                let now = SystemTime::now();
+                let rec = c.revoke_identity(&r.name, &by, r.reason.trim(), now)?;
+                Ok::<_, OpError>(identity_pb(c, &rec, now))
+            })
+            .await??;
+        warn!(identity = %identity.name, id = identity.id, by = %identity.revoked_by, reason = %identity.revoke_reason, bound = identity.bound_cgroups.len(), "identity revoked: its cgroups are denied everything");
+        Ok(Response::new(pb::IdentityRevokeReply { identity: Some(identity) }))
     }
 
     async fn identity_list(&self, _req: Request<pb::IdentityListRequest>) -> Result<Response<pb::IdentityListReply>, Status> {

@@ -4,7 +4,7 @@
 use ed25519_dalek::{
     pkcs8::{
         spki::der::{pem::LineEnding, zeroize::Zeroizing},
-        DecodePrivateKey as _, EncodePrivateKey as _,
+        DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _,
     },
     SigningKey, VerifyingKey,
 };
@@ -51,6 +51,54 @@ pub fn parse_public_hex(s: &str) -> Result<VerifyingKey, KeyError> {
     VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::PublicKey(s.to_string()))
 }
 
+/// Reads a public key the way people have them: 64 hex characters (as agentd
+/// prints them), a PEM `PUBLIC KEY` (SubjectPublicKeyInfo, as `openssl pkey -pubout`
+/// writes), or an OpenSSH `ssh-ed25519 AAAA... [comment]` line.
+pub fn parse_public_text(text: &str) -> Result<VerifyingKey, String> {
+    let t = text.trim();
+    if t.starts_with("-----BEGIN PUBLIC KEY-----") {
+        return VerifyingKey::from_public_key_pem(t).map_err(|e| format!("not an Ed25519 PEM public key: {e}"));
+    }
+    if t.starts_with("-----BEGIN") {
+        return Err("this PEM block is not a PUBLIC KEY (give the public half, e.g. `openssl pkey -in KEY -pubout`)".into());
+    }
+    if let Some(rest) = t.strip_prefix("ssh-ed25519 ") {
+        return parse_openssh(rest.split_whitespace().next().unwrap_or(""));
+    }
+    if t.starts_with("ssh-") || t.starts_with("ecdsa-") {
+        return Err("only ssh-ed25519 keys can be agent identities".into());
+    }
+    parse_public_hex(t).map_err(|_| {
+        "not a public key: expected 64 hex characters, a PEM PUBLIC KEY or an `ssh-ed25519 AAAA...` line".to_string()
+    })
+}
+
+/// The base64 blob of an OpenSSH ed25519 public key: string "ssh-ed25519", then
+/// string KEY (32 bytes), each a big-endian u32 length and the bytes.
+fn parse_openssh(b64: &str) -> Result<VerifyingKey, String> {
+    use base64::Engine as _;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("the ssh-ed25519 key is not base64: {e}"))?;
+    let mut rest = blob.as_slice();
+    let mut field = || -> Option<&[u8]> {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let (f, tail) = (tail.get(..len)?, tail.get(len..)?);
+        rest = tail;
+        Some(f)
+    };
+    let bad = || "malformed ssh-ed25519 key".to_string();
+    if field().ok_or_else(bad)? != b"ssh-ed25519" {
+        return Err(bad());
+    }
+    let key: [u8; 32] = field().ok_or_else(bad)?.try_into().map_err(|_| bad())?;
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    VerifyingKey::from_bytes(&key).map_err(|_| "the ssh-ed25519 key is not a valid Ed25519 point".to_string())
+}
+
 /// The key's fingerprint: the first 16 hex characters of SHA-256 of the public key
 /// bytes. Short enough to read aloud, long enough (64 bits) not to collide by chance.
 pub fn fingerprint(key: &VerifyingKey) -> String {
@@ -89,5 +137,31 @@ mod tests {
         assert_eq!(fingerprint_hex(&public_hex(&vk)), expect[..16]);
         assert_eq!(parse_public_hex(&public_hex(&vk)).unwrap(), vk);
         assert_eq!(fingerprint_hex("zz"), "");
+    }
+
+    #[test]
+    fn public_keys_in_every_usual_form() {
+        use ed25519_dalek::pkcs8::EncodePublicKey as _;
+        let vk = SigningKey::from_bytes(&[9u8; 32]).verifying_key();
+        assert_eq!(parse_public_text(&format!("{}\n", public_hex(&vk))), Ok(vk));
+        let pem = vk.to_public_key_pem(LineEnding::LF).unwrap();
+        assert_eq!(parse_public_text(&pem), Ok(vk));
+        // What `ssh-keygen -t ed25519` writes, built by hand from the wire format.
+        let mut blob = Vec::new();
+        for f in [&b"ssh-ed25519"[..], &vk.to_bytes()[..]] {
+            blob.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            blob.extend_from_slice(f);
+        }
+        use base64::Engine as _;
+        let line = format!("ssh-ed25519 {} alice@laptop\n", base64::engine::general_purpose::STANDARD.encode(&blob));
+        assert_eq!(parse_public_text(&line), Ok(vk));
+        let mut long = blob.clone();
+        long.push(0);
+        let line = format!("ssh-ed25519 {}", base64::engine::general_purpose::STANDARD.encode(&long));
+        assert!(parse_public_text(&line).is_err());
+        let private = to_pem(&generate()).unwrap();
+        assert!(parse_public_text(&private).unwrap_err().contains("not a PUBLIC KEY"));
+        assert!(parse_public_text("ssh-rsa AAAAB3Nza").unwrap_err().contains("only ssh-ed25519"));
+        assert!(parse_public_text("hello").is_err());
     }
 }

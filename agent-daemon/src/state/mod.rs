@@ -227,7 +227,7 @@ impl Store {
             if let Some(other) = by_id.insert(rec.id, path.clone()) {
                 return Err(corrupt(&path, format!("identity id {} is also used by {}", rec.id, other.display())));
             }
-            if !self.key_path(&name).exists() {
+            if !rec.external_key && !self.key_path(&name).exists() {
                 warnings.push(format!(
                     "identity {name}: private key {} is missing; it is enforced, but cannot sign receipts",
                     self.key_path(&name).display()

@@ -10,8 +10,7 @@ fn identity(name: &str, id: u32) -> IdentityRecord {
         owner: "alice".into(),
         created_at: "2025-06-01T12:00:00Z".into(),
         public_key: keys::public_hex(&keys::generate().verifying_key()),
-        revoked: false,
-        expires: None,
+        ..Default::default()
     }
 }
 
@@ -145,7 +144,7 @@ fn another_version_is_refused_by_name() {
     // A field this version does not know is another version too, not silently dropped.
     fs::write(d.path().join("meta.json"), "{\"format\": 1, \"next_identity_id\": 1}").unwrap();
     let mut v = serde_json::to_value(identity("coder", 1)).unwrap();
-    v["labels"] = serde_json::json!({"team": "x"});
+    v["delegates"] = serde_json::json!({"to": "bob"});
     fs::write(d.path().join("identities/coder.json"), v.to_string()).unwrap();
     let e = store.load().unwrap_err().to_string();
     assert!(e.contains("identities/coder.json") && e.contains("labels"), "{e}");

@@ -118,7 +118,7 @@ fn apply_create_bind_reach_kernel_and_disk() {
     let mut w = world();
     let a = w.apply("coding", "deny").unwrap();
     assert_eq!((a.name.as_str(), a.version, a.identities.len()), ("coding", 1, 0));
-    let rec = w.core.create_identity("coder", "coding", "alice", now()).unwrap();
+    let rec = w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
     assert_eq!(rec.id, 1);
     assert_eq!(w.kernel.get().identities[&1], (Some("coding".into()), 1, false));
     let b = w.core.bind("/cg/agents/coder", 500, "coder", now()).unwrap();
@@ -143,8 +143,8 @@ fn apply_create_bind_reach_kernel_and_disk() {
 fn a_kernel_refusal_keeps_the_previous_policy_everywhere() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity("one", "coding", "alice", now()).unwrap();
-    w.core.create_identity("two", "coding", "alice", now()).unwrap();
+    w.core.create_identity(NewIdentity::new("one", "coding", "alice"), now()).unwrap();
+    w.core.create_identity(NewIdentity::new("two", "coding", "alice"), now()).unwrap();
     w.kernel.get().refuse = Some(2);
     let e = w.apply("coding", "allow").unwrap_err();
     assert!(matches!(&e, OpError::Kernel(m) if m.contains("identity two") && m.contains("keeps v1")), "{e}");
@@ -163,7 +163,7 @@ fn a_kernel_refusal_keeps_the_previous_policy_everywhere() {
 fn a_failed_write_rolls_the_kernel_back() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity("coder", "coding", "alice", now()).unwrap();
+    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
     // Make the policies directory unwritable even for root: replace it with a file.
     let policies = w.dir.join("policies");
     std::fs::rename(&policies, w.dir.join("policies.moved")).unwrap();
@@ -177,17 +177,17 @@ fn a_failed_write_rolls_the_kernel_back() {
 #[test]
 fn identity_create_checks() {
     let mut w = world();
-    let e = w.core.create_identity("coder", "missing", "alice", now()).unwrap_err();
+    let e = w.core.create_identity(NewIdentity::new("coder", "missing", "alice"), now()).unwrap_err();
     assert!(matches!(&e, OpError::NotFound(m) if m.contains("agentctl policy apply FILE")), "{e}");
     w.apply("coding", "deny").unwrap();
-    let e = w.core.create_identity("Coder!", "coding", "alice", now()).unwrap_err();
+    let e = w.core.create_identity(NewIdentity::new("Coder!", "coding", "alice"), now()).unwrap_err();
     assert!(matches!(e, OpError::Invalid(_)), "{e}");
-    let e = w.core.create_identity("coder", "", "alice", now()).unwrap_err();
+    let e = w.core.create_identity(NewIdentity::new("coder", "", "alice"), now()).unwrap_err();
     assert!(matches!(&e, OpError::Invalid(m) if m.contains("--policy")), "{e}");
-    w.core.create_identity("coder", "coding", "alice", now()).unwrap();
-    let e = w.core.create_identity("coder", "coding", "alice", now()).unwrap_err();
+    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
+    let e = w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap_err();
     assert!(matches!(e, OpError::Exists(_)), "{e}");
-    let second = w.core.create_identity("reviewer", "coding", "bob", now()).unwrap();
+    let second = w.core.create_identity(NewIdentity::new("reviewer", "coding", "bob"), now()).unwrap();
     assert_eq!(second.id, 2);
     assert_eq!(w.on_disk().next_identity_id, 3);
     assert_ne!(w.core.state().identities["coder"].public_key, second.public_key);
@@ -202,7 +202,7 @@ fn a_failed_identity_create_leaves_nothing() {
     let ids = w.dir.join("identities");
     std::fs::remove_dir(&ids).unwrap();
     std::fs::write(&ids, "").unwrap();
-    let e = w.core.create_identity("coder", "coding", "alice", now()).unwrap_err();
+    let e = w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap_err();
     assert!(matches!(e, OpError::State(_)), "{e}");
     assert!(w.kernel.get().identities.is_empty());
     assert!(w.core.state().identities.is_empty());
@@ -210,15 +210,15 @@ fn a_failed_identity_create_leaves_nothing() {
     // Its id stays retired.
     std::fs::remove_file(&ids).unwrap();
     std::fs::create_dir(&ids).unwrap();
-    assert_eq!(w.core.create_identity("coder", "coding", "alice", now()).unwrap().id, 2);
+    assert_eq!(w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap().id, 2);
 }
 
 #[test]
 fn bind_replace_and_unbind() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity("a", "coding", "alice", now()).unwrap();
-    w.core.create_identity("b", "coding", "alice", now()).unwrap();
+    w.core.create_identity(NewIdentity::new("a", "coding", "alice"), now()).unwrap();
+    w.core.create_identity(NewIdentity::new("b", "coding", "alice"), now()).unwrap();
     let e = w.core.bind("/cg/x", 10, "nobody-here", now()).unwrap_err();
     assert!(matches!(&e, OpError::NotFound(m) if m.contains("no identity named \"nobody-here\"")), "{e}");
     assert!(w.kernel.get().bindings.is_empty());
@@ -245,8 +245,8 @@ fn bind_replace_and_unbind() {
 fn restart_reconciles_kernel_with_state() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity("a", "coding", "alice", now()).unwrap();
-    w.core.create_identity("b", "coding", "alice", now()).unwrap();
+    w.core.create_identity(NewIdentity::new("a", "coding", "alice"), now()).unwrap();
+    w.core.create_identity(NewIdentity::new("b", "coding", "alice"), now()).unwrap();
     w.core.bind("/cg/kept", 1, "a", now()).unwrap();
     w.core.bind("/cg/recreated", 2, "b", now()).unwrap();
     w.core.bind("/cg/gone", 3, "a", now()).unwrap();
@@ -287,7 +287,7 @@ fn restart_reconciles_kernel_with_state() {
 fn a_policy_that_no_longer_compiles_denies_its_identities() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity("a", "coding", "alice", now()).unwrap();
+    w.core.create_identity(NewIdentity::new("a", "coding", "alice"), now()).unwrap();
     std::fs::write(w.dir.join("policies/coding.yaml"), "apiVersion: agentd.io/v1\nkind: Nonsense\n").unwrap();
     let store = Store::open(&w.dir).unwrap();
     let (state, _) = store.load().unwrap();
@@ -303,7 +303,7 @@ fn a_policy_that_no_longer_compiles_denies_its_identities() {
 fn expiry_reaches_the_kernel() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity("temp", "coding", "alice", now()).unwrap();
+    w.core.create_identity(NewIdentity::new("temp", "coding", "alice"), now()).unwrap();
     // Give it an expiry an hour from now, as a restarted daemon would read it.
     let mut rec = w.core.state().identities["temp"].clone();
     rec.expires = Some(state::rfc3339(now() + Duration::from_secs(3600)));
@@ -331,7 +331,7 @@ fn expiry_reaches_the_kernel() {
 fn events_name_rules_of_the_version_that_decided() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity("coder", "coding", "alice", now()).unwrap();
+    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
     let v1_rule = w.core.loaded("coding").unwrap().compiled.rules[1].clone();
     assert!(v1_rule.text.contains("/usr/bin/curl"), "{v1_rule:?}");
     // v2 reorders the rules: rule 2 of v2 is another rule.
@@ -344,4 +344,94 @@ fn events_name_rules_of_the_version_that_decided() {
     assert!(a.rule.contains("/usr/bin/git"), "{a:?}");
     assert_eq!(w.core.attribute(1, 2, 0).unwrap().rule, "", "the default has no rule text");
     assert!(w.core.attribute(42, 1, 1).is_none());
+}
+
+#[test]
+fn revoke_reaches_the_kernel_at_once_and_survives_a_restart() {
+    let mut w = world();
+    w.apply("coding", "allow").unwrap();
+    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
+    w.core.bind("/cg/coder", 7, "coder", now()).unwrap();
+    let e = w.core.revoke_identity("ghost", "root", "", now()).unwrap_err();
+    assert!(matches!(&e, OpError::NotFound(m) if m.contains("no identity named \"ghost\"")), "{e}");
+    let e = w.core.revoke_identity("coder", "root", "two\nlines", now()).unwrap_err();
+    assert!(matches!(e, OpError::Invalid(_)), "{e}");
+    assert!(!w.kernel.get().identities[&1].2, "a refused revoke changes nothing");
+
+    let rec = w.core.revoke_identity("coder", "bob", "key leaked", now()).unwrap();
+    assert_eq!(w.kernel.get().identities[&1], (Some("coding".into()), 1, true), "revoked in the kernel");
+    assert_eq!(w.kernel.get().bindings[&7], 1, "the binding stays: its processes are denied, not unconfined");
+    assert_eq!((rec.revoked_by.as_deref(), rec.revoke_reason.as_deref()), (Some("bob"), Some("key leaked")));
+    assert!(rec.revoked_at.is_some());
+    let disk = w.on_disk().identities["coder"].clone();
+    assert_eq!(disk, rec, "recorded for the next start");
+
+    let e = w.core.revoke_identity("coder", "root", "", now()).unwrap_err();
+    assert!(matches!(&e, OpError::Exists(m) if m.contains("already revoked") && m.contains("by bob")), "{e}");
+    // Neither a re-apply nor an expiry refresh brings it back.
+    w.apply("coding", "deny").unwrap();
+    assert!(w.kernel.get().identities[&1].2);
+    assert!(w.core.refresh_expiry(now()).is_empty());
+    let store = Store::open(&w.dir).unwrap();
+    let (state, _) = store.load().unwrap();
+    let mut core = Core::new(Box::new(w.kernel.clone()), store, state);
+    w.kernel.get().identities.clear();
+    core.reconcile(&|_: &Path| Some(7), now()).unwrap();
+    assert!(w.kernel.get().identities[&1].2, "revoked again after a restart");
+    assert_eq!(core.state().identities["coder"].state(now(), true).as_str(), "revoked");
+}
+
+#[test]
+fn a_revoke_that_cannot_be_recorded_still_denies_and_says_so() {
+    let mut w = world();
+    w.apply("coding", "allow").unwrap();
+    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
+    let ids = w.dir.join("identities");
+    std::fs::rename(&ids, w.dir.join("identities.moved")).unwrap();
+    std::fs::write(&ids, "").unwrap();
+    let e = w.core.revoke_identity("coder", "root", "", now()).unwrap_err();
+    assert!(matches!(&e, OpError::State(m) if m.contains("revoked in the kernel now")), "{e}");
+    assert!(w.kernel.get().identities[&1].2, "the kernel denies even so");
+    assert!(w.core.refresh_expiry(now()).is_empty(), "and nothing re-installs it un-revoked");
+    // Once the disk is back, revoking again records it.
+    std::fs::remove_file(&ids).unwrap();
+    std::fs::rename(w.dir.join("identities.moved"), &ids).unwrap();
+    let e = w.core.revoke_identity("coder", "root", "", now()).unwrap_err();
+    assert!(matches!(e, OpError::Exists(_)), "{e}");
+    assert!(w.on_disk().identities["coder"].revoked);
+}
+
+#[test]
+fn identities_with_a_given_key_an_expiry_and_labels() {
+    let mut w = world();
+    w.apply("coding", "deny").unwrap();
+    let theirs = keys::generate().verifying_key();
+    let at = now() + Duration::from_secs(600);
+    let mut spec = NewIdentity::new("ci", "coding", "ci-bot");
+    spec.public_key = Some(theirs);
+    spec.expires = Some(at);
+    spec.labels.insert("team".into(), "platform".into());
+    let rec = w.core.create_identity(spec, now()).unwrap();
+    assert_eq!(rec.public_key, keys::public_hex(&theirs));
+    assert!(!w.dir.join("keys/ci.key").exists(), "agentd never holds the private half of a given key");
+    assert_eq!(rec.expires, Some(state::rfc3339(at)));
+    assert_eq!(w.kernel.get().expires[&1], rec.expires_at(), "the kernel enforces the expiry itself");
+    assert!(!w.kernel.get().identities[&1].2);
+    assert_eq!(w.on_disk().identities["ci"].labels["team"], "platform");
+
+    // A generated key's private half is stored, 0600.
+    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(w.dir.join("keys/coder.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let mut past = NewIdentity::new("late", "coding", "alice");
+    past.expires = Some(now() - Duration::from_secs(1));
+    let e = w.core.create_identity(past, now()).unwrap_err();
+    assert!(matches!(&e, OpError::Invalid(m) if m.contains("not in the future")), "{e}");
+    let mut bad = NewIdentity::new("odd", "coding", "alice");
+    bad.labels.insert("no spaces".into(), "x".into());
+    let e = w.core.create_identity(bad, now()).unwrap_err();
+    assert!(matches!(&e, OpError::Invalid(m) if m.contains("label key")), "{e}");
+    assert_eq!(w.kernel.get().identities.len(), 2, "refused creates leave nothing in the kernel");
 }

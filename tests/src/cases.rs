@@ -523,3 +523,17 @@ pub fn expired_identity_is_denied_by_the_kernel() {
     let ev = event_where(&d, |e| e["reason"] == "expired");
     assert_eq!(ev["identity"], "expiring", "{ev}");
 }
+
+/// Every conformance vector (`tests/vectors`) replayed against the real kernel: the
+/// outcome a real process sees and the rule whose kernel counter moved must be
+/// what the vector says, which is also what the userspace evaluator says (the
+/// unit tests check that side).
+pub fn conformance_vectors_match_the_kernel() {
+    let mut d = Daemon::start("vectors");
+    let files = Scratch::new("vectors");
+    let (n, problems) = crate::replay::replay_vectors(&mut d, &files.0);
+    let total: usize = crate::replay::vector_files().iter().map(|f| f.vectors.len()).sum();
+    assert_eq!(n, total, "every vector is replayed");
+    assert!(problems.is_empty(), "{} of {n} vectors disagree with the kernel:\n{}", problems.len(), problems.join("\n"));
+    println!("conformance: {n} vectors replayed, the kernel agreed on all");
+}

@@ -46,4 +46,5 @@ agentd_tests::scenario_tests!(outside_vm;
     revoked_identity_is_denied_at_once,
     expired_identity_is_denied_by_the_kernel,
     agents_cannot_unbind_themselves,
+    conformance_vectors_match_the_kernel,
 );

@@ -61,7 +61,7 @@ pub fn build(spec: &Spec, busybox: &Path, out: &Path) -> Result<u64> {
     binaries.extend(spec.extra.iter().cloned());
     let mut libraries = BTreeSet::new();
     for (host, guest) in &binaries {
-        let data = fs::read(host).with_context(|| format!("reading {} for the initramfs", host.display()))?;
+        let data = without_debug_info(host, out)?;
         archive.file(guest.trim_start_matches('/'), 0o755, data);
         libraries.extend(shared_libraries(host)?);
     }
@@ -85,6 +85,22 @@ pub fn build(spec: &Spec, busybox: &Path, out: &Path) -> Result<u64> {
     w.flush().with_context(|| format!("writing {}", out.display()))?;
     let size = fs::metadata(out).with_context(|| format!("reading size of {}", out.display()))?.len();
     Ok(size)
+}
+
+/// `binary`'s bytes without DWARF debug info (`objcopy --strip-debug`). Debug builds
+/// of agentd and the test binaries are 100+ MiB each, nearly all of it DWARF; the
+/// guest unpacks the archive into RAM, where 336 MiB of it failed to unpack ("write
+/// error") in a 1 GiB VM. Symbols stay, so backtraces still name functions.
+fn without_debug_info(binary: &Path, out: &Path) -> Result<Vec<u8>> {
+    let tmp = out.with_extension(format!("strip-{}", binary.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let status = Command::new("objcopy").arg("--strip-debug").arg(binary).arg(&tmp).status();
+    let data = match status {
+        Ok(s) if s.success() => fs::read(&tmp).with_context(|| format!("reading {}", tmp.display())),
+        Ok(s) => Err(anyhow::anyhow!("objcopy --strip-debug {} failed ({s})", binary.display())),
+        Err(e) => Err(anyhow::anyhow!("running objcopy (binutils) to strip {}: {e}", binary.display())),
+    };
+    let _ = fs::remove_file(&tmp);
+    data
 }
 
 /// The shared libraries `ldd` lists for `binary`, including the dynamic loader.

@@ -51,7 +51,8 @@ pub fn ensure(needs: Needs) -> Result<()> {
     if needs.vm {
         // cpio is not used by xtask itself (it writes the newc archive directly) but
         // is what you need to look inside an initramfs by hand: `cpio -t < image`.
-        packages.extend(["qemu-system-x86", "busybox-static", "cpio"].map(String::from));
+        // binutils: objcopy strips DWARF from the binaries packed into the initramfs.
+        packages.extend(["qemu-system-x86", "busybox-static", "cpio", "binutils"].map(String::from));
     }
     let mut apt = Apt::default();
     apt.install_missing(&packages)?;

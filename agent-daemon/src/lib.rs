@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod daemon;
 pub mod enforce;
+pub mod holds;
 pub mod identity;
 pub mod policy;
 pub mod state;

@@ -221,8 +221,14 @@ impl Policy {
 
     /// Whether any default or rule says `ask`.
     pub fn uses_ask(&self) -> bool {
-        [self.exec.default, self.write.default, self.egress.default].contains(&ActionKind::Ask)
-            || self.exec.rules.iter().chain(&self.write.rules).any(|r| r.action == ActionKind::Ask)
+        self.exec.default == ActionKind::Ask || self.exec.rules.iter().any(|r| r.action == ActionKind::Ask) || self.unheld_ask()
+    }
+
+    /// `ask` for a write or a connect: no hold exists for those yet, so the kernel
+    /// denies them.
+    pub fn unheld_ask(&self) -> bool {
+        [self.write.default, self.egress.default].contains(&ActionKind::Ask)
+            || self.write.rules.iter().any(|r| r.action == ActionKind::Ask)
             || self.egress.rules.iter().any(|r| r.action == ActionKind::Ask)
     }
 }
@@ -307,7 +313,7 @@ pub struct Approvals {
     pub timeout: Duration,
     /// `deny` or `allow`.
     pub on_timeout: ActionKind,
-    /// Holds waiting at once for this identity; more are decided by `on_timeout`.
+    /// Holds waiting at once for this identity; more are denied at once (reason: the cap).
     pub max_pending: u32,
 }
 

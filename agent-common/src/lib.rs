@@ -56,6 +56,9 @@ pub mod verdict {
     pub const AUDIT: u8 = 3;
     /// Monitor mode: would have been denied.
     pub const WOULD_DENY: u8 = 4;
+    /// An `ask` that a person approved (the kernel found the daemon's one-shot
+    /// approval for this very file): allowed.
+    pub const APPROVED: u8 = 5;
 }
 
 /// Which kernel mechanism made the decision.
@@ -216,6 +219,24 @@ pub struct ExecInodeKey {
     pub ino: u64,
 }
 
+/// A one-shot approval of a held exec, value of `EXEC_APPROVALS` keyed by tgid.
+/// The daemon writes it just before it lets the held open go on; the exec check
+/// (BPF LSM `bprm_check_security`, or `sched_process_exec` on the fallback tier)
+/// of that process allows an `ask` only if it finds an entry for exactly this file
+/// (`dev` in the kernel's `s_dev` encoding, as in [`ExecInodeKey`]) before
+/// `expires_boot_ns`, and deletes it. So an exec the daemon did not approve — a
+/// daemon killed mid-hold makes the kernel let the held open through — is still
+/// denied (or killed) in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecApproval {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+    /// CLOCK_BOOTTIME, as `bpf_ktime_get_boot_ns`.
+    pub expires_boot_ns: u64,
+}
+
 /// Key of the per-CPU `HITS` hash: how often one rule (or a kind's default,
 /// `rule_id == 0`) of one rule set decided.
 #[repr(C)]
@@ -357,6 +378,7 @@ mod pod {
     unsafe impl aya::Pod for PortRule {}
     unsafe impl aya::Pod for EgressRules {}
     unsafe impl aya::Pod for ExecInodeKey {}
+    unsafe impl aya::Pod for ExecApproval {}
     unsafe impl aya::Pod for HitKey {}
     unsafe impl aya::Pod for Hits {}
     unsafe impl aya::Pod for KernelOffsets {}
@@ -372,6 +394,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<IdentityConfig>(), 24);
         assert_eq!(size_of::<ExecInodeKey>(), 16);
+        assert_eq!(size_of::<ExecApproval>(), 24);
         assert_eq!(size_of::<HitKey>(), 12);
         assert_eq!(size_of::<Hits>(), 32);
         assert_eq!(size_of::<PathKey>(), 256);

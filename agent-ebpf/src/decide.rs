@@ -29,6 +29,10 @@ pub struct Decision {
     pub report: bool,
     /// `verdict::*` when reported with `block == false` (audit, would-deny).
     pub soft_verdict: u8,
+    /// An exec `ask` in enforce mode, blocked until the caller finds the daemon's
+    /// approval (`exec::settle_ask`); not counted yet, as the caller decides which
+    /// way it goes.
+    pub ask: bool,
     pub reason: u8,
     pub rule_id: u32,
     pub policy_version: u32,
@@ -45,13 +49,13 @@ impl Decision {
     }
 
     const fn deny(reason: u8, rule_id: u32, policy_version: u32) -> Self {
-        Decision { block: true, report: true, soft_verdict: 0, reason, rule_id, policy_version }
+        Decision { block: true, report: true, soft_verdict: 0, ask: false, reason, rule_id, policy_version }
     }
 }
 
 /// Which `Hits` counter a decision adds to.
-const HIT_ALLOW: u64 = 0;
-const HIT_DENY: u64 = 1;
+pub const HIT_ALLOW: u64 = 0;
+pub const HIT_DENY: u64 = 1;
 const HIT_WOULD_DENY: u64 = 2;
 const HIT_AUDIT: u64 = 3;
 
@@ -63,18 +67,35 @@ pub fn from_action(cfg: &IdentityConfig, kind: u8, act: u8, reason: u8, rule_id:
     let monitor = cfg.flags & identity_flags::MONITOR != 0;
     let (d, which) = match act {
         action::ALLOW => {
-            (Decision { block: false, report: false, soft_verdict: 0, reason, rule_id, policy_version: v }, HIT_ALLOW)
+            (
+                Decision { block: false, report: false, soft_verdict: 0, ask: false, reason, rule_id, policy_version: v },
+                HIT_ALLOW,
+            )
         }
         action::AUDIT => (
-            Decision { block: false, report: true, soft_verdict: verdict::AUDIT, reason, rule_id, policy_version: v },
+            Decision {
+                block: false,
+                report: true,
+                soft_verdict: verdict::AUDIT,
+                ask: false,
+                reason,
+                rule_id,
+                policy_version: v,
+            },
             HIT_AUDIT,
         ),
-        // DENY, ASK (no hold service in the kernel: deny) and anything unknown.
+        // An exec ask is held by the daemon (fanotify) before this check runs; the
+        // caller allows it only with the daemon's approval, and counts it then.
+        action::ASK if !monitor && kind == kind::EXEC => {
+            return Decision { ask: true, ..Decision::deny(reason, rule_id, v) };
+        }
+        // DENY, other ASKs (no hold for them yet: deny) and anything unknown.
         _ if monitor => (
             Decision {
                 block: false,
                 report: true,
                 soft_verdict: verdict::WOULD_DENY,
+                ask: false,
                 reason,
                 rule_id,
                 policy_version: v,
@@ -89,7 +110,7 @@ pub fn from_action(cfg: &IdentityConfig, kind: u8, act: u8, reason: u8, rule_id:
 
 /// Adds one to counter `which` of the rule's per-CPU `Hits`.
 #[inline(always)]
-fn count_hit(ruleset: u32, kind: u8, rule_id: u32, which: u64) {
+pub fn count_hit(ruleset: u32, kind: u8, rule_id: u32, which: u64) {
     let key = HitKey { ruleset, rule_id, kind, _pad: [0; 3] };
     if let Some(h) = HITS.get_ptr_mut(&key) {
         // SAFETY: this CPU's copy; nothing else writes it while we run.

@@ -162,6 +162,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         block: true,
         report: true,
         soft_verdict: 0,
+        ask: false,
         reason: reason::RAW_SOCKET,
         rule_id: 0,
         policy_version: match identity_config(subject.identity) {

@@ -3,17 +3,19 @@
 //! tracepoint plus SIGKILL (the new image is loaded but never runs a user-space
 //! instruction). Both decide on `bprm->file`, the file the kernel actually opened.
 
-use agent_common::{kind, mechanism, op, reason, verdict, ExecInodeKey, PathRule};
+use agent_common::{kind, mechanism, op, reason, verdict, ExecInodeKey, IdentityConfig, PathRule};
 use aya_ebpf::{
-    helpers::bpf_send_signal,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_send_signal},
     macros::{lsm, raw_tracepoint},
     programs::{LsmContext, RawTracePointContext},
 };
 
 use crate::{
     attribution::current_subject,
-    decide::{decide_path, from_action, identity_config, report, unresolved, Decision, Target},
-    maps::{EXEC_INODES, EXEC_RULES, SCRATCH},
+    decide::{
+        count_hit, decide_path, from_action, identity_config, report, unresolved, Decision, Target, HIT_ALLOW, HIT_DENY,
+    },
+    maps::{EXEC_APPROVALS, EXEC_INODES, EXEC_RULES, SCRATCH},
     vfs::{offsets, read_u32, read_u64, resolve_file},
     EPERM, SIGKILL,
 };
@@ -38,6 +40,30 @@ fn inode_key(bprm: u64, ruleset: u32) -> Option<ExecInodeKey> {
     let sb = read_u64(inode + o.inode_i_sb as u64).ok()?;
     let dev = read_u32(sb + o.super_block_s_dev as u64).ok()?;
     Some(ExecInodeKey { ruleset, dev, ino })
+}
+
+/// An exec the policy says to `ask` about: allowed only if the daemon approved
+/// this very file for this process (a one-shot `EXEC_APPROVALS` entry, consumed
+/// here), denied otherwise: with no daemon, no approval, so a hold fails closed.
+#[inline(always)]
+fn settle_ask(cfg: &IdentityConfig, bprm: u64, d: Decision) -> Decision {
+    // SAFETY: helpers without pointer arguments.
+    let (tgid, now) = unsafe { ((bpf_get_current_pid_tgid() >> 32) as u32, bpf_ktime_get_boot_ns()) };
+    let mut approved = false;
+    if let Some(k) = inode_key(bprm, 0) {
+        // SAFETY: the value is read at once.
+        if let Some(a) = unsafe { EXEC_APPROVALS.get(&tgid) } {
+            approved = a.dev == k.dev && a.ino == k.ino && now < a.expires_boot_ns;
+        }
+    }
+    if approved {
+        let _ = EXEC_APPROVALS.remove(&tgid);
+        count_hit(cfg.ruleset, kind::EXEC, d.rule_id, HIT_ALLOW);
+        Decision { block: false, report: true, soft_verdict: verdict::APPROVED, ask: false, ..d }
+    } else {
+        count_hit(cfg.ruleset, kind::EXEC, d.rule_id, HIT_DENY);
+        d
+    }
 }
 
 /// Decides an exec of `bprm` (a `struct linux_binprm *`). `None`: not ours to judge.
@@ -68,6 +94,7 @@ fn judge(bprm: u64, mech: u8, hard: u8) -> Option<Decision> {
                         Some(rule) => from_action(cfg, kind::EXEC, rule.action, reason::RULE, rule.rule_id),
                         None => decide_path(s, &EXEC_RULES, kind::EXEC, cfg, cfg.exec_default, r),
                     };
+                    let d = if d.ask { settle_ask(cfg, bprm, d) } else { d };
                     report(s, &subject, &d, &Target::path(kind::EXEC, op::EXEC, mech, Some(r)), hard);
                     d
                 }

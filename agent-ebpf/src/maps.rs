@@ -3,7 +3,7 @@
 //! depends on the daemon being alive.
 
 use agent_common::{
-    AddrKey, EgressRules, Event, ExecInodeKey, HitKey, Hits, IdentityConfig, KernelOffsets, PathKey, PathRule,
+    AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, HitKey, Hits, IdentityConfig, KernelOffsets, PathKey, PathRule,
     COUNTERS_LEN, PATH_KEY_LEN,
 };
 use aya_ebpf::{
@@ -28,6 +28,10 @@ pub static EXEC_RULES: LpmTrie<PathKey, PathRule> = LpmTrie::pinned(65536, 0);
 /// is run by.
 #[map]
 pub static EXEC_INODES: HashMap<ExecInodeKey, PathRule> = HashMap::pinned(16384, 0);
+
+/// One-shot approvals of held execs, by tgid (see `ExecApproval`).
+#[map]
+pub static EXEC_APPROVALS: HashMap<u32, ExecApproval> = HashMap::pinned(4096, 0);
 
 #[map]
 pub static WRITE_RULES: LpmTrie<PathKey, PathRule> = LpmTrie::pinned(65536, 0);

@@ -537,3 +537,148 @@ pub fn conformance_vectors_match_the_kernel() {
     assert!(problems.is_empty(), "{} of {n} vectors disagree with the kernel:\n{}", problems.len(), problems.join("\n"));
     println!("conformance: {n} vectors replayed, the kernel agreed on all");
 }
+
+// ----- holds: exec actions marked `ask` wait for a person --------------------------
+
+/// A policy whose exec rule for `tool` is `ask`, with the given hold timeout.
+fn ask_policy(name: &str, tool: &str, timeout: &str) -> String {
+    let exec = format!("    default: allow\n    rules:\n      - {{path: \"{tool}\", action: ask}}\n");
+    policy(name, &exec, ALLOW_ALL, ALLOW_ALL).replace(
+        "spec:\n",
+        &format!("spec:\n  approvals:\n    timeout: {timeout}\n    on_timeout: deny\n    max_pending: 8\n"),
+    )
+}
+
+/// The pending holds (`agentctl approvals list --json`).
+fn pending(d: &Daemon) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["approvals", "list", "--json"])).expect("approvals list --json");
+    v["pending"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits (bounded) for a hold on `target` and returns it.
+fn hold_on(d: &Daemon, target: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(h) = pending(d).into_iter().find(|h| h["target"] == target) {
+            return h;
+        }
+        assert!(std::time::Instant::now() < deadline, "no hold on {target} within 20 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The scheduler state of `pid` (`S` or `D`: waiting in the kernel; `R`: running).
+fn proc_state(pid: u32) -> String {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?").to_string()
+}
+
+fn finished(child: std::process::Child) -> Outcome {
+    outcome(&child.wait_with_output().expect("held process"))
+}
+
+/// A copy of probe under a scratch dir, as the binary a policy asks about.
+fn tool_in(d: &Daemon, files: &Scratch) -> String {
+    fs::create_dir_all(files.path("bin")).expect("bin");
+    let tool = files.path("bin/tool");
+    fs::copy(&d.bins.probe, &tool).expect("copy probe");
+    tool
+}
+
+/// An exec the policy asks about waits in the kernel — the process is alive and
+/// sleeping, the new program has not started — until a person decides: after
+/// `approve` it runs; after `deny` execve fails with EPERM. The hold shows who,
+/// what (with the new program's arguments) and which rule.
+pub fn exec_hold_waits_for_approval() {
+    let d = Daemon::start("hold");
+    let files = Scratch::new("hold");
+    let tool = tool_in(&d, &files);
+    let cg = Cgroup::new("hold");
+    d.identity_bound("holder", &ask_policy("holder", &tool, "60s"), &cg);
+
+    let child = cg.spawn(&d.bins.probe, &["exec", &tool, "sleep", "0"]);
+    let h = hold_on(&d, &tool);
+    assert_eq!((h["identity"].as_str(), h["kind"].as_str(), h["rule_id"].as_u64()), (Some("holder"), Some("exec"), Some(1)), "{h}");
+    let argv: Vec<&str> = h["argv"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+    assert_eq!(argv, vec![tool.as_str(), "sleep", "0"], "{h}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // D: fanotify waits killably for the answer (TASK_KILLABLE shows as D).
+    let state = proc_state(child.id());
+    assert!(state == "D" || state == "S", "the held process waits in the kernel, state {state}");
+    let id = h["id"].as_str().expect("hold id").to_string();
+    let decided: serde_json::Value =
+        serde_json::from_str(&d.ctl_ok(&["approve", &id, "--json"])).expect("approve --json");
+    assert_eq!(decided["resolution"]["verdict"], "allow", "{decided}");
+    assert_eq!(decided["resolution"]["how"], "once", "{decided}");
+    assert!(!decided["resolution"]["decided_by"].as_str().unwrap_or("").is_empty(), "{decided}");
+    assert_eq!(finished(child), Outcome::Ok, "approved: the program ran");
+    assert!(pending(&d).is_empty());
+
+    // Approved once means once: the next exec is held again, and denied.
+    let child = cg.spawn(&d.bins.probe, &["exec", &tool, "sleep", "0"]);
+    let id = hold_on(&d, &tool)["id"].as_str().expect("hold id").to_string();
+    d.ctl_ok(&["deny", &id, "--reason", "not now"]);
+    assert_eq!(finished(child), Outcome::Errno("EPERM".into()), "denied: execve fails");
+    assert_eq!(d.ctl(&["approve", &id]).status.code(), Some(1), "a decided hold cannot be decided again");
+}
+
+/// Nobody answers: at the policy's deadline the exec is denied (on_timeout: deny),
+/// promptly.
+pub fn exec_hold_times_out_denied() {
+    let d = Daemon::start("holdtimeout");
+    let files = Scratch::new("holdtimeout");
+    let tool = tool_in(&d, &files);
+    let cg = Cgroup::new("holdtimeout");
+    d.identity_bound("waiter", &ask_policy("waiter", &tool, "2s"), &cg);
+    let child = cg.spawn(&d.bins.probe, &["exec", &tool, "sleep", "0"]);
+    let h = hold_on(&d, &tool);
+    let deadline = humantime::parse_rfc3339(h["deadline"].as_str().expect("deadline")).expect("RFC 3339 deadline");
+    assert_eq!(finished(child), Outcome::Errno("EPERM".into()), "timed out: denied");
+    let late = std::time::SystemTime::now().duration_since(deadline);
+    // Measured, not asserted tightly (README: holds); the bound only catches a
+    // deadline that is not enforced at all.
+    println!("hold resolved {late:?} after its deadline");
+    assert!(late.as_ref().is_ok_and(|l| *l < std::time::Duration::from_secs(2)), "resolved {late:?} relative to the deadline");
+    assert!(pending(&d).is_empty());
+}
+
+/// `approve --for` lets the same identity repeat the same exec without a hold
+/// until the grant ends; then it is held again.
+pub fn exec_hold_approve_for_grants_repeats() {
+    let d = Daemon::start("holdgrant");
+    let files = Scratch::new("holdgrant");
+    let tool = tool_in(&d, &files);
+    let cg = Cgroup::new("holdgrant");
+    d.identity_bound("granted", &ask_policy("granted", &tool, "60s"), &cg);
+    let child = cg.spawn(&d.bins.probe, &["exec", &tool, "sleep", "0"]);
+    let id = hold_on(&d, &tool)["id"].as_str().expect("hold id").to_string();
+    d.ctl_ok(&["approve", &id, "--for", "4s"]);
+    let granted_at = std::time::Instant::now();
+    assert_eq!(finished(child), Outcome::Ok);
+    for _ in 0..3 {
+        assert_eq!(probe(&d, &cg, &["exec", &tool, "sleep", "0"]), Outcome::Ok, "repeat under the grant: no hold");
+    }
+    assert!(granted_at.elapsed() < std::time::Duration::from_secs(4), "the repeats ran inside the grant");
+    std::thread::sleep(std::time::Duration::from_secs(4).saturating_sub(granted_at.elapsed()) + std::time::Duration::from_millis(300));
+    let child = cg.spawn(&d.bins.probe, &["exec", &tool, "sleep", "0"]);
+    let id = hold_on(&d, &tool)["id"].as_str().expect("held again after the grant").to_string();
+    d.ctl_ok(&["deny", &id]);
+    assert_eq!(finished(child), Outcome::Errno("EPERM".into()));
+}
+
+/// agentd killed while an exec is held: the kernel lets the held open go on when
+/// the fanotify descriptor closes, and the kernel's exec check, finding no
+/// approval, denies it (BPF LSM: EPERM) or kills it before it runs (fallback).
+/// The program never runs.
+pub fn exec_hold_fails_closed_when_agentd_dies() {
+    let mut d = Daemon::start("holdkill");
+    let files = Scratch::new("holdkill");
+    let tool = tool_in(&d, &files);
+    let cg = Cgroup::new("holdkill");
+    d.identity_bound("orphan", &ask_policy("orphan", &tool, "60s"), &cg);
+    let want = d.denied("exec");
+    let child = cg.spawn(&d.bins.probe, &["exec", &tool, "sleep", "0"]);
+    hold_on(&d, &tool);
+    d.kill9();
+    assert_eq!(finished(child), want, "a hold never turns into an allow without a decision");
+}

@@ -27,6 +27,18 @@ pub enum Act {
     Connect { addr: SocketAddr, udp: bool },
 }
 
+impl Counter {
+    /// Indexes of [allow, deny, would_deny, audit] this decision moves.
+    pub fn moves(self) -> &'static [usize] {
+        match self {
+            Counter::Allow => &[0],
+            Counter::Deny => &[1],
+            Counter::WouldDeny => &[2],
+            Counter::Audit => &[0, 3],
+        }
+    }
+}
+
 impl Act {
     pub fn kind(&self) -> &'static str {
         match self {
@@ -50,8 +62,10 @@ pub enum Counter {
 /// What the kernel is expected to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expect {
-    /// Blocked (deny, or ask while there is no hold service).
+    /// Blocked (deny, or a write or connect ask: nothing holds those yet).
     pub blocked: bool,
+    /// An exec held for approval by this rule (the replay approves it).
+    pub held_by: Option<u32>,
     /// The rule id that decides (0: the kind's default) and the counter it moves;
     /// `None` when no rule is consulted (revoked or expired identity).
     pub counts: Option<(u32, Counter)>,
@@ -133,6 +147,69 @@ pub fn perform(d: &Daemon, cg: &Cgroup, act: &Act) -> Outcome {
     outcome(&c.output().expect("running probe"))
 }
 
+/// Does exec `act` in `cg`, expecting agentd to hold it under rule `rule`, and
+/// approves the hold: the kernel must then let exactly that exec through (and
+/// count it as an allow of the ask rule). Returns the outcome and what was wrong
+/// with the hold.
+pub fn perform_held(d: &Daemon, cg: &Cgroup, act: &Act, rule: u32) -> (Outcome, Vec<String>) {
+    let Act::Exec { path } = act else { return (perform(d, cg, act), vec!["only execs are held".into()]) };
+    let child = Command::new(&d.bins.probe)
+        .args(["join", cg.path.to_str().expect("utf-8 cgroup path"), "exec"])
+        .arg(path)
+        .args(["sleep", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running probe");
+    let pid = u64::from(child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut problems = Vec::new();
+    let hold = loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&d.ctl_ok(&["approvals", "list", "--json"])).expect("approvals list --json");
+        let found = v["pending"].as_array().and_then(|p| p.iter().find(|h| h["pid"].as_u64() == Some(pid)).cloned());
+        if let Some(h) = found {
+            break Some(h);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    match hold {
+        Some(h) => {
+            if h["rule_id"].as_u64() != Some(u64::from(rule)) {
+                problems.push(format!("held by rule {}, expected rule {rule}: {h}", h["rule_id"]));
+            }
+            d.ctl_ok(&["approve", h["id"].as_str().expect("hold id")]);
+        }
+        None => problems.push("expected a hold, agentd held nothing within 20 s".into()),
+    }
+    (outcome(&child.wait_with_output().expect("held probe")), problems)
+}
+
+/// What is wrong with outcome `got` for an action expected as `want`.
+pub fn check_outcome(got: &Outcome, want: &Expect, blocked_outcome: &Outcome) -> Vec<String> {
+    let mut problems = Vec::new();
+    if want.blocked && got != blocked_outcome {
+        problems.push(format!("expected blocked ({blocked_outcome:?}), the kernel let it through (probe: {got:?})"));
+    } else if !want.blocked && *got != Outcome::Ok {
+        problems.push(format!("expected allowed, the probe got {got:?}"));
+    }
+    problems
+}
+
+/// The counters that moved between two readings.
+pub fn deltas(before: &Hits, after: &Hits) -> BTreeMap<(String, u64), [u64; 4]> {
+    after
+        .iter()
+        .filter_map(|(k, a)| {
+            let b = before.get(k).copied().unwrap_or_default();
+            let delta = [0, 1, 2, 3].map(|i| a[i].saturating_sub(b[i]));
+            (delta != [0; 4]).then(|| (k.clone(), delta))
+        })
+        .collect()
+}
+
 /// Replays one action and returns what disagreed with `want` (empty: agreed), and
 /// the counters after it (the next action's "before").
 pub fn check(
@@ -144,23 +221,13 @@ pub fn check(
     blocked_outcome: &Outcome,
     before: Hits,
 ) -> (Vec<String>, Hits) {
-    let got = perform(d, cg, act);
+    let (got, mut problems) = match want.held_by {
+        Some(rule) => perform_held(d, cg, act, rule),
+        None => (perform(d, cg, act), Vec::new()),
+    };
     let after = hits(d, policy);
-    let mut problems = Vec::new();
-    let was_blocked = &got == blocked_outcome;
-    if want.blocked && !was_blocked {
-        problems.push(format!("expected blocked ({blocked_outcome:?}), the kernel let it through (probe: {got:?})"));
-    } else if !want.blocked && got != Outcome::Ok {
-        problems.push(format!("expected allowed, the probe got {got:?}"));
-    }
-    let moved: Vec<((String, u64), [u64; 4])> = after
-        .iter()
-        .filter_map(|(k, a)| {
-            let b = before.get(k).copied().unwrap_or_default();
-            let delta = [0, 1, 2, 3].map(|i| a[i].saturating_sub(b[i]));
-            (delta != [0; 4]).then(|| (k.clone(), delta))
-        })
-        .collect();
+    problems.extend(check_outcome(&got, want, blocked_outcome));
+    let moved: Vec<((String, u64), [u64; 4])> = deltas(&before, &after).into_iter().collect();
     match &want.counts {
         None => {
             if !moved.is_empty() {
@@ -203,17 +270,30 @@ use agentd::policy::{
 pub fn expect_of(v: &Vector, standing: Standing) -> Expect {
     if standing != Standing::Active {
         // Denied before any rule is looked up, in every mode: no counter moves.
-        return Expect { blocked: true, counts: None };
+        return Expect { blocked: true, held_by: None, counts: None };
     }
     let rule = v.expected.rule;
     let (blocked, counter) = match v.expected.decision {
         Verdict::Allow => (false, Counter::Allow),
         Verdict::Audit => (false, Counter::Audit),
-        // Ask is enforced as deny until the hold service exists.
+        // An exec ask is held, and the replay approves it (`perform_held`): the
+        // kernel lets it through on the daemon's approval and counts an allow.
+        Verdict::Ask if is_exec(v) => (false, Counter::Allow),
+        // Other asks are denied: nothing holds them yet.
         Verdict::Deny | Verdict::Ask => (true, Counter::Deny),
         Verdict::WouldDeny | Verdict::WouldAsk => (false, Counter::WouldDeny),
     };
-    Expect { blocked, counts: Some((rule, counter)) }
+    let held_by = held(v, standing).then_some(rule);
+    Expect { blocked, held_by, counts: Some((rule, counter)) }
+}
+
+/// Whether `v` is an exec the kernel holds for approval.
+pub fn held(v: &Vector, standing: Standing) -> bool {
+    standing == Standing::Active && v.expected.decision == Verdict::Ask && is_exec(v)
+}
+
+fn is_exec(v: &Vector) -> bool {
+    matches!(v.action, VectorAction::Exec { .. })
 }
 
 /// The replay's action for `v`, under `root`.
@@ -310,17 +390,51 @@ pub fn replay_vectors(d: &mut Daemon, scratch: &Path) -> (usize, Vec<String>) {
             problems.push(format!("{}: identity is {}, not {want_state}", s.file.path.display(), states["identity"]["state"]));
             continue;
         }
-        let mut before = hits(d, &s.name);
+        // Outcomes are checked per action; the kernel's counters per file (one
+        // `policy show` before and after instead of one per action: under TCG
+        // each agentctl call costs a third of a second). If the file's counters
+        // disagree, its actions are replayed one by one to name the culprit.
+        let before = hits(d, &s.name);
+        let mut want_moves: BTreeMap<(String, u64), [bool; 4]> = BTreeMap::new();
         for v in &s.file.vectors {
             let act = act_of(v, &s.root);
             prepare(&act, &d.bins.probe);
             let want = expect_of(v, s.file.identity);
-            let (found, after) = check(d, &s.cg, &s.name, &act, &want, &blocked[act.kind()], before);
-            before = after;
+            let (got, mut found) = match want.held_by {
+                Some(rule) => perform_held(d, &s.cg, &act, rule),
+                None => (perform(d, &s.cg, &act), Vec::new()),
+            };
+            found.extend(check_outcome(&got, &want, &blocked[act.kind()]));
             for p in found {
                 problems.push(format!("{}: {} ({}): {p}", s.file.location(v), v.name, v.expected));
             }
+            if let Some((rule, counter)) = want.counts {
+                let e = want_moves.entry((act.kind().to_string(), u64::from(rule))).or_default();
+                for i in counter.moves() {
+                    e[*i] = true;
+                }
+            }
             n += 1;
+        }
+        let after = hits(d, &s.name);
+        let moved = deltas(&before, &after);
+        let agree = moved.len() == want_moves.len()
+            && moved.iter().all(|(k, dl)| want_moves.get(k).is_some_and(|w| (0..4).all(|i| (dl[i] > 0) == w[i])));
+        if !agree {
+            problems.push(format!(
+                "{}: the kernel's counters for the file's actions: {moved:?}; expected these to move: {want_moves:?}",
+                s.file.path.display()
+            ));
+            let mut before = hits(d, &s.name);
+            for v in &s.file.vectors {
+                let act = act_of(v, &s.root);
+                let want = expect_of(v, s.file.identity);
+                let (found, after) = check(d, &s.cg, &s.name, &act, &want, &blocked[act.kind()], before);
+                before = after;
+                for p in found {
+                    problems.push(format!("{}: {} ({}): {p}", s.file.location(v), v.name, v.expected));
+                }
+            }
         }
     }
     (n, problems)

@@ -45,4 +45,8 @@ agentd_tests::scenario_tests!(outside_tier;
     expired_identity_is_denied_by_the_kernel,
     agents_cannot_unbind_themselves,
     conformance_vectors_match_the_kernel,
+    exec_hold_waits_for_approval,
+    exec_hold_times_out_denied,
+    exec_hold_approve_for_grants_repeats,
+    exec_hold_fails_closed_when_agentd_dies,
 );

@@ -26,7 +26,7 @@ use crate::{
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Kill the VM after this many seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 900)]
     pub timeout: u64,
     /// Use target/release/{agentd,agentctl} instead of target/debug.
     #[arg(long)]

@@ -117,6 +117,28 @@ impl Client {
     }
 
     /// The event stream. No deadline: with `follow` it runs until the user stops it.
+    pub async fn approvals(&mut self) -> Result<pb::ApprovalsReply, CliError> {
+        let fut = self.rpc.approvals(pb::ApprovalsRequest {});
+        unary(&self.socket, fut).await
+    }
+
+    pub async fn approve(&mut self, id: &str, for_seconds: u64) -> Result<pb::DecideReply, CliError> {
+        let fut = self.rpc.approve(pb::ApproveRequest { id: id.into(), for_seconds });
+        unary(&self.socket, fut).await
+    }
+
+    pub async fn deny(&mut self, id: &str, reason: &str) -> Result<pb::DecideReply, CliError> {
+        let fut = self.rpc.deny(pb::DenyRequest { id: id.into(), reason: reason.into() });
+        unary(&self.socket, fut).await
+    }
+
+    pub async fn approvals_watch(&mut self) -> Result<tonic::Streaming<pb::HoldEvent>, CliError> {
+        match self.rpc.approvals_watch(pb::ApprovalsWatchRequest {}).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(CliError::rpc(s, &self.socket)),
+        }
+    }
+
     pub async fn events(&mut self, follow: bool, last: u32) -> Result<tonic::Streaming<pb::Event>, CliError> {
         match self.rpc.events(pb::EventsRequest { follow, last }).await {
             Ok(r) => Ok(r.into_inner()),

@@ -6,6 +6,7 @@
 //! checks `doctor` prints when the daemon is down. Errors come back as [`CliError`],
 //! which knows its message, hint and exit code; the binary only prints them.
 
+mod approvals;
 mod bind;
 mod client;
 mod error;
@@ -39,7 +40,8 @@ EXAMPLES:
   agentctl identity create coder --policy coding-agent --owner alice
   agentctl run --identity coder -- claude              # run an agent under an identity
   agentctl bind system.slice/mcp-github.service mcp-github
-  agentctl events --follow";
+  agentctl events --follow
+  agentctl approvals watch                             # answer held (ask) actions";
 
 /// Control agentd: give AI agents an identity and a policy the kernel enforces.
 #[derive(Parser, Debug)]
@@ -147,6 +149,71 @@ EXAMPLES:
   agentctl events --follow
   agentctl events --follow --json | jq 'select(.verdict == \"deny\")'")]
     Events(EventsArgs),
+    /// Actions held for a decision (policy `ask`): list them, or watch and answer.
+    #[command(subcommand, after_help = "\
+An exec that a policy marks `ask` waits in the kernel until someone with the right to change
+enforcement (root, or a member of the socket's group, outside any bound cgroup) approves or
+denies it, or until the policy's approvals.timeout, when on_timeout applies.
+
+EXAMPLES:
+  agentctl approvals list
+  agentctl approvals watch
+  agentctl approve 3f9a2c1b --for 10m")]
+    Approvals(ApprovalsCmd),
+    /// Let a held action happen: once, or for a while (same identity, same target).
+    #[command(after_help = "\
+A held exec runs as soon as it is approved. With --for, the same identity may repeat the
+same action (same binary) without a hold until the time is up; `agentctl approvals list`
+shows the live grants. Exits 1 if ID is not pending (already decided, or timed out).
+
+EXAMPLES:
+  agentctl approve 3f9a2c1b
+  agentctl approve 3f9a2c1b --for 10m
+  agentctl approve 3f9a2c1b --json")]
+    Approve {
+        /// The hold's id (see `agentctl approvals list`).
+        id: String,
+        /// Also allow the same action by the same identity, unheld, for this long (max 24h).
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        for_: Option<std::time::Duration>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Refuse a held action: it fails with EPERM.
+    #[command(after_help = "\
+EXAMPLES:
+  agentctl deny 3f9a2c1b
+  agentctl deny 3f9a2c1b --reason \"no network tools in this repo\"")]
+    Deny {
+        /// The hold's id (see `agentctl approvals list`).
+        id: String,
+        /// Why, recorded with the decision.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApprovalsCmd {
+    /// What is waiting now, and the live `approve --for` grants.
+    #[command(after_help = "\
+EXAMPLES:
+  agentctl approvals list
+  agentctl approvals list --json | jq -r '.pending[].id'")]
+    List(JsonFlag),
+    /// Follow holds as they come and go; in a terminal, answer each one (y / a / n).
+    #[command(after_help = "\
+In a terminal each new hold is shown with who (identity, owner), what (binary and its
+arguments) and why (rule), and a prompt: y approves once, a approves for 10 minutes, n
+denies, Enter leaves it to someone else (or to the deadline). With --json, one object per
+line: {\"type\": \"pending\"|\"resolved\", \"hold\": {...}, \"resolution\": {...}}.
+
+EXAMPLES:
+  agentctl approvals watch
+  agentctl approvals watch --json | jq -c 'select(.type == \"pending\") | .hold'")]
+    Watch(JsonFlag),
 }
 
 /// `--json` for every command that lists or shows.
@@ -213,9 +280,9 @@ gets (no $PATH lookup); symlinks are resolved on this machine. Exits 0 whenever 
 question was answered, whatever the decision; 1 on errors.
 
 --json prints one object: policy, mode, action {kind, target, protocol}, decision
-(allow|deny|ask|audit: what the policy says), enforced (allow|deny|would_deny: what the
-kernel does; ask is enforced as deny for now), rule_id (0: the default), rule, line,
-reason, identity, standing (active|revoked|expired|no-policy).
+(allow|deny|ask|audit: what the policy says), enforced (allow|deny|would_deny|hold: what
+the kernel does; an exec ask is held for a person, other asks are denied), rule_id (0:
+the default), rule, line, reason, identity, standing (active|revoked|expired|no-policy).
 
 EXAMPLES:
   agentctl policy test policies/coding-agent.yaml --exec /usr/bin/curl
@@ -445,6 +512,10 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Bindings(f) => bind::list(&socket, f.json).await.map(ok),
         Command::Run(args) => run::run(&socket, args).await,
         Command::Events(args) => events::events(&socket, args).await.map(ok),
+        Command::Approvals(ApprovalsCmd::List(f)) => approvals::list(&socket, f.json).await.map(ok),
+        Command::Approvals(ApprovalsCmd::Watch(f)) => approvals::watch(&socket, f.json).await.map(ok),
+        Command::Approve { id, for_, json } => approvals::approve(&socket, &id, for_, json.json).await.map(ok),
+        Command::Deny { id, reason, json } => approvals::deny(&socket, &id, &reason, json.json).await.map(ok),
     }
 }
 
@@ -597,6 +668,10 @@ mod tests {
             &["bind", "a.service", "i", "--json"],
             &["unbind", "a.service", "--json"],
             &["bindings", "--json"],
+            &["approvals", "list", "--json"],
+            &["approvals", "watch", "--json"],
+            &["approve", "abc", "--json"],
+            &["deny", "abc", "--json"],
             &["events", "--json"],
             &["events", "--follow", "--json"],
             &["policy", "test", "p.yaml", "--exec", "/x", "--json"],
@@ -605,6 +680,8 @@ mod tests {
             let cli = parse(args);
             let json = match cli.command {
                 Command::Doctor(f) | Command::Status(f) | Command::Bindings(f) => f.json,
+                Command::Approvals(ApprovalsCmd::List(f)) | Command::Approvals(ApprovalsCmd::Watch(f)) => f.json,
+                Command::Approve { json, .. } | Command::Deny { json, .. } => json.json,
                 Command::Policy(PolicyCmd::List(f)) | Command::Identity(IdentityCmd::List(f)) => f.json,
                 Command::Policy(PolicyCmd::Apply { json, .. })
                 | Command::Policy(PolicyCmd::Show { json, .. })

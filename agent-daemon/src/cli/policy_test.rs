@@ -125,8 +125,11 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
         _ => None,
     };
     let mut notes = Vec::new();
-    if decision.action == ActionKind::Ask && standing == Standing::Active {
-        notes.push("`ask` is enforced as deny for now: nothing holds an action for a person's approval yet".into());
+    if decision.action == ActionKind::Ask && standing == Standing::Active && mode != Some(Mode::Monitor) {
+        notes.push(match action {
+            Action::Exec { .. } => "the exec waits until a person runs `agentctl approve ID` or `agentctl deny ID` (see `agentctl approvals watch`); at the policy's approvals.timeout it gets on_timeout".into(),
+            _ => "`ask` for file writes and connects is enforced as deny: this build holds only execs".into(),
+        });
     }
     // The evaluator answers for any valid file, but `apply` also needs the kernel to
     // enforce it exactly; an answer about a file that cannot be applied misleads.
@@ -147,7 +150,7 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
         mode: mode.map(Mode::as_str),
         action: action_json(&action),
         decision: decision.action.as_str(),
-        enforced: enforced(decision.action, mode, standing),
+        enforced: enforced(decision.action, mode, standing, &action),
         rule_id: decision.rule_id,
         rule: decision.rule_text,
         line,
@@ -160,13 +163,14 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
 }
 
 /// What the kernel does with a decision: only an active identity's policy can be
-/// in monitor mode; `ask` is enforced as deny until there is an approval service.
-fn enforced(decision: ActionKind, mode: Option<Mode>, standing: Standing) -> &'static str {
+/// in monitor mode; an exec `ask` is held for a person, other asks are denied.
+fn enforced(decision: ActionKind, mode: Option<Mode>, standing: Standing, action: &Action) -> &'static str {
     match decision {
         ActionKind::Allow | ActionKind::Audit => "allow",
         ActionKind::Deny | ActionKind::Ask if standing == Standing::Active && mode == Some(Mode::Monitor) => {
             "would_deny"
         }
+        ActionKind::Ask if standing == Standing::Active && matches!(action, Action::Exec { .. }) => "hold",
         ActionKind::Deny | ActionKind::Ask => "deny",
     }
 }
@@ -235,7 +239,8 @@ impl TestReport {
         let decision = match (self.decision, self.enforced) {
             (_, _) if standing_denies => format!("deny (identity {})", self.standing.unwrap_or_default()),
             ("deny", "would_deny") => "allowed (monitor mode: would deny)".to_string(),
-            ("ask", "would_deny") => "allowed (monitor mode: would ask, which is deny for now)".to_string(),
+            ("ask", "would_deny") => "allowed (monitor mode: would ask)".to_string(),
+            ("ask", "hold") => "ask (held until a person approves or denies it)".to_string(),
             ("ask", _) => "ask (enforced as deny)".to_string(),
             ("audit", _) => "audit (allowed, and reported)".to_string(),
             (d, _) => d.to_string(),
@@ -385,13 +390,13 @@ spec:
     }
 
     #[test]
-    fn ask_is_enforced_as_deny_and_says_so() {
+    fn an_exec_ask_is_held_and_says_how_to_answer() {
         let (_dir, f) = file(CODER);
         let r = run(&[&f, "--exec", "/nonexistent-agentd-test/bin/curl"], &mut FakeDaemon::default()).unwrap();
-        assert_eq!((r.decision, r.enforced, r.rule_id), ("ask", "deny", 2));
+        assert_eq!((r.decision, r.enforced, r.rule_id), ("ask", "hold", 2));
         let text = r.text();
-        assert!(text.contains("decision: ask (enforced as deny)\n"), "{text}");
-        assert!(text.contains("note:     `ask` is enforced as deny for now"), "{text}");
+        assert!(text.contains("decision: ask (held until a person approves or denies it)\n"), "{text}");
+        assert!(text.contains("agentctl approve ID"), "{text}");
     }
 
     #[test]
@@ -499,7 +504,7 @@ spec:
             ]
         );
         assert_eq!(v["action"], serde_json::json!({"kind": "exec", "target": "/nonexistent-agentd-test/bin/curl"}));
-        assert_eq!((v["decision"].as_str(), v["enforced"].as_str()), (Some("ask"), Some("deny")));
+        assert_eq!((v["decision"].as_str(), v["enforced"].as_str()), (Some("ask"), Some("hold")));
         assert_eq!((v["rule_id"].as_u64(), v["line"].as_u64()), (Some(2), Some(11)));
         assert!(v["identity"].is_null() && v["standing"].is_null());
         let r = run(&[&f, "--connect", "[::1]:443"], &mut FakeDaemon::default()).unwrap();

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::{
     enforce::{Counters, EnforceError, Enforcer, MechanismReport},
     identity::{self, keys, IdentityRecord, NewIdentity},
-    policy::compiled::CompiledPolicy,
+    policy::{compiled::CompiledPolicy, evaluate_as, Action, ActionKind, Approvals, Mode, Policy, Standing},
     state::{self, BindingRecord, PolicyMeta, PolicyRecord, State, Store},
 };
 
@@ -104,6 +104,8 @@ pub enum OpError {
 #[derive(Clone, Debug)]
 pub struct Loaded {
     pub compiled: Arc<CompiledPolicy>,
+    /// The parsed policy, for decisions made in userspace (which exec to hold).
+    pub policy: Arc<Policy>,
     pub description: String,
 }
 
@@ -129,6 +131,19 @@ pub struct Applied {
     pub name: String,
     pub version: u32,
     pub identities: Vec<String>,
+}
+
+/// An exec to hold: who asks, under which rule, and the policy's hold settings.
+#[derive(Clone, Debug)]
+pub struct ExecAsk {
+    pub identity: String,
+    pub identity_id: u32,
+    pub owner: String,
+    pub policy: String,
+    pub policy_version: u32,
+    pub rule_id: u32,
+    pub rule: String,
+    pub approvals: Approvals,
 }
 
 /// The result of a bind.
@@ -245,7 +260,8 @@ impl Core {
                 Ok((policy, compiled)) if policy.name() == name => {
                     let compiled = Arc::new(compiled);
                     self.remember(&name, rec.meta.version, compiled.clone());
-                    self.loaded.insert(name, Loaded { compiled, description: policy.description().to_string() });
+                    let description = policy.description().to_string();
+                    self.loaded.insert(name, Loaded { compiled, policy: Arc::new(policy), description });
                 }
                 Ok((policy, _)) => {
                     warn!(policy = %name, "stored policy is named {:?} inside; identities using it are denied everything", policy.name());
@@ -316,7 +332,7 @@ impl Core {
     /// Installs a compiled policy under its name, as version N+1, for every
     /// identity using it; then persists it. On any failure the previous version
     /// stays in force everywhere and nothing is written.
-    pub fn apply(&mut self, yaml: &str, file_name: &str, description: &str, compiled: CompiledPolicy, now: SystemTime) -> Result<Applied, OpError> {
+    pub fn apply(&mut self, yaml: &str, file_name: &str, policy: Policy, compiled: CompiledPolicy, now: SystemTime) -> Result<Applied, OpError> {
         let name = compiled.name.clone();
         identity::validate_name("policy", &name).map_err(OpError::Invalid)?;
         let previous = self.compiled(&name);
@@ -357,7 +373,8 @@ impl Core {
         }
         self.state.policies.insert(name.clone(), record);
         self.remember(&name, version, compiled.clone());
-        self.loaded.insert(name.clone(), Loaded { compiled, description: description.to_string() });
+        let description = policy.description().to_string();
+        self.loaded.insert(name.clone(), Loaded { compiled, policy: Arc::new(policy), description });
         for rec in &users {
             self.denied.insert(rec.id, rec.denies_all(now));
         }
@@ -585,6 +602,44 @@ impl Core {
     /// (cgroup path, identity) of every binding, for the caller check.
     pub fn bound_cgroups(&self) -> Vec<(String, String)> {
         self.state.bindings.values().map(|b| (b.cgroup_path.clone(), b.identity.clone())).collect()
+    }
+
+    /// The identity bound to `cgroup` (the deepest bound ancestor, as the kernel
+    /// attributes it), if any.
+    pub fn identity_of_cgroup(&self, cgroup: &Path) -> Option<&IdentityRecord> {
+        cgroup.ancestors().find_map(|p| {
+            let b = self.state.bindings.get(p.to_str()?)?;
+            self.state.identities.get(&b.identity)
+        })
+    }
+
+    /// Whether an exec of `path` by a process in `cgroup` is one the policy says
+    /// to ask about — the same question the kernel's exec check answers, here in
+    /// userspace so the hold can show who, what and why. `None`: not held (the
+    /// kernel decides it alone).
+    pub fn exec_ask(&self, cgroup: &Path, path: &Path, now: SystemTime) -> Option<ExecAsk> {
+        let rec = self.identity_of_cgroup(cgroup)?;
+        if rec.denies_all(now) {
+            return None;
+        }
+        let loaded = self.loaded.get(&rec.policy)?;
+        if loaded.policy.mode() != Mode::Enforce {
+            return None;
+        }
+        let d = evaluate_as(Some(&loaded.policy), Standing::Active, &Action::Exec { path: path.to_path_buf() });
+        if d.action != ActionKind::Ask {
+            return None;
+        }
+        Some(ExecAsk {
+            identity: rec.name.clone(),
+            identity_id: rec.id,
+            owner: rec.owner.clone(),
+            policy: rec.policy.clone(),
+            policy_version: self.version(&rec.policy),
+            rule_id: d.rule_id,
+            rule: d.rule_text.unwrap_or_default(),
+            approvals: loaded.policy.approvals,
+        })
     }
 
     /// Names an event's identity, policy and rule. The rule text comes from the

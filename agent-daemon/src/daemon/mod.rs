@@ -16,6 +16,7 @@
 
 pub mod core;
 pub mod events;
+pub mod holds;
 pub mod host;
 pub mod peer;
 pub mod server;
@@ -34,11 +35,12 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use self::{core::Core, events::Hub, server::Service};
+use self::{core::Core, events::Hub, holds::Holds, server::Service};
 use crate::{
     api::pb::agentd_server::AgentdServer,
     cgroup::{self, CgroupError},
     enforce::{EnforceError, Enforcer, EnforcerConfig, MechanismReport},
+    holds::{HoldService, RateLimit},
     state::{StateError, Store},
 };
 
@@ -116,6 +118,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let report = enforcer.report();
     log_report(&report);
     let reader = enforcer.take_events().map_err(DaemonError::Load)?;
+    let exec_approvals = enforcer.exec_approvals().map_err(DaemonError::Load)?;
 
     let mut core = Core::new(Box::new(enforcer), store, state);
     let r = core
@@ -141,6 +144,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }));
     tokio::spawn(watch_expiry(core.clone()));
 
+    // Holds: an exec a policy asks about waits in the kernel for a person.
+    let holds = Holds::new(HoldService::new(RateLimit::default()), exec_approvals);
+    match holds::start_exec_gate(core.clone(), holds.clone(), cgroup_mount.clone(), tokio::runtime::Handle::current()) {
+        Ok(marked) => info!(filesystems = marked.len(), "exec holds active (fanotify FAN_OPEN_EXEC_PERM)"),
+        // Without the gate an exec ask still fails closed: the kernel finds no approval.
+        Err(e) => warn!(error = %e, "exec holds unavailable: an exec the policy asks about is denied without a hold"),
+    }
+    tokio::spawn(holds::expire_holds(holds.clone()));
+
     let (listener, socket_gid) = bind_socket(&config.socket)?;
     let own_cgroup = cgroup::current_cgroup(std::process::id()).ok();
     let service = Service::new(
@@ -154,6 +166,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             own_cgroup,
             started,
         },
+        holds.clone(),
     );
     info!(socket = %config.socket.display(), "serving agentctl");
 
@@ -170,7 +183,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         _ = int.recv() => Ok("SIGINT"),
     };
     let result = match stopped_by {
-        Ok(signal) => stop(signal, &hub, stop_tx, serve).await,
+        Ok(signal) => {
+            // Whatever is held is denied, not left to the kernel's allow-on-close.
+            for (id, _) in holds.service().cancel_all(SystemTime::now()) {
+                info!(hold = %id, "denied: agentd is stopping");
+            }
+            stop(signal, &hub, stop_tx, serve).await
+        }
         Err(Ok(())) => Err(DaemonError::Serve("the server stopped by itself".into())),
         Err(Err(e)) => Err(DaemonError::Serve(e.to_string())),
     };

@@ -7,11 +7,13 @@ use std::{
     time::{Instant, SystemTime},
 };
 
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::{
     core::{Core, OpError},
+    holds::{event_pb, grant_pb, hold_pb, resolution_pb, Holds},
     events::{EventStream, Hub},
     host,
     peer::{self, Peer},
@@ -20,6 +22,7 @@ use crate::{
     api::pb::{self, agentd_server::Agentd},
     cgroup,
     enforce::MechanismReport,
+    holds::{Decider, Decision, HoldError, HoldEvent},
     identity::{keys, IdentityRecord, NewIdentity},
     state::{self, BindingRecord, PolicyRecord},
 };
@@ -43,6 +46,7 @@ pub struct Service {
     core: Arc<Mutex<Core>>,
     hub: Hub,
     info: Arc<Info>,
+    holds: Arc<Holds>,
 }
 
 impl From<OpError> for Status {
@@ -58,8 +62,27 @@ impl From<OpError> for Status {
 }
 
 impl Service {
-    pub fn new(core: Arc<Mutex<Core>>, hub: Hub, info: Info) -> Service {
-        Service { core, hub, info: Arc::new(info) }
+    pub fn new(core: Arc<Mutex<Core>>, hub: Hub, info: Info, holds: Arc<Holds>) -> Service {
+        Service { core, hub, info: Arc::new(info), holds }
+    }
+
+    /// A person's decision on a hold, from an authorized caller (root or the
+    /// socket's group, and never from inside a bound cgroup: an agent cannot
+    /// approve its own actions).
+    async fn decide<T>(&self, req: &Request<T>, id: &str, decision: Decision) -> Result<pb::DecideReply, Status> {
+        let (peer, _) = self.authorize_change(req).await?;
+        let by = Decider { uid: peer.uid, name: user_name(peer.uid) };
+        let mut service = self.holds.service();
+        let hold = service.get(id.trim()).map(hold_pb);
+        let resolution = service.decide(id, decision, by, SystemTime::now()).map_err(|e| match e {
+            HoldError::NotFound(_) => Status::not_found(format!("agentd: {e}")),
+            HoldError::Invalid(_) => Status::invalid_argument(format!("agentd: {e}")),
+        })?;
+        drop(service);
+        let res = resolution_pb(&resolution);
+        let hold = hold.unwrap_or_default();
+        info!(hold = %hold.id, identity = %hold.identity, target = %hold.target, verdict = %res.verdict, how = %res.how, by = %res.decided_by, "hold decided");
+        Ok(pb::DecideReply { hold: Some(hold), resolution: Some(res) })
     }
 
     /// Runs `f` on the core off the async workers: changes fsync files and write
@@ -283,7 +306,6 @@ impl Agentd for Service {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(Status::invalid_argument)?;
-        let description = policy.description().to_string();
         let mut warnings: Vec<String> = policy.warnings().to_vec();
         for w in &compiled.warnings {
             if !warnings.contains(w) {
@@ -292,7 +314,7 @@ impl Agentd for Service {
         }
         let (applied, summary) = self
             .with_core(move |c| {
-                let applied = c.apply(&yaml, &file_name, &description, compiled, SystemTime::now())?;
+                let applied = c.apply(&yaml, &file_name, policy, compiled, SystemTime::now())?;
                 let rec = c.state().policies.get(&applied.name).cloned().expect("just applied");
                 let summary = policy_summary(c, &applied.name, &rec);
                 Ok::<_, OpError>((applied, summary))
@@ -462,6 +484,47 @@ impl Agentd for Service {
     async fn bindings(&self, _req: Request<pb::BindingsRequest>) -> Result<Response<pb::BindingsReply>, Status> {
         let bindings = self.with_core(|c| c.state().bindings.values().map(binding_pb).collect()).await?;
         Ok(Response::new(pb::BindingsReply { bindings }))
+    }
+
+    async fn approvals(&self, _req: Request<pb::ApprovalsRequest>) -> Result<Response<pb::ApprovalsReply>, Status> {
+        let service = self.holds.service();
+        let pending = service.pending().iter().map(hold_pb).collect();
+        let grants = service.grants(SystemTime::now()).iter().map(grant_pb).collect();
+        Ok(Response::new(pb::ApprovalsReply { pending, grants }))
+    }
+
+    type ApprovalsWatchStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::HoldEvent, Status>> + Send>>;
+
+    async fn approvals_watch(&self, _req: Request<pb::ApprovalsWatchRequest>) -> Result<Response<Self::ApprovalsWatchStream>, Status> {
+        // What is already waiting first, then everything new.
+        let (now, rx) = {
+            let mut service = self.holds.service();
+            let rx = service.subscribe();
+            (service.pending(), rx)
+        };
+        let first: Vec<Result<pb::HoldEvent, Status>> =
+            now.iter().map(|p| Ok(event_pb(&HoldEvent::Pending(p.clone())))).collect();
+        let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|e| match e {
+            Ok(e) => Some(Ok(event_pb(&e))),
+            // A slow reader missed some: say so rather than pretend.
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Some(Err(Status::data_loss(format!("agentd: this watcher fell {n} hold events behind; run `agentctl approvals list`"))))
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(first).chain(live))))
+    }
+
+    async fn approve(&self, req: Request<pb::ApproveRequest>) -> Result<Response<pb::DecideReply>, Status> {
+        let r = req.get_ref();
+        let for_ = (r.for_seconds > 0).then(|| std::time::Duration::from_secs(r.for_seconds));
+        let id = r.id.clone();
+        Ok(Response::new(self.decide(&req, &id, Decision::Approve { for_ }).await?))
+    }
+
+    async fn deny(&self, req: Request<pb::DenyRequest>) -> Result<Response<pb::DecideReply>, Status> {
+        let r = req.get_ref();
+        let (id, reason) = (r.id.clone(), r.reason.trim().to_string());
+        Ok(Response::new(self.decide(&req, &id, Decision::Deny { reason }).await?))
     }
 
     type EventsStream = EventStream;

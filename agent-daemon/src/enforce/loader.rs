@@ -15,7 +15,7 @@ use std::{
 };
 
 use agent_common::{
-    counter, identity_flags, AddrKey, EgressRules, Event, ExecInodeKey, HitKey, Hits, IdentityConfig,
+    counter, identity_flags, AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, HitKey, Hits, IdentityConfig,
     KernelOffsets, PathKey, PathRule, COUNTERS_LEN, PATH_KEY_LEN,
 };
 use aya::{
@@ -77,6 +77,9 @@ pub struct Enforcer {
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     report: MechanismReport,
+    /// Where the pinned maps are (a second handle on `EXEC_APPROVALS` is opened
+    /// from here for the hold service).
+    maps_dir: PathBuf,
     /// identity id → the rule set the kernel uses for it.
     installed: StdHashMap<u32, Installed>,
     /// Next rule set id to hand out; never one the kernel still has entries for.
@@ -89,6 +92,27 @@ struct Installed {
     /// (policy hash, version) it was written from; `None` for one adopted from an
     /// earlier daemon (rewritten at the next install).
     source: Option<(String, u32)>,
+}
+
+/// Handle on `EXEC_APPROVALS`: what lets an approved `ask` exec through the kernel's
+/// exec check (see `agent_common::ExecApproval`).
+pub struct ExecApprovals {
+    map: HashMap<MapData, u32, ExecApproval>,
+}
+
+impl ExecApprovals {
+    /// Lets process `tgid`'s exec of the file (`dev` in the kernel's encoding,
+    /// `ino`) through the kernel's check once, within `ttl`.
+    pub fn approve(&mut self, tgid: u32, dev: u32, ino: u64, ttl: std::time::Duration) -> Result<(), EnforceError> {
+        let expires_boot_ns = boot_deadline(SystemTime::now() + ttl);
+        let v = ExecApproval { dev, _pad: 0, ino, expires_boot_ns };
+        self.map.insert(tgid, v, 0).map_err(kerr("writing EXEC_APPROVALS"))
+    }
+
+    /// Drops an approval that was not used (the exec was denied after all).
+    pub fn forget(&mut self, tgid: u32) {
+        let _ = self.map.remove(&tgid);
+    }
 }
 
 /// Waits until every BPF program that started before now has returned.
@@ -185,6 +209,7 @@ impl Enforcer {
             counters: pinned(&maps_dir, "COUNTERS")?,
             events: Some(pinned(&maps_dir, "EVENTS")?),
             report: MechanismReport { adopted: adopt, ..report },
+            maps_dir: maps_dir.clone(),
             installed: StdHashMap::new(),
             next_ruleset: 1,
         };
@@ -192,6 +217,12 @@ impl Enforcer {
         // Old builds' pins go only now that ours enforce.
         remove_other_pins(&config.pin_dir, &id);
         Ok(enforcer)
+    }
+
+    /// The one-shot exec approvals map, for the hold service (its own handle, so
+    /// approving never waits for whoever holds the enforcer).
+    pub fn exec_approvals(&self) -> Result<ExecApprovals, EnforceError> {
+        Ok(ExecApprovals { map: pinned(&self.maps_dir, "EXEC_APPROVALS")? })
     }
 
     /// Removes every pin under `pin_dir`: the kernel stops enforcing once no

@@ -6,13 +6,14 @@
 //! running when the daemon exits or crashes, and a restarted daemon adopts it.
 
 mod btf;
+pub mod fanotify;
 mod loader;
 mod maps;
 mod probe;
 
 use std::path::PathBuf;
 
-pub use loader::{Enforcer, EventReader};
+pub use loader::{Enforcer, EventReader, ExecApprovals};
 pub use probe::{KindReport, MechanismReport};
 
 /// Where the enforcer keeps its kernel objects.

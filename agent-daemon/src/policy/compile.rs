@@ -40,9 +40,9 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
     let exec_inodes = exec_inodes(&policy.exec, fs);
     let write = c.paths(RuleKind::Write, &policy.write, fs);
     let egress = c.egress();
-    if policy.uses_ask() {
+    if policy.unheld_ask() {
         c.warnings.push(format!(
-            "{}: `ask` is enforced as deny until the approval service exists: nothing is held for a person yet",
+            "{}: `ask` for file writes and connects is enforced as deny: this build holds only execs for a person's approval",
             policy.file
         ));
     }

@@ -701,6 +701,9 @@ fn more_than_sixteen_port_rules_for_a_network_is_an_error() {
 fn host_rules_and_ask_compile_to_warnings() {
     let p = ok("  exec:\n    rules:\n      - {path: /usr/bin/curl, action: ask}\n  egress:\n    default: deny\n    rules:\n      - {host: api.github.com, ports: [443], action: allow}\n");
     let c = compile_with(&p, &NoFiles).unwrap();
+    assert_eq!(c.warnings.len(), 1, "an exec ask is held, not a warning: {:?}", c.warnings);
+    let p = ok("  write:\n    rules:\n      - {path: /etc/hosts, action: ask}\n  egress:\n    default: deny\n    rules:\n      - {host: api.github.com, ports: [443], action: allow}\n");
+    let c = compile_with(&p, &NoFiles).unwrap();
     assert!(c.egress.is_empty());
     assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     assert!(
@@ -710,7 +713,7 @@ fn host_rules_and_ask_compile_to_warnings() {
         "{}",
         c.warnings[0]
     );
-    assert!(c.warnings[1].contains("`ask` is enforced as deny"), "{}", c.warnings[1]);
+    assert!(c.warnings[1].contains("`ask` for file writes and connects is enforced as deny"), "{}", c.warnings[1]);
     // An ask by name under an allowing default would become an allow: refused.
     let p = ok("  egress:\n    default: allow\n    rules:\n      - {host: \"*.example.com\", action: ask}\n");
     let e = compile_with(&p, &NoFiles).unwrap_err();

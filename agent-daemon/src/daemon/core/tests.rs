@@ -104,7 +104,7 @@ impl World {
     fn apply(&mut self, name: &str, exec_default: &str) -> Result<Applied, OpError> {
         let text = policy_text(name, exec_default);
         let (p, c) = state::compile_policy(&format!("{name}.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
-        self.core.apply(&text, &format!("{name}.yaml"), p.description(), c, now())
+        self.core.apply(&text, &format!("{name}.yaml"), p, c, now())
     }
 
     /// The state as a restarted agentd would read it.
@@ -337,7 +337,7 @@ fn events_name_rules_of_the_version_that_decided() {
     // v2 reorders the rules: rule 2 of v2 is another rule.
     let text = "apiVersion: agentd.io/v1\nkind: AgentPolicy\nmetadata:\n  name: coding\nspec:\n  mode: enforce\n  exec:\n    default: deny\n    rules:\n      - {path: /usr/bin/ssh, action: deny}\n      - {path: /usr/bin/git, action: allow}\n  write:\n    default: deny\n  egress:\n    default: deny\n";
     let (p, c) = state::compile_policy("coding.yaml", text).unwrap();
-    w.core.apply(text, "coding.yaml", p.description(), c, now()).unwrap();
+    w.core.apply(text, "coding.yaml", p, c, now()).unwrap();
     let a = w.core.attribute(1, 1, v1_rule.id).unwrap();
     assert_eq!((a.identity.as_str(), a.policy.as_str(), a.rule.as_str()), ("coder", "coding", v1_rule.text.as_str()));
     let a = w.core.attribute(1, 2, v1_rule.id).unwrap();

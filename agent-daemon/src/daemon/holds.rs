@@ -1,0 +1,253 @@
+//! Wiring of the exec hold: each exec fanotify holds is judged in userspace (is it
+//! an `ask` of a bound identity?), submitted to the hold service, and answered
+//! when a person decides or the deadline passes. Approval writes the kernel's
+//! one-shot `EXEC_APPROVALS` entry *before* the held open is allowed, so the
+//! kernel's own exec check lets exactly that exec through; a denial answers
+//! `FAN_DENY` (the exec fails with EPERM).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use super::core::{Core, ExecAsk};
+use crate::{
+    cgroup,
+    enforce::{
+        fanotify::{blocked_exec_argv, blocked_exec_file, ExecGate, HeldExec},
+        ExecApprovals,
+    },
+    api::pb,
+    holds::{Grant, HoldEvent, HoldKind, HoldRequest, HoldService, How, Pending, Resolution, Submitted, Verdict},
+};
+
+/// How long an approval written into the kernel stays usable: the exec check runs
+/// microseconds after the held open is allowed; this only bounds a stale entry.
+const APPROVAL_TTL: Duration = Duration::from_secs(10);
+
+/// The hold service and what it needs to answer the kernel.
+pub struct Holds {
+    pub service: Mutex<HoldService>,
+    approvals: Mutex<ExecApprovals>,
+    /// Woken when a hold with a new deadline arrives.
+    wake: Notify,
+}
+
+impl Holds {
+    pub fn new(service: HoldService, approvals: ExecApprovals) -> Arc<Holds> {
+        Arc::new(Holds { service: Mutex::new(service), approvals: Mutex::new(approvals), wake: Notify::new() })
+    }
+
+    pub fn service(&self) -> std::sync::MutexGuard<'_, HoldService> {
+        self.service.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers a held exec as `resolution` says.
+    fn answer(&self, held: HeldExec, resolution: &Resolution) {
+        if resolution.verdict == Verdict::Allow {
+            let written = self.approvals.lock().unwrap_or_else(PoisonError::into_inner).approve(
+                held.tgid,
+                held.dev,
+                held.ino,
+                APPROVAL_TTL,
+            );
+            match written {
+                Ok(()) => held.allow(),
+                Err(e) => {
+                    // Without the kernel's entry the exec check would refuse it
+                    // anyway; say so and fail the exec cleanly instead.
+                    warn!(tgid = held.tgid, error = %e, "approved exec could not be recorded in the kernel; denying it");
+                    held.deny();
+                }
+            }
+        } else {
+            held.deny();
+        }
+    }
+}
+
+/// What the kernel tells us about the process that exec'd, for the person deciding.
+fn describe(held: &HeldExec, cgroup: &Path, ask: ExecAsk) -> HoldRequest {
+    let pid = held.tgid;
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+    let uid = read("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(u32::MAX);
+    HoldRequest {
+        identity: ask.identity,
+        identity_id: ask.identity_id,
+        owner: ask.owner,
+        kind: HoldKind::Exec,
+        target: held.path.to_string_lossy().into_owned(),
+        argv: blocked_exec_argv(pid),
+        pid,
+        uid,
+        comm: read("comm").trim_end().to_string(),
+        executable: std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        cgroup_path: cgroup.to_string_lossy().into_owned(),
+        policy: ask.policy,
+        policy_version: ask.policy_version,
+        rule_id: ask.rule_id,
+        rule: ask.rule,
+    }
+}
+
+/// Starts the exec gate on its own thread. Returns the marked mount points.
+pub fn start_exec_gate(
+    core: Arc<Mutex<Core>>,
+    holds: Arc<Holds>,
+    cgroup_mount: PathBuf,
+    rt: tokio::runtime::Handle,
+) -> Result<Vec<PathBuf>, crate::enforce::EnforceError> {
+    let gate = ExecGate::open()?;
+    let marked = gate.marked.clone();
+    std::thread::Builder::new()
+        .name("exec-holds".into())
+        .spawn(move || {
+            let err = gate.run(|held| on_exec(&core, &holds, &cgroup_mount, &rt, held));
+            // Every exec on the machine waits for this thread; if it cannot read
+            // events any more, stop holding (the fd closes: the kernel lets pending
+            // opens go on to its exec check, which denies an unapproved ask).
+            warn!(error = %err, "exec hold thread stopped; ask execs are now denied without a hold");
+        })
+        .map_err(|e| crate::enforce::EnforceError::kernel("starting the exec hold thread", e))?;
+    Ok(marked)
+}
+
+fn on_exec(core: &Mutex<Core>, holds: &Arc<Holds>, mount: &Path, rt: &tokio::runtime::Handle, held: HeldExec) {
+    // Most execs are not ours: answer those at once.
+    let Some(cg) = process_cgroup(mount, held.tgid) else {
+        held.allow();
+        return;
+    };
+    // The ELF (or script) interpreter the kernel opens for the program: the exec
+    // check judges the program, not it, so it is never held.
+    if blocked_exec_file(held.tgid).is_some_and(|f| f != (held.dev, held.ino)) {
+        held.allow();
+        return;
+    }
+    let now = SystemTime::now();
+    let ask = core.lock().unwrap_or_else(PoisonError::into_inner).exec_ask(&cg, &held.path, now);
+    let Some(ask) = ask else {
+        // Not an ask: the kernel's exec check decides alone.
+        held.allow();
+        return;
+    };
+    let settings = ask.approvals;
+    let req = describe(&held, &cg, ask);
+    let submitted = holds.service().submit(req, &settings, now);
+    match submitted {
+        Submitted::Decided(r) => holds.answer(held, &r),
+        Submitted::Held { id, wait } => {
+            info!(hold = %id, tgid = held.tgid, target = %held.path.display(), "exec held for approval");
+            holds.wake.notify_one();
+            let holds = holds.clone();
+            rt.spawn(async move {
+                match wait.await {
+                    Ok(r) => holds.answer(held, &r),
+                    // The service dropped it without a decision: deny.
+                    Err(_) => held.deny(),
+                }
+            });
+        }
+    }
+}
+
+/// The cgroup directory of process `tgid` (None if it is gone).
+fn process_cgroup(mount: &Path, tgid: u32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
+    let rel = cgroup::parse_proc_cgroup(&text)?;
+    Some(cgroup::join_mount(mount, rel))
+}
+
+/// Resolves holds at their deadlines, within a few milliseconds.
+pub async fn expire_holds(holds: Arc<Holds>) {
+    loop {
+        let next = holds.service().next_deadline();
+        let wait = next.map_or(Duration::from_secs(3600), |t| t.duration_since(SystemTime::now()).unwrap_or_default());
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = holds.wake.notified() => continue,
+        }
+        let expired = holds.service().expire(SystemTime::now());
+        for (id, r) in expired {
+            info!(hold = %id, verdict = ?r.verdict, "hold reached its deadline");
+        }
+    }
+}
+
+// ----- the API's view ---------------------------------------------------------------
+
+pub fn hold_pb(p: &Pending) -> pb::Hold {
+    pb::Hold {
+        id: p.id.clone(),
+        // Milliseconds: a deadline is a promise to the millisecond, not the second.
+        created_at: humantime::format_rfc3339_millis(p.created_at).to_string(),
+        deadline: humantime::format_rfc3339_millis(p.deadline).to_string(),
+        on_timeout: p.on_timeout.as_str().to_string(),
+        ..hold_pb_of_request(&p.request)
+    }
+}
+
+pub fn resolution_pb(r: &Resolution) -> pb::Resolution {
+    pb::Resolution {
+        verdict: r.verdict.as_str().to_string(),
+        how: r.how.as_str().to_string(),
+        decided_by: r.decided_by.as_ref().map(|d| d.name.clone()).unwrap_or_default(),
+        decided_by_uid: r.decided_by.as_ref().map_or(0, |d| d.uid),
+        decided_at: humantime::format_rfc3339_millis(r.decided_at).to_string(),
+        reason: r.reason.clone(),
+        until: match r.how {
+            How::For(d) => crate::state::rfc3339(r.decided_at + d),
+            _ => String::new(),
+        },
+    }
+}
+
+pub fn grant_pb(g: &Grant) -> pb::Grant {
+    pb::Grant {
+        identity: g.identity.clone(),
+        kind: g.kind.as_str().to_string(),
+        target: g.target.clone(),
+        until: g.until_rfc3339(),
+        granted_by: g.granted_by.name.clone(),
+    }
+}
+
+pub fn event_pb(e: &HoldEvent) -> pb::HoldEvent {
+    match e {
+        HoldEvent::Pending(p) => pb::HoldEvent { r#type: "pending".into(), hold: Some(hold_pb(p)), resolution: None },
+        HoldEvent::Resolved { id, request, resolution } => {
+            // The hold as it was, rebuilt from its request (its times are gone).
+            let hold = pb::Hold { id: id.clone(), ..hold_pb_of_request(request) };
+            pb::HoldEvent { r#type: "resolved".into(), hold: Some(hold), resolution: Some(resolution_pb(resolution)) }
+        }
+    }
+}
+
+fn hold_pb_of_request(r: &HoldRequest) -> pb::Hold {
+    pb::Hold {
+        identity: r.identity.clone(),
+        identity_id: r.identity_id,
+        owner: r.owner.clone(),
+        kind: r.kind.as_str().to_string(),
+        target: r.target.clone(),
+        argv: r.argv.clone(),
+        pid: r.pid,
+        uid: r.uid,
+        comm: r.comm.clone(),
+        executable: r.executable.clone(),
+        cgroup: r.cgroup_path.clone(),
+        policy: r.policy.clone(),
+        policy_version: r.policy_version,
+        rule_id: r.rule_id,
+        rule: r.rule.clone(),
+        ..Default::default()
+    }
+}

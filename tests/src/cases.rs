@@ -682,3 +682,118 @@ pub fn exec_hold_fails_closed_when_agentd_dies() {
     d.kill9();
     assert_eq!(finished(child), want, "a hold never turns into an allow without a decision");
 }
+
+/// 100 execs held at once across 4 identities: each resolves to exactly its own
+/// decision (approved ones run, denied ones fail with EPERM), none leaks into
+/// another.
+pub fn hundred_concurrent_holds_resolve_each_to_its_own_decision() {
+    let d = Daemon::start("holds100");
+    let files = Scratch::new("holds100");
+    let tool = tool_in(&d, &files);
+    let mut cgs = Vec::new();
+    for i in 0..4 {
+        let cg = Cgroup::new(&format!("holds100-{i}"));
+        let name = format!("agent{i}");
+        let text = ask_policy(&name, &tool, "120s").replace("max_pending: 8", "max_pending: 32");
+        d.identity_bound(&name, &text, &cg);
+        cgs.push(cg);
+    }
+    let mut children = Vec::new();
+    for n in 0..100 {
+        children.push(cgs[n % 4].spawn(&d.bins.probe, &["exec", &tool, "sleep", "0"]));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let held = loop {
+        let p = pending(&d);
+        if p.len() == 100 {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} of 100 execs held within 120 s", p.len());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut want = std::collections::HashMap::new();
+    for (i, h) in held.iter().enumerate() {
+        let pid = h["pid"].as_u64().expect("pid") as u32;
+        let id = h["id"].as_str().expect("id");
+        // Decided in list order, alternating, so neighbours get opposite answers.
+        let approve = i % 2 == 0;
+        d.ctl_ok(&[if approve { "approve" } else { "deny" }, id]);
+        want.insert(pid, if approve { Outcome::Ok } else { Outcome::Errno("EPERM".into()) });
+    }
+    let per_identity: std::collections::BTreeMap<String, usize> = held.iter().fold(Default::default(), |mut m, h| {
+        *m.entry(h["identity"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        m
+    });
+    assert_eq!(per_identity.values().copied().collect::<Vec<_>>(), vec![25; 4], "{per_identity:?}");
+    let mut wrong = Vec::new();
+    for c in children {
+        let pid = c.id();
+        let got = finished(c);
+        if want.get(&pid) != Some(&got) {
+            wrong.push(format!("pid {pid}: decided {:?}, got {got:?}", want.get(&pid)));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of 100 holds ended other than decided:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(pending(&d).is_empty());
+}
+
+/// Each hold is POSTed to the configured webhook as it starts (retried after the
+/// endpoint fails) and as it ends, with who decided.
+pub fn webhook_gets_each_hold_and_retries() {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let url = format!("http://{}/agentd", listener.local_addr().expect("addr"));
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        // The first delivery fails with 503; every later one is taken.
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut s) = conn else { return };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 8192];
+            let body = loop {
+                let Ok(k) = s.read(&mut buf) else { return };
+                req.extend_from_slice(&buf[..k]);
+                let text = String::from_utf8_lossy(&req).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break body.to_string();
+                    }
+                }
+                if k == 0 {
+                    return;
+                }
+            };
+            let status = if n == 0 { "503 Service Unavailable" } else { "200 OK" };
+            let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+            if let Ok(v) = serde_json::from_str(&body) {
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let d = Daemon::start_with_env("webhook", &[("AGENTD_WEBHOOKS", &url)]);
+    let files = Scratch::new("webhook");
+    let tool = tool_in(&d, &files);
+    let cg = Cgroup::new("webhook");
+    d.identity_bound("hooked", &ask_policy("hooked", &tool, "60s"), &cg);
+    let child = cg.spawn(&d.bins.probe, &["exec", &tool, "sleep", "0"]);
+    let next = || rx.recv_timeout(std::time::Duration::from_secs(20)).expect("a webhook delivery within 20 s");
+    let first = next();
+    let second = next();
+    assert_eq!((first["type"].as_str(), second["type"].as_str()), (Some("pending"), Some("pending")), "{first}\n{second}");
+    assert_eq!(first["hold"], second["hold"], "the failed delivery is retried with the same hold");
+    assert_eq!(first["hold"]["target"], tool.as_str(), "{first}");
+    let id = first["hold"]["id"].as_str().expect("hold id").to_string();
+    d.ctl_ok(&["approve", &id]);
+    let done = next();
+    assert_eq!((done["type"].as_str(), done["hold"]["id"].as_str()), (Some("resolved"), Some(id.as_str())), "{done}");
+    assert_eq!(done["resolution"]["verdict"], "allow", "{done}");
+    assert!(!done["resolution"]["decided_by"].as_str().unwrap_or("").is_empty(), "{done}");
+    assert_eq!(finished(child), Outcome::Ok);
+}

@@ -185,10 +185,17 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
     pub log: PathBuf,
+    /// Extra environment for agentd (e.g. AGENTD_WEBHOOKS).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
     pub fn start(name: &str) -> Daemon {
+        Daemon::start_with_env(name, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables for agentd.
+    pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Daemon {
         let id = unique(name);
         let dir = std::env::temp_dir().join(format!("agentd-test-{id}"));
         fs::create_dir_all(&dir).expect("test dir");
@@ -200,6 +207,7 @@ impl Daemon {
             pin_dir: PathBuf::from("/sys/fs/bpf").join(format!("agentd-test-{id}")),
             log: dir.join("agentd.log"),
             dir,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         d.spawn();
         d
@@ -215,6 +223,7 @@ impl Daemon {
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

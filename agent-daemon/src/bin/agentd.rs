@@ -52,6 +52,11 @@ struct Args {
     /// second, independent agentd (e.g. tests).
     #[arg(long, value_name = "DIR", env = "AGENTD_PIN_DIR", default_value = "/sys/fs/bpf/agentd")]
     pin_dir: PathBuf,
+
+    /// POST each held action (and how it ended) as JSON to this http:// URL, with
+    /// retries (repeat the flag, or comma-separate in AGENTD_WEBHOOKS, for several).
+    #[arg(long = "webhook", value_name = "URL", env = "AGENTD_WEBHOOKS", value_delimiter = ',')]
+    webhooks: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -67,7 +72,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = agentd::daemon::Config { state_dir: args.state_dir, socket: args.socket, pin_dir: args.pin_dir };
+    let config = agentd::daemon::Config {
+        state_dir: args.state_dir,
+        socket: args.socket,
+        pin_dir: args.pin_dir,
+        webhooks: args.webhooks,
+    };
     match runtime.block_on(agentd::daemon::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

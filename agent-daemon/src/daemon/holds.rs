@@ -22,7 +22,7 @@ use crate::{
         ExecApprovals,
     },
     api::pb,
-    holds::{Grant, HoldEvent, HoldKind, HoldRequest, HoldService, How, Pending, Resolution, Submitted, Verdict},
+    holds::{webhook, Grant, HoldEvent, HoldKind, HoldRequest, HoldService, How, Pending, Resolution, Submitted, Verdict},
 };
 
 /// How long an approval written into the kernel stays usable: the exec check runs
@@ -178,6 +178,37 @@ pub async fn expire_holds(holds: Arc<Holds>) {
         let expired = holds.service().expire(SystemTime::now());
         for (id, r) in expired {
             info!(hold = %id, verdict = ?r.verdict, "hold reached its deadline");
+        }
+    }
+}
+
+/// Posts every hold event to every webhook (each delivery on its own task, so a
+/// slow endpoint delays nothing else).
+pub async fn notify_webhooks(holds: Arc<Holds>, endpoints: Vec<webhook::Endpoint>) {
+    let mut rx = holds.service().subscribe();
+    loop {
+        let ev = match rx.recv().await {
+            Ok(ev) => ev,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                warn!(missed = n, "webhook notifier fell behind; {n} hold events were not posted");
+                webhook::FAILED.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let (give_up_at, what) = match &ev {
+            HoldEvent::Pending(p) => (Some(p.deadline), format!("hold {} pending", p.id)),
+            HoldEvent::Resolved { id, .. } => (None, format!("hold {id} resolved")),
+        };
+        let body = match serde_json::to_vec(&event_pb(&ev)) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "could not encode a hold event for the webhooks");
+                continue;
+            }
+        };
+        for ep in &endpoints {
+            tokio::spawn(webhook::deliver(ep.clone(), body.clone(), give_up_at, what.clone()));
         }
     }
 }

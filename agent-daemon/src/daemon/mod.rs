@@ -40,7 +40,7 @@ use crate::{
     api::pb::agentd_server::AgentdServer,
     cgroup::{self, CgroupError},
     enforce::{EnforceError, Enforcer, EnforcerConfig, MechanismReport},
-    holds::{HoldService, RateLimit},
+    holds::{webhook, HoldService, RateLimit},
     state::{StateError, Store},
 };
 
@@ -60,6 +60,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// bpffs directory of the pinned programs and maps.
     pub pin_dir: PathBuf,
+    /// http:// URLs every hold is POSTed to.
+    pub webhooks: Vec<String>,
 }
 
 /// Why agentd could not start (or stopped with an error). Each says what to do.
@@ -81,6 +83,8 @@ pub enum DaemonError {
     Reconcile(EnforceError),
     #[error("serving the API failed: {0}")]
     Serve(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -93,6 +97,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Serve(format!("SIGINT handler: {e}")))?;
 
     // First: is another agentd running? Then it owns the state and the pins.
+    let webhooks = config
+        .webhooks
+        .iter()
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| webhook::parse_url(u.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(DaemonError::Config)?;
     prepare_socket_dir(&config.socket)?;
     clear_stale_socket(&config.socket).await?;
     let store = Store::open(&config.state_dir)?;
@@ -146,12 +157,22 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     // Holds: an exec a policy asks about waits in the kernel for a person.
     let holds = Holds::new(HoldService::new(RateLimit::default()), exec_approvals);
-    match holds::start_exec_gate(core.clone(), holds.clone(), cgroup_mount.clone(), tokio::runtime::Handle::current()) {
-        Ok(marked) => info!(filesystems = marked.len(), "exec holds active (fanotify FAN_OPEN_EXEC_PERM)"),
+    let exec_holds = match holds::start_exec_gate(core.clone(), holds.clone(), cgroup_mount.clone(), tokio::runtime::Handle::current()) {
+        Ok(marked) => {
+            info!(filesystems = marked.len(), "exec holds active (fanotify FAN_OPEN_EXEC_PERM)");
+            Ok(marked.len())
+        }
         // Without the gate an exec ask still fails closed: the kernel finds no approval.
-        Err(e) => warn!(error = %e, "exec holds unavailable: an exec the policy asks about is denied without a hold"),
-    }
+        Err(e) => {
+            warn!(error = %e, "exec holds unavailable: an exec the policy asks about is denied without a hold");
+            Err(e.to_string())
+        }
+    };
     tokio::spawn(holds::expire_holds(holds.clone()));
+    if !webhooks.is_empty() {
+        info!(urls = ?webhooks.iter().map(|w| w.url.as_str()).collect::<Vec<_>>(), "holds are posted to webhooks");
+        tokio::spawn(holds::notify_webhooks(holds.clone(), webhooks));
+    }
 
     let (listener, socket_gid) = bind_socket(&config.socket)?;
     let own_cgroup = cgroup::current_cgroup(std::process::id()).ok();
@@ -165,6 +186,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             socket_gid,
             own_cgroup,
             started,
+            exec_holds,
         },
         holds.clone(),
     );

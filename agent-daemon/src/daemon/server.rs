@@ -38,6 +38,8 @@ pub struct Info {
     /// agentd's own cgroup: never bindable.
     pub own_cgroup: Option<PathBuf>,
     pub started: Instant,
+    /// The exec hold: how many filesystems fanotify marks, or why it is off.
+    pub exec_holds: Result<usize, String>,
 }
 
 /// The Agentd service.
@@ -289,7 +291,27 @@ impl Agentd for Service {
     async fn doctor(&self, _req: Request<pb::DoctorRequest>) -> Result<Response<pb::DoctorReply>, Status> {
         let report = self.with_core(|c| c.report()).await?;
         let pin_dir = self.info.pin_dir.clone();
-        let checks = tokio::task::spawn_blocking(move || host::checks(&pin_dir)).await.map_err(|e| Status::internal(e.to_string()))?;
+        let mut checks = tokio::task::spawn_blocking(move || host::checks(&pin_dir)).await.map_err(|e| Status::internal(e.to_string()))?;
+        let exec_check = report.kinds.iter().find(|k| k.kind == "exec").map(|k| k.active.clone()).unwrap_or_default();
+        checks.push(match &self.info.exec_holds {
+            Ok(n) => pb::Check {
+                name: "exec holds (ask)".into(),
+                ok: true,
+                detail: format!(
+                    "fanotify FAN_OPEN_EXEC_PERM on {n} filesystems holds the exec; only an approval agentd wrote lets it past {exec_check} (fails closed if agentd dies)"
+                ),
+            },
+            Err(e) => pb::Check {
+                name: "exec holds (ask)".into(),
+                ok: false,
+                detail: format!("unavailable ({e}): an exec the policy asks about is denied without a hold"),
+            },
+        });
+        checks.push(pb::Check {
+            name: "write and connect holds (ask)".into(),
+            ok: false,
+            detail: "not built yet: a write or connect the policy asks about is denied".into(),
+        });
         Ok(Response::new(pb::DoctorReply { kernel_release: host::kernel_release(), mechanisms: mechanisms_pb(&report), checks }))
     }
 

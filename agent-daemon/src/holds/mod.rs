@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod service;
+pub mod webhook;
 
 pub use service::{
     Decider, Decision, Grant, HoldError, HoldEvent, HoldKind, HoldRequest, HoldService, How, Pending, RateLimit,

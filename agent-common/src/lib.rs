@@ -59,6 +59,9 @@ pub mod verdict {
     /// An `ask` that a person approved (the kernel found the daemon's one-shot
     /// approval for this very file): allowed.
     pub const APPROVED: u8 = 5;
+    /// An `ask` connect redirected to agentd's hold proxy: it waits there for a
+    /// person's decision.
+    pub const HELD: u8 = 6;
 }
 
 /// Which kernel mechanism made the decision.
@@ -237,6 +240,43 @@ pub struct ExecApproval {
     pub expires_boot_ns: u64,
 }
 
+/// A TCP connect an `ask` rule sent to agentd's hold proxy instead of its
+/// destination: where it was going and who asked. Written by connect4/6 keyed by
+/// socket cookie, moved by the `sock_ops` program (once the source port exists) to
+/// `HELD_CONNECTS` keyed by [`held_connect_key`], where the proxy finds it by the
+/// accepted connection's peer port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldConnect {
+    /// The original destination, IPv4 as IPv4-mapped IPv6.
+    pub addr: [u8; 16],
+    pub port: u16,
+    /// AF_INET or AF_INET6 of the socket.
+    pub family: u16,
+    pub identity: u32,
+    pub rule_id: u32,
+    pub policy_version: u32,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// `HELD_CONNECTS` key of a held connection: the socket's family and its local
+/// (source) port on loopback.
+pub const fn held_connect_key(family: u16, local_port: u16) -> u32 {
+    ((family as u32) << 16) | local_port as u32
+}
+
+/// Index 0 of `HOLD_PROXY`: the loopback ports of agentd's hold proxy. 0: no proxy,
+/// so an `ask` connect is denied (fail closed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HoldProxy {
+    /// On 127.0.0.1, for IPv4 sockets.
+    pub port4: u16,
+    /// On ::1, for IPv6 sockets.
+    pub port6: u16,
+}
+
 /// Key of the per-CPU `HITS` hash: how often one rule (or a kind's default,
 /// `rule_id == 0`) of one rule set decided.
 #[repr(C)]
@@ -379,6 +419,8 @@ mod pod {
     unsafe impl aya::Pod for EgressRules {}
     unsafe impl aya::Pod for ExecInodeKey {}
     unsafe impl aya::Pod for ExecApproval {}
+    unsafe impl aya::Pod for HeldConnect {}
+    unsafe impl aya::Pod for HoldProxy {}
     unsafe impl aya::Pod for HitKey {}
     unsafe impl aya::Pod for Hits {}
     unsafe impl aya::Pod for KernelOffsets {}
@@ -395,6 +437,9 @@ mod tests {
         assert_eq!(size_of::<IdentityConfig>(), 24);
         assert_eq!(size_of::<ExecInodeKey>(), 16);
         assert_eq!(size_of::<ExecApproval>(), 24);
+        assert_eq!(size_of::<HeldConnect>(), 40);
+        assert_eq!(size_of::<HoldProxy>(), 4);
+        assert_eq!(held_connect_key(10, 443), (10 << 16) | 443);
         assert_eq!(size_of::<HitKey>(), 12);
         assert_eq!(size_of::<Hits>(), 32);
         assert_eq!(size_of::<PathKey>(), 256);

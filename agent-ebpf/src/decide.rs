@@ -29,9 +29,10 @@ pub struct Decision {
     pub report: bool,
     /// `verdict::*` when reported with `block == false` (audit, would-deny).
     pub soft_verdict: u8,
-    /// An exec `ask` in enforce mode, blocked until the caller finds the daemon's
-    /// approval (`exec::settle_ask`); not counted yet, as the caller decides which
-    /// way it goes.
+    /// An exec or egress `ask` in enforce mode: blocked unless the caller holds it
+    /// (an exec with the daemon's approval, `exec::settle_ask`; a TCP connect sent
+    /// to the hold proxy, `egress::hold`); not counted yet, as the caller decides
+    /// which way it goes.
     pub ask: bool,
     pub reason: u8,
     pub rule_id: u32,
@@ -86,7 +87,7 @@ pub fn from_action(cfg: &IdentityConfig, kind: u8, act: u8, reason: u8, rule_id:
         ),
         // An exec ask is held by the daemon (fanotify) before this check runs; the
         // caller allows it only with the daemon's approval, and counts it then.
-        action::ASK if !monitor && kind == kind::EXEC => {
+        action::ASK if !monitor && (kind == kind::EXEC || kind == kind::EGRESS) => {
             return Decision { ask: true, ..Decision::deny(reason, rule_id, v) };
         }
         // DENY, other ASKs (no hold for them yet: deny) and anything unknown.

@@ -7,19 +7,23 @@
 //! and packet sockets to bound identities, which could otherwise forge traffic
 //! around the connect hooks.
 
+use core::ffi::c_void;
+
 use agent_common::{
-    action, kind, mechanism, op, reason, verdict, AddrKey, EgressRules, MAX_PORT_RULES,
+    action, held_connect_key, kind, mechanism, op, reason, verdict, AddrKey, EgressRules, HeldConnect, MAX_PORT_RULES,
 };
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, lsm},
+    bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_socket_cookie},
+    macros::{cgroup_sock, cgroup_sock_addr, lsm, sock_ops},
     maps::lpm_trie::Key,
-    programs::{LsmContext, SockAddrContext, SockContext},
+    programs::{LsmContext, SockAddrContext, SockContext, SockOpsContext},
 };
 
 use crate::{
     attribution::{current_subject, Subject},
-    decide::{from_action, identity_config, report, Decision, Target},
-    maps::{EGRESS_RULES, SCRATCH},
+    decide::{count_hit, from_action, identity_config, report, Decision, Target, HIT_DENY},
+    maps::{EGRESS_RULES, HELD_BY_COOKIE, HELD_CONNECTS, HOLD_PROXY, SCRATCH},
     vfs::{offsets, read_u32, read_u64},
     EPERM,
 };
@@ -54,30 +58,75 @@ fn lookup(ruleset: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u8,
     None
 }
 
+/// The decision on a connect or send before any hold, and the identity's rule
+/// set (to count an `ask` once the caller knows which way it went).
 #[inline(always)]
-fn judge(subject: &Subject, family: u16, addr: [u8; 16], port: u16, protocol: u8, op: u8, mech: u8) -> Decision {
-    let target = Target {
-        kind: kind::EGRESS,
-        op,
-        mechanism: mech,
-        path: None,
-        family,
-        protocol,
-        port,
-        addr,
-    };
-    let d = match identity_config(subject.identity) {
-        Err(d) => d,
-        Ok(cfg) => match lookup(cfg.ruleset, &addr, port, protocol) {
-            Some((act, rule_id)) => from_action(cfg, kind::EGRESS, act, reason::RULE, rule_id),
-            None => from_action(cfg, kind::EGRESS, cfg.egress_default, reason::DEFAULT, 0),
-        },
-    };
+fn decide(subject: &Subject, addr: &[u8; 16], port: u16, protocol: u8) -> (Decision, u32) {
+    match identity_config(subject.identity) {
+        Err(d) => (d, 0),
+        Ok(cfg) => {
+            let d = match lookup(cfg.ruleset, addr, port, protocol) {
+                Some((act, rule_id)) => from_action(cfg, kind::EGRESS, act, reason::RULE, rule_id),
+                None => from_action(cfg, kind::EGRESS, cfg.egress_default, reason::DEFAULT, 0),
+            };
+            (d, cfg.ruleset)
+        }
+    }
+}
+
+/// An `ask` that cannot be held (UDP, a send, no proxy): denied, and counted so.
+#[inline(always)]
+fn refuse_ask(d: Decision, ruleset: u32) -> Decision {
+    count_hit(ruleset, kind::EGRESS, d.rule_id, HIT_DENY);
+    Decision { ask: false, ..d }
+}
+
+#[inline(always)]
+fn emit(subject: &Subject, d: &Decision, family: u16, addr: [u8; 16], port: u16, protocol: u8, op: u8, mech: u8) {
+    let target = Target { kind: kind::EGRESS, op, mechanism: mech, path: None, family, protocol, port, addr };
     if let Some(s) = SCRATCH.get_ptr(0) {
         // SAFETY: per-CPU scratch; egress events carry no path, so it is only read.
-        report(unsafe { &*s }, subject, &d, &target, verdict::DENY);
+        report(unsafe { &*s }, subject, d, &target, verdict::DENY);
     }
-    d
+}
+
+/// Sends an `ask` TCP connect to agentd's hold proxy on loopback instead of its
+/// destination, recording where it was going under the socket's cookie. False
+/// (deny) when there is no proxy or the record cannot be written.
+#[inline(always)]
+fn hold(ctx: &SockAddrContext, v6_family: bool, subject: &Subject, d: &Decision, addr: [u8; 16], port: u16) -> bool {
+    let Some(proxy) = HOLD_PROXY.get(0) else { return false };
+    let to = if v6_family { proxy.port6 } else { proxy.port4 };
+    if to == 0 {
+        return false;
+    }
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let held = HeldConnect {
+        addr,
+        port,
+        family: if v6_family { AF_INET6 } else { AF_INET },
+        identity: subject.identity,
+        rule_id: d.rule_id,
+        policy_version: d.policy_version,
+        tgid,
+        _pad: 0,
+    };
+    if HELD_BY_COOKIE.insert(&cookie, &held, 0).is_err() {
+        return false;
+    }
+    // SAFETY: connect4/6 may rewrite the destination in their context.
+    unsafe {
+        let sa = &mut *ctx.sock_addr;
+        if v6_family {
+            sa.user_ip6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+        } else {
+            sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
+        }
+        sa.user_port = u32::from(to.to_be());
+    }
+    true
 }
 
 #[inline(always)]
@@ -116,7 +165,15 @@ fn sock_addr_verdict(ctx: &SockAddrContext, v6_family: bool, op: u8) -> i32 {
         let port = u16::from_be(sa.user_port as u16);
         (addr, port, sa.protocol as u8, if v6_family { AF_INET6 } else { AF_INET })
     };
-    let d = judge(&subject, family, addr, port, protocol, op, mechanism::SOCK_ADDR);
+    let (d, ruleset) = decide(&subject, &addr, port, protocol);
+    let d = if !d.ask {
+        d
+    } else if op == op::CONNECT && protocol == IPPROTO_TCP && hold(ctx, v6_family, &subject, &d, addr, port) {
+        Decision { block: false, report: true, soft_verdict: verdict::HELD, ask: false, ..d }
+    } else {
+        refuse_ask(d, ruleset)
+    };
+    emit(&subject, &d, family, addr, port, protocol, op, mechanism::SOCK_ADDR);
     if d.block { 0 } else { 1 }
 }
 
@@ -227,6 +284,32 @@ pub fn lsm_socket_connect(ctx: LsmContext) -> i32 {
         Ok(t) if t & 0xffff == SOCK_DGRAM => IPPROTO_UDP,
         _ => 0,
     };
-    let d = judge(&subject, family, addr, port, protocol, op::CONNECT, mechanism::LSM);
+    let (d, ruleset) = decide(&subject, &addr, port, protocol);
+    if d.ask && protocol == IPPROTO_TCP {
+        // connect4/6 (always attached) hold it at the proxy, or deny it.
+        return 0;
+    }
+    let d = if d.ask { refuse_ask(d, ruleset) } else { d };
+    emit(&subject, &d, family, addr, port, protocol, op::CONNECT, mechanism::LSM);
     if d.block { -EPERM } else { 0 }
+}
+
+/// Once a held connect's SYN is about to go (its source port is known), moves its
+/// record from the socket cookie to (family, source port), which is all the proxy
+/// can see of the connection it accepts.
+#[sock_ops]
+
+#[inline(always)]
+pub fn hold_sock_ops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB {
+        return 1;
+    }
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
+    // SAFETY: the value is copied out at once.
+    let Some(held) = (unsafe { HELD_BY_COOKIE.get(&cookie) }).copied() else { return 1 };
+    let key = held_connect_key(ctx.family() as u16, ctx.local_port() as u16);
+    let _ = HELD_CONNECTS.insert(&key, &held, 0);
+    let _ = HELD_BY_COOKIE.remove(&cookie);
+    1
 }

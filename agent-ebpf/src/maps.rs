@@ -3,12 +3,12 @@
 //! depends on the daemon being alive.
 
 use agent_common::{
-    AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, HitKey, Hits, IdentityConfig, KernelOffsets, PathKey, PathRule,
+    AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, HeldConnect, HitKey, HoldProxy, Hits, IdentityConfig, KernelOffsets, PathKey, PathRule,
     COUNTERS_LEN, PATH_KEY_LEN,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 /// cgroup id → identity id. A task is attributed to the deepest bound ancestor of
@@ -32,6 +32,19 @@ pub static EXEC_INODES: HashMap<ExecInodeKey, PathRule> = HashMap::pinned(16384,
 /// One-shot approvals of held execs, by tgid (see `ExecApproval`).
 #[map]
 pub static EXEC_APPROVALS: HashMap<u32, ExecApproval> = HashMap::pinned(4096, 0);
+
+/// Where agentd's hold proxy listens (see `HoldProxy`).
+#[map]
+pub static HOLD_PROXY: Array<HoldProxy> = Array::pinned(1, 0);
+
+/// Held connects by socket cookie, until `sock_ops` knows their source port. LRU:
+/// a connect that fails before its SYN leaves an entry nobody deletes.
+#[map]
+pub static HELD_BY_COOKIE: LruHashMap<u64, HeldConnect> = LruHashMap::pinned(8192, 0);
+
+/// Held connects by (family, local port): what the hold proxy looks up.
+#[map]
+pub static HELD_CONNECTS: LruHashMap<u32, HeldConnect> = LruHashMap::pinned(8192, 0);
 
 #[map]
 pub static WRITE_RULES: LpmTrie<PathKey, PathRule> = LpmTrie::pinned(65536, 0);

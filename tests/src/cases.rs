@@ -797,3 +797,122 @@ pub fn webhook_gets_each_hold_and_retries() {
     assert!(!done["resolution"]["decided_by"].as_str().unwrap_or("").is_empty(), "{done}");
     assert_eq!(finished(child), Outcome::Ok);
 }
+
+// ----- holds: connects marked `ask` wait at agentd's hold proxy --------------------
+
+/// An `ask` TCP connect reaches agentd's hold proxy instead of its destination and
+/// waits there: approved, it is spliced to the destination and carries data both
+/// ways; denied, the agent's connection is reset and the destination never sees
+/// it. UDP to the same destination is denied (nothing can hold a datagram).
+pub fn connect_hold_carries_data_after_approval_and_resets_after_deny() {
+    let d = Daemon::start("connhold");
+    let echo = crate::harness::Echo::start("127.0.0.1");
+    let cg = Cgroup::new("connhold");
+    let egress = format!(
+        "    default: deny\n    rules:\n      - {{cidr: 127.0.0.1/32, ports: [{}], action: ask}}\n",
+        echo.addr.port()
+    );
+    let text = policy("connhold", ALLOW_ALL, ALLOW_ALL, &egress)
+        .replace("spec:\n", "spec:\n  approvals:\n    timeout: 60s\n    on_timeout: deny\n    max_pending: 8\n");
+    d.identity_bound("connhold", &text, &cg);
+    let target = echo.addr.to_string();
+
+    let child = cg.spawn(&d.bins.probe, &["tcp-talk", &target, "ping"]);
+    let h = hold_on(&d, &target);
+    assert_eq!((h["kind"].as_str(), h["rule_id"].as_u64(), h["identity"].as_str()), (Some("connect"), Some(1), Some("connhold")), "{h}");
+    assert_eq!(h["pid"].as_u64(), Some(u64::from(child.id())), "{h}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(echo.connections(), 0, "nothing reached the destination while held");
+    d.ctl_ok(&["approve", h["id"].as_str().expect("id")]);
+    let out = child.wait_with_output().expect("probe");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("read echo: ping"), "approved: data both ways: {out:?}");
+    assert_eq!(outcome(&out), Outcome::Ok);
+    assert_eq!(echo.connections(), 1);
+
+    let child = cg.spawn(&d.bins.probe, &["tcp-talk", &target, "ping"]);
+    let h = hold_on(&d, &target);
+    d.ctl_ok(&["deny", h["id"].as_str().expect("id"), "--reason", "no"]);
+    assert_eq!(finished(child), Outcome::Errno("ECONNRESET".into()), "denied: reset");
+    assert_eq!(echo.connections(), 1, "a denied connect never reaches the destination");
+    assert_eq!(probe(&d, &cg, &["udp", &target]), Outcome::Errno("EPERM".into()), "an ask datagram is denied");
+    let ev = event_where(&d, |e| e["verdict"] == "held" && e["kind"] == "egress");
+    assert_eq!(ev["rule_id"], 1, "{ev}");
+}
+
+/// agentd killed while a connect is held: the agent's connection is reset, the
+/// destination never sees it, and (the proxy gone) a new ask connect gets nowhere.
+pub fn connect_hold_fails_closed_when_agentd_dies() {
+    let mut d = Daemon::start("connkill");
+    let echo = crate::harness::Echo::start("127.0.0.1");
+    let cg = Cgroup::new("connkill");
+    let egress = format!(
+        "    default: deny\n    rules:\n      - {{cidr: 127.0.0.1/32, ports: [{}], action: ask}}\n",
+        echo.addr.port()
+    );
+    d.identity_bound("connkill", &policy("connkill", ALLOW_ALL, ALLOW_ALL, &egress), &cg);
+    let target = echo.addr.to_string();
+    let child = cg.spawn(&d.bins.probe, &["tcp-talk", &target, "ping"]);
+    hold_on(&d, &target);
+    d.kill9();
+    let out = child.wait_with_output().expect("probe");
+    // Reset (the proxy had unread data) or closed: either way no answer came back.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("echo:"), "the held connect went through: {out:?}");
+    println!("held connect when agentd died: {:?}", outcome(&out));
+    let again = cg.run(&d.bins.probe, &["tcp-talk", &target, "ping"]);
+    assert!(!String::from_utf8_lossy(&again.stdout).contains("echo:"), "with agentd dead an ask connect got through: {again:?}");
+    println!("ask connect with agentd dead: {:?}", outcome(&again));
+    assert_eq!(echo.connections(), 0, "the destination never saw a connection");
+}
+
+/// `agentctl approvals watch` in a terminal shows each new hold and asks; `y`
+/// approves it once. (Host tier only: it needs `script` from util-linux for the
+/// terminal, which the VM's busybox does not have.)
+pub fn approvals_watch_prompts_in_a_terminal() {
+    use std::io::{BufRead as _, Write as _};
+    let d = Daemon::start("watch");
+    let files = Scratch::new("watch");
+    let tool = tool_in(&d, &files);
+    let cg = Cgroup::new("watch");
+    d.identity_bound("watched", &ask_policy("watched", &tool, "60s"), &cg);
+    let cmd = format!(
+        "{} --socket {} approvals watch",
+        d.bins.agentctl.display(),
+        d.socket.display()
+    );
+    let mut watch = std::process::Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut stdin = watch.stdin.take().expect("stdin");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = watch.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        // The prompt has no newline: read byte-wise into "lines" split on '>' too.
+        let mut r = std::io::BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while r.read_until(b'>', &mut buf).is_ok_and(|n| n > 0) {
+            if tx.send(String::from_utf8_lossy(&buf).to_string()).is_err() {
+                return;
+            }
+            buf.clear();
+        }
+    });
+    let child = cg.spawn(&d.bins.probe, &["exec", &tool, "sleep", "0"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = String::new();
+    while !seen.contains("approve?") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.push_str(&chunk),
+            Err(_) => panic!("no prompt within 20 s; the terminal showed: {seen:?}"),
+        }
+    }
+    assert!(seen.contains("watched") && seen.contains(&tool) && seen.contains("sleep 0"), "{seen:?}");
+    stdin.write_all(b"y\n").expect("answer");
+    stdin.flush().expect("flush");
+    assert_eq!(finished(child), Outcome::Ok, "approved at the prompt");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}

@@ -390,6 +390,40 @@ impl Drop for Daemon {
     }
 }
 
+/// A TCP listener on loopback that answers each connection's first line with
+/// `echo: LINE`, and counts the connections it got.
+pub struct Echo {
+    pub addr: std::net::SocketAddr,
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Echo {
+    pub fn start(ip: &str) -> Echo {
+        use std::io::BufRead as _;
+        let l = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind echo");
+        let addr = l.local_addr().expect("local addr");
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = connections.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut line = String::new();
+                    let mut r = std::io::BufReader::new(&s);
+                    if r.read_line(&mut line).is_ok() {
+                        let _ = (&s).write_all(format!("echo: {}\n", line.trim()).as_bytes());
+                    }
+                });
+            }
+        });
+        Echo { addr, connections }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// A TCP listener on loopback that answers each connection with "hello".
 pub struct Listener {
     pub addr: std::net::SocketAddr,

@@ -152,14 +152,21 @@ pub fn perform(d: &Daemon, cg: &Cgroup, act: &Act) -> Outcome {
 /// count it as an allow of the ask rule). Returns the outcome and what was wrong
 /// with the hold.
 pub fn perform_held(d: &Daemon, cg: &Cgroup, act: &Act, rule: u32) -> (Outcome, Vec<String>) {
-    let Act::Exec { path } = act else { return (perform(d, cg, act), vec!["only execs are held".into()]) };
-    let child = Command::new(&d.bins.probe)
-        .args(["join", cg.path.to_str().expect("utf-8 cgroup path"), "exec"])
-        .arg(path)
-        .args(["sleep", "0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("running probe");
+    let mut c = Command::new(&d.bins.probe);
+    c.args(["join", cg.path.to_str().expect("utf-8 cgroup path")]);
+    // An exec is approved (it must then run); a connect is denied (reset).
+    let approve = match act {
+        Act::Exec { path } => {
+            c.arg("exec").arg(path).args(["sleep", "0"]);
+            true
+        }
+        Act::Connect { addr, udp: false } => {
+            c.args(["tcp-talk", &addr.to_string(), "conformance"]);
+            false
+        }
+        _ => return (perform(d, cg, act), vec!["only execs and TCP connects are held".into()]),
+    };
+    let child = c.stdout(std::process::Stdio::piped()).spawn().expect("running probe");
     let pid = u64::from(child.id());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut problems = Vec::new();
@@ -180,11 +187,20 @@ pub fn perform_held(d: &Daemon, cg: &Cgroup, act: &Act, rule: u32) -> (Outcome, 
             if h["rule_id"].as_u64() != Some(u64::from(rule)) {
                 problems.push(format!("held by rule {}, expected rule {rule}: {h}", h["rule_id"]));
             }
-            d.ctl_ok(&["approve", h["id"].as_str().expect("hold id")]);
+            d.ctl_ok(&[if approve { "approve" } else { "deny" }, h["id"].as_str().expect("hold id")]);
         }
         None => problems.push("expected a hold, agentd held nothing within 20 s".into()),
     }
     (outcome(&child.wait_with_output().expect("held probe")), problems)
+}
+
+/// What a blocked `act` looks like to the process: the mechanism's deny, or for a
+/// held connect the replay denied, a reset.
+fn blocked_outcome(act: &Act, want: &Expect, blocked: &std::collections::HashMap<&str, Outcome>) -> Outcome {
+    match (act, want.held_by) {
+        (Act::Connect { .. }, Some(_)) => Outcome::Errno("ECONNRESET".into()),
+        _ => blocked[act.kind()].clone(),
+    }
 }
 
 /// What is wrong with outcome `got` for an action expected as `want`.
@@ -279,6 +295,11 @@ pub fn expect_of(v: &Vector, standing: Standing) -> Expect {
         // An exec ask is held, and the replay approves it (`perform_held`): the
         // kernel lets it through on the daemon's approval and counts an allow.
         Verdict::Ask if is_exec(v) => (false, Counter::Allow),
+        // A TCP connect ask is sent to the hold proxy (not counted by the kernel:
+        // its outcome is the hold's), and the replay denies it: reset.
+        Verdict::Ask if is_tcp(v) => {
+            return Expect { blocked: true, held_by: Some(rule), counts: None };
+        }
         // Other asks are denied: nothing holds them yet.
         Verdict::Deny | Verdict::Ask => (true, Counter::Deny),
         Verdict::WouldDeny | Verdict::WouldAsk => (false, Counter::WouldDeny),
@@ -287,9 +308,13 @@ pub fn expect_of(v: &Vector, standing: Standing) -> Expect {
     Expect { blocked, held_by, counts: Some((rule, counter)) }
 }
 
-/// Whether `v` is an exec the kernel holds for approval.
+/// Whether `v` is an exec or TCP connect the kernel holds for approval.
 pub fn held(v: &Vector, standing: Standing) -> bool {
-    standing == Standing::Active && v.expected.decision == Verdict::Ask && is_exec(v)
+    standing == Standing::Active && v.expected.decision == Verdict::Ask && (is_exec(v) || is_tcp(v))
+}
+
+fn is_tcp(v: &Vector) -> bool {
+    matches!(v.action, VectorAction::Connect { protocol, .. } if protocol.number() == 6)
 }
 
 fn is_exec(v: &Vector) -> bool {
@@ -404,7 +429,7 @@ pub fn replay_vectors(d: &mut Daemon, scratch: &Path) -> (usize, Vec<String>) {
                 Some(rule) => perform_held(d, &s.cg, &act, rule),
                 None => (perform(d, &s.cg, &act), Vec::new()),
             };
-            found.extend(check_outcome(&got, &want, &blocked[act.kind()]));
+            found.extend(check_outcome(&got, &want, &blocked_outcome(&act, &want, &blocked)));
             for p in found {
                 problems.push(format!("{}: {} ({}): {p}", s.file.location(v), v.name, v.expected));
             }
@@ -429,7 +454,7 @@ pub fn replay_vectors(d: &mut Daemon, scratch: &Path) -> (usize, Vec<String>) {
             for v in &s.file.vectors {
                 let act = act_of(v, &s.root);
                 let want = expect_of(v, s.file.identity);
-                let (found, after) = check(d, &s.cg, &s.name, &act, &want, &blocked[act.kind()], before);
+                let (found, after) = check(d, &s.cg, &s.name, &act, &want, &blocked_outcome(&act, &want, &blocked), before);
                 before = after;
                 for p in found {
                     problems.push(format!("{}: {} ({}): {p}", s.file.location(v), v.name, v.expected));

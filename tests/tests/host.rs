@@ -51,4 +51,8 @@ agentd_tests::scenario_tests!(outside_tier;
     exec_hold_fails_closed_when_agentd_dies,
     hundred_concurrent_holds_resolve_each_to_its_own_decision,
     webhook_gets_each_hold_and_retries,
+    connect_hold_carries_data_after_approval_and_resets_after_deny,
+    connect_hold_fails_closed_when_agentd_dies,
+    // Host only: needs script(1) for a terminal.
+    approvals_watch_prompts_in_a_terminal,
 );

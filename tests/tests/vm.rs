@@ -53,4 +53,6 @@ agentd_tests::scenario_tests!(outside_vm;
     exec_hold_fails_closed_when_agentd_dies,
     hundred_concurrent_holds_resolve_each_to_its_own_decision,
     webhook_gets_each_hold_and_retries,
+    connect_hold_carries_data_after_approval_and_resets_after_deny,
+    connect_hold_fails_closed_when_agentd_dies,
 );

@@ -281,7 +281,7 @@ question was answered, whatever the decision; 1 on errors.
 
 --json prints one object: policy, mode, action {kind, target, protocol}, decision
 (allow|deny|ask|audit: what the policy says), enforced (allow|deny|would_deny|hold: what
-the kernel does; an exec ask is held for a person, other asks are denied), rule_id (0:
+the kernel does; an exec or TCP connect ask is held for a person, other asks are denied), rule_id (0:
 the default), rule, line, reason, identity, standing (active|revoked|expired|no-policy).
 
 EXAMPLES:

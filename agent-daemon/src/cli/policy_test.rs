@@ -126,9 +126,10 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
     };
     let mut notes = Vec::new();
     if decision.action == ActionKind::Ask && standing == Standing::Active && mode != Some(Mode::Monitor) {
-        notes.push(match action {
+        notes.push(match &action {
             Action::Exec { .. } => "the exec waits until a person runs `agentctl approve ID` or `agentctl deny ID` (see `agentctl approvals watch`); at the policy's approvals.timeout it gets on_timeout".into(),
-            _ => "`ask` for file writes and connects is enforced as deny: this build holds only execs".into(),
+            a if held(a) => "the connect waits at agentd's hold proxy until a person approves it (then it reaches its destination) or denies it (then it is reset); see `agentctl approvals watch`".into(),
+            _ => "`ask` for file writes and UDP is enforced as deny: this build holds execs and TCP connects only".into(),
         });
     }
     // The evaluator answers for any valid file, but `apply` also needs the kernel to
@@ -162,15 +163,22 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
     })
 }
 
+/// Whether an `ask` for `action` is held for a person (an exec, a TCP connect);
+/// other asks (writes, UDP) are denied.
+fn held(action: &Action) -> bool {
+    matches!(action, Action::Exec { .. } | Action::Connect { protocol: Protocol::Tcp, .. })
+}
+
 /// What the kernel does with a decision: only an active identity's policy can be
-/// in monitor mode; an exec `ask` is held for a person, other asks are denied.
+/// in monitor mode; an exec or TCP connect `ask` is held for a person, other asks
+/// are denied.
 fn enforced(decision: ActionKind, mode: Option<Mode>, standing: Standing, action: &Action) -> &'static str {
     match decision {
         ActionKind::Allow | ActionKind::Audit => "allow",
         ActionKind::Deny | ActionKind::Ask if standing == Standing::Active && mode == Some(Mode::Monitor) => {
             "would_deny"
         }
-        ActionKind::Ask if standing == Standing::Active && matches!(action, Action::Exec { .. }) => "hold",
+        ActionKind::Ask if standing == Standing::Active && held(action) => "hold",
         ActionKind::Deny | ActionKind::Ask => "deny",
     }
 }

@@ -133,7 +133,7 @@ pub struct Applied {
     pub identities: Vec<String>,
 }
 
-/// An exec to hold: who asks, under which rule, and the policy's hold settings.
+/// An action to hold: who asks, under which rule, and the policy's hold settings.
 #[derive(Clone, Debug)]
 pub struct ExecAsk {
     pub identity: String,
@@ -640,6 +640,34 @@ impl Core {
             rule: d.rule_text.unwrap_or_default(),
             approvals: loaded.policy.approvals,
         })
+    }
+
+    /// A connect the kernel sent to the hold proxy: who asked and under which rule
+    /// (as the kernel decided it: `policy_version` and `rule_id`), with the hold
+    /// settings of the identity's policy. `None` when the identity is gone, or can
+    /// no longer act (revoked, expired): such a connect is refused, not held.
+    pub fn connect_ask(&self, identity_id: u32, policy_version: u32, rule_id: u32, now: SystemTime) -> Option<ExecAsk> {
+        let rec = self.state.identity_by_id(identity_id)?;
+        if rec.denies_all(now) {
+            return None;
+        }
+        let loaded = self.loaded.get(&rec.policy)?;
+        let rule = self.attribute(identity_id, policy_version, rule_id).map(|a| a.rule).unwrap_or_default();
+        Some(ExecAsk {
+            identity: rec.name.clone(),
+            identity_id: rec.id,
+            owner: rec.owner.clone(),
+            policy: rec.policy.clone(),
+            policy_version,
+            rule_id,
+            rule,
+            approvals: loaded.policy.approvals,
+        })
+    }
+
+    /// Whether identity `identity_id` may still act (exists, not revoked or expired).
+    pub fn identity_active(&self, identity_id: u32, now: SystemTime) -> bool {
+        self.state.identity_by_id(identity_id).is_some_and(|r| !r.denies_all(now))
     }
 
     /// Names an event's identity, policy and rule. The rule text comes from the

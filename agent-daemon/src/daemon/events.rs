@@ -223,7 +223,7 @@ pub fn convert(ev: &Event, boot_offset: Duration, names: Option<Attribution>, ex
         kind: name(ev.kind, &[(kind::EXEC, "exec"), (kind::WRITE, "write"), (kind::EGRESS, "egress"), (kind::SOCKET, "raw-socket")]),
         verdict: name(
             ev.verdict,
-            &[(verdict::DENY, "deny"), (verdict::KILL, "kill"), (verdict::AUDIT, "audit"), (verdict::WOULD_DENY, "would-deny"), (verdict::APPROVED, "approved")],
+            &[(verdict::DENY, "deny"), (verdict::KILL, "kill"), (verdict::AUDIT, "audit"), (verdict::WOULD_DENY, "would-deny"), (verdict::APPROVED, "approved"), (verdict::HELD, "held")],
         ),
         mechanism: name(
             ev.mechanism,

@@ -12,14 +12,14 @@ use std::{
 };
 
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::core::{Core, ExecAsk};
 use crate::{
     cgroup,
     enforce::{
         fanotify::{blocked_exec_argv, blocked_exec_file, ExecGate, HeldExec},
-        ExecApprovals,
+        ConnectHolds, ExecApprovals,
     },
     api::pb,
     holds::{webhook, Grant, HoldEvent, HoldKind, HoldRequest, HoldService, How, Pending, Resolution, Submitted, Verdict},
@@ -210,6 +210,162 @@ pub async fn notify_webhooks(holds: Arc<Holds>, endpoints: Vec<webhook::Endpoint
         for ep in &endpoints {
             tokio::spawn(webhook::deliver(ep.clone(), body.clone(), give_up_at, what.clone()));
         }
+    }
+}
+
+// ----- connects: the hold proxy ---------------------------------------------------
+
+const AF_INET: u16 = libc::AF_INET as u16;
+const AF_INET6: u16 = libc::AF_INET6 as u16;
+
+/// Starts the hold proxy: listeners on 127.0.0.1 and ::1 whose ports the kernel's
+/// connect4/6 send `ask` connects to. Each accepted connection is matched to the
+/// connect the kernel redirected (by its source port), held, and then either
+/// spliced to the original destination or reset. Returns the ports.
+pub async fn start_connect_proxy(
+    core: Arc<Mutex<Core>>,
+    holds: Arc<Holds>,
+    mut maps: ConnectHolds,
+) -> Result<(u16, u16), String> {
+    let v4 = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("listening on 127.0.0.1: {e}"))?;
+    let v6 = tokio::net::TcpListener::bind("[::1]:0").await.ok();
+    let p4 = v4.local_addr().map_err(|e| e.to_string())?.port();
+    let p6 = v6.as_ref().and_then(|l| l.local_addr().ok()).map_or(0, |a| a.port());
+    maps.set_proxy(p4, p6).map_err(|e| e.to_string())?;
+    let maps = Arc::new(Mutex::new(maps));
+    for l in std::iter::once(v4).chain(v6) {
+        let (core, holds, maps) = (core.clone(), holds.clone(), maps.clone());
+        tokio::spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((client, peer)) => {
+                        let (core, holds, maps) = (core.clone(), holds.clone(), maps.clone());
+                        tokio::spawn(async move { held_connection(core, holds, maps, client, peer).await });
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "hold proxy accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+    Ok((p4, p6))
+}
+
+/// Stops sending `ask` connects to the proxy (they are denied from now on): for a
+/// stopping agentd, so nothing is redirected to a port that is about to close.
+pub fn stop_connect_proxy(maps: &mut ConnectHolds) {
+    if let Err(e) = maps.set_proxy(0, 0) {
+        warn!(error = %e, "could not clear HOLD_PROXY; ask connects go to a closed port (refused) until agentd starts again");
+    }
+}
+
+/// The original destination as `addr:port`.
+fn destination(addr: [u8; 16], port: u16) -> std::net::SocketAddr {
+    let v6 = std::net::Ipv6Addr::from(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => std::net::SocketAddr::from((v4, port)),
+        None => std::net::SocketAddr::from((v6, port)),
+    }
+}
+
+/// Closes `s` with a reset (SO_LINGER 0): the agent sees ECONNRESET, not a clean end.
+/// (Linger 0 never blocks: the close sends RST and returns.)
+fn reset(s: tokio::net::TcpStream) {
+    let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
+    drop(s);
+}
+
+async fn held_connection(
+    core: Arc<Mutex<Core>>,
+    holds: Arc<Holds>,
+    maps: Arc<Mutex<ConnectHolds>>,
+    client: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) {
+    let family = if peer.is_ipv4() { AF_INET } else { AF_INET6 };
+    let held = maps.lock().unwrap_or_else(PoisonError::into_inner).take(family, peer.port());
+    let Some(h) = held else {
+        // Not a connect the kernel redirected (someone dialled the port): refuse.
+        warn!(peer = %peer, "connection to the hold proxy that no held connect made; reset");
+        reset(client);
+        return;
+    };
+    let dest = destination(h.addr, h.port);
+    let now = SystemTime::now();
+    let ask = core.lock().unwrap_or_else(PoisonError::into_inner).connect_ask(h.identity, h.policy_version, h.rule_id, now);
+    let Some(ask) = ask else {
+        info!(dest = %dest, identity_id = h.identity, "held connect of an identity that can no longer act; reset");
+        reset(client);
+        return;
+    };
+    let pid = h.tgid;
+    let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
+    let argv: Vec<String> =
+        read("cmdline").split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let settings = ask.approvals;
+    let req = HoldRequest {
+        identity: ask.identity,
+        identity_id: ask.identity_id,
+        owner: ask.owner,
+        kind: HoldKind::Connect,
+        target: dest.to_string(),
+        argv,
+        pid,
+        uid: String::from_utf8_lossy(&read("status"))
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(u32::MAX),
+        comm: String::from_utf8_lossy(&read("comm")).trim_end().to_string(),
+        executable: std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        cgroup_path: process_cgroup(&crate::cgroup::cgroup2_mount().unwrap_or_default(), pid)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        policy: ask.policy,
+        policy_version: ask.policy_version,
+        rule_id: ask.rule_id,
+        rule: ask.rule,
+    };
+    let submitted = holds.service().submit(req, &settings, now);
+    let resolution = match submitted {
+        Submitted::Decided(r) => r,
+        Submitted::Held { id, wait } => {
+            info!(hold = %id, tgid = pid, dest = %dest, "connect held for approval");
+            holds.wake.notify_one();
+            match wait.await {
+                Ok(r) => r,
+                Err(_) => {
+                    reset(client);
+                    return;
+                }
+            }
+        }
+    };
+    // Approved, but the identity was revoked (or expired) meanwhile: the kernel
+    // would refuse its own connect now, so agentd must not make it on its behalf.
+    let still = core.lock().unwrap_or_else(PoisonError::into_inner).identity_active(h.identity, SystemTime::now());
+    if resolution.verdict != Verdict::Allow || !still {
+        reset(client);
+        return;
+    }
+    let upstream = match tokio::time::timeout(Duration::from_secs(30), tokio::net::TcpStream::connect(dest)).await {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => {
+            info!(dest = %dest, error = %e, "approved connect failed upstream; reset");
+            reset(client);
+            return;
+        }
+        Err(_) => {
+            info!(dest = %dest, "approved connect timed out upstream; reset");
+            reset(client);
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (client, upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        debug!(dest = %dest, error = %e, "held connection ended with an error");
     }
 }
 

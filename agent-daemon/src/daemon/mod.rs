@@ -130,6 +130,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     log_report(&report);
     let reader = enforcer.take_events().map_err(DaemonError::Load)?;
     let exec_approvals = enforcer.exec_approvals().map_err(DaemonError::Load)?;
+    let connect_holds = enforcer.connect_holds().map_err(DaemonError::Load)?;
+    let mut connect_holds_at_stop = enforcer.connect_holds().map_err(DaemonError::Load)?;
 
     let mut core = Core::new(Box::new(enforcer), store, state);
     let r = core
@@ -169,6 +171,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     };
     tokio::spawn(holds::expire_holds(holds.clone()));
+    let connect_proxy = match holds::start_connect_proxy(core.clone(), holds.clone(), connect_holds).await {
+        Ok((p4, p6)) => {
+            info!(port4 = p4, port6 = p6, "connect holds active (hold proxy on loopback)");
+            Ok((p4, p6))
+        }
+        Err(e) => {
+            warn!(error = %e, "connect holds unavailable: a connect the policy asks about is denied");
+            Err(e)
+        }
+    };
     if !webhooks.is_empty() {
         info!(urls = ?webhooks.iter().map(|w| w.url.as_str()).collect::<Vec<_>>(), "holds are posted to webhooks");
         tokio::spawn(holds::notify_webhooks(holds.clone(), webhooks));
@@ -187,6 +199,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             own_cgroup,
             started,
             exec_holds,
+            connect_proxy,
         },
         holds.clone(),
     );
@@ -207,6 +220,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let result = match stopped_by {
         Ok(signal) => {
             // Whatever is held is denied, not left to the kernel's allow-on-close.
+            holds::stop_connect_proxy(&mut connect_holds_at_stop);
             for (id, _) in holds.service().cancel_all(SystemTime::now()) {
                 info!(hold = %id, "denied: agentd is stopping");
             }

@@ -40,6 +40,8 @@ pub struct Info {
     pub started: Instant,
     /// The exec hold: how many filesystems fanotify marks, or why it is off.
     pub exec_holds: Result<usize, String>,
+    /// The connect hold proxy's loopback ports (IPv4, IPv6; 0: none), or why it is off.
+    pub connect_proxy: Result<(u16, u16), String>,
 }
 
 /// The Agentd service.
@@ -307,10 +309,25 @@ impl Agentd for Service {
                 detail: format!("unavailable ({e}): an exec the policy asks about is denied without a hold"),
             },
         });
+        checks.push(match &self.info.connect_proxy {
+            Ok((p4, p6)) => pb::Check {
+                name: "connect holds (ask)".into(),
+                ok: true,
+                detail: format!(
+                    "cgroup connect4/6 send an ask TCP connect to agentd's hold proxy (127.0.0.1:{p4}{}), spliced to its destination on approval, reset otherwise; an ask UDP send is denied",
+                    if *p6 == 0 { String::new() } else { format!(", [::1]:{p6}") }
+                ),
+            },
+            Err(e) => pb::Check {
+                name: "connect holds (ask)".into(),
+                ok: false,
+                detail: format!("unavailable ({e}): a connect the policy asks about is denied"),
+            },
+        });
         checks.push(pb::Check {
-            name: "write and connect holds (ask)".into(),
+            name: "write holds (ask)".into(),
             ok: false,
-            detail: "not built yet: a write or connect the policy asks about is denied".into(),
+            detail: "not built yet: a file write the policy asks about is denied".into(),
         });
         Ok(Response::new(pb::DoctorReply { kernel_release: host::kernel_release(), mechanisms: mechanisms_pb(&report), checks }))
     }

@@ -15,13 +15,13 @@ use std::{
 };
 
 use agent_common::{
-    counter, identity_flags, AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, HitKey, Hits, IdentityConfig,
+    counter, identity_flags, AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, HeldConnect, HoldProxy, HitKey, Hits, IdentityConfig,
     KernelOffsets, PathKey, PathRule, COUNTERS_LEN, PATH_KEY_LEN,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, RawTracePoint,
+        links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, RawTracePoint, SockOps,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -112,6 +112,28 @@ impl ExecApprovals {
     /// Drops an approval that was not used (the exec was denied after all).
     pub fn forget(&mut self, tgid: u32) {
         let _ = self.map.remove(&tgid);
+    }
+}
+
+/// The hold proxy's view of the kernel: where to send `ask` connects, and what each
+/// held connection was (see `agent_common::HeldConnect`).
+pub struct ConnectHolds {
+    proxy: Array<MapData, HoldProxy>,
+    held: HashMap<MapData, u32, HeldConnect>,
+}
+
+impl ConnectHolds {
+    /// Points `ask` connects at the proxy's ports (0: none, deny them).
+    pub fn set_proxy(&mut self, port4: u16, port6: u16) -> Result<(), EnforceError> {
+        self.proxy.set(0, HoldProxy { port4, port6 }, 0).map_err(kerr("writing HOLD_PROXY"))
+    }
+
+    /// Takes the record of the held connection from (family, source port).
+    pub fn take(&mut self, family: u16, local_port: u16) -> Option<HeldConnect> {
+        let key = agent_common::held_connect_key(family, local_port);
+        let v = self.held.get(&key, 0).ok()?;
+        let _ = self.held.remove(&key);
+        Some(v)
     }
 }
 
@@ -223,6 +245,11 @@ impl Enforcer {
     /// approving never waits for whoever holds the enforcer).
     pub fn exec_approvals(&self) -> Result<ExecApprovals, EnforceError> {
         Ok(ExecApprovals { map: pinned(&self.maps_dir, "EXEC_APPROVALS")? })
+    }
+
+    /// Handles on the connect-hold maps, for the hold proxy.
+    pub fn connect_holds(&self) -> Result<ConnectHolds, EnforceError> {
+        Ok(ConnectHolds { proxy: pinned(&self.maps_dir, "HOLD_PROXY")?, held: pinned(&self.maps_dir, "HELD_CONNECTS")? })
     }
 
     /// Removes every pin under `pin_dir`: the kernel stops enforcing once no
@@ -615,6 +642,15 @@ fn attach_all(
         let link = FdLink::try_from(link).map_err(|e| EnforceError::kernel(format!("link {name}"), e))?;
         pin_link(link, links_dir, name)?;
     }
+    // The connect-hold helper: moves a held connect's record to its source port.
+    let prog: &mut SockOps = program(ebpf, "hold_sock_ops")?;
+    prog.load().map_err(|e| EnforceError::kernel("loading hold_sock_ops", e))?;
+    let link_id = prog
+        .attach(cgroup.as_fd(), CGROUP_ATTACH)
+        .map_err(|e| EnforceError::kernel(format!("attaching hold_sock_ops to {}", cgroup_root.display()), e))?;
+    let link = prog.take_link(link_id).map_err(|e| EnforceError::kernel("taking link hold_sock_ops", e))?;
+    let link = FdLink::try_from(link).map_err(|e| EnforceError::kernel("link hold_sock_ops", e))?;
+    pin_link(link, links_dir, "hold_sock_ops")?;
     let mut egress = KindReport { kind: "egress".into(), effect: "deny".into(), ..Default::default() };
     match lsm.clone().and_then(|()| attach_lsm(ebpf, &btf, LSM_EGRESS, links_dir)) {
         Ok(()) => egress.active = "BPF LSM socket_connect + cgroup sock_addr connect4/6, sendmsg4/6".into(),

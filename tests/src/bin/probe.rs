@@ -35,6 +35,20 @@ fn run(args: &[String]) -> ! {
                 }
             })
         }
+        // tcp-talk ADDR:PORT MSG — connect (waiting up to 90 s), send MSG and a
+        // newline, read the answer to its end (up to 90 s); prints `read ANSWER`.
+        // A connect held for approval waits here; a denied one ends in ECONNRESET.
+        "tcp-talk" => {
+            let addr: SocketAddr = a(1).parse().unwrap_or_else(|_| usage());
+            TcpStream::connect_timeout(&addr, Duration::from_secs(90)).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(90)))?;
+                s.write_all(format!("{}\n", a(2)).as_bytes())?;
+                let mut answer = Vec::new();
+                s.read_to_end(&mut answer)?;
+                println!("read {}", String::from_utf8_lossy(&answer).trim());
+                Ok(())
+            })
+        }
         // udp ADDR:PORT — one datagram with sendto.
         "udp" => {
             let addr: SocketAddr = a(1).parse().unwrap_or_else(|_| usage());
@@ -266,6 +280,8 @@ fn errno_name(n: i32) -> &'static str {
         libc::EACCES => "EACCES",
         libc::ENOENT => "ENOENT",
         libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::EPIPE => "EPIPE",
         libc::ETIMEDOUT => "ETIMEDOUT",
         libc::ENETUNREACH => "ENETUNREACH",
         libc::EEXIST => "EEXIST",
@@ -276,7 +292,7 @@ fn errno_name(n: i32) -> &'static str {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: probe connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH | rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | io-uring | unlink32 PATH | exec PATH [ARGS] | hammer ALLOWED DENIED MILLIS | join CGROUP ACTION... | tcp-try ADDR:PORT | udp-connect ADDR:PORT | sleep SECS"
+        "usage: probe connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH | rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | io-uring | unlink32 PATH | exec PATH [ARGS] | hammer ALLOWED DENIED MILLIS | join CGROUP ACTION... | tcp-try ADDR:PORT | udp-connect ADDR:PORT | tcp-talk ADDR:PORT MSG | sleep SECS"
     );
     exit(2)
 }

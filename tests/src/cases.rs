@@ -588,7 +588,8 @@ fn tool_in(d: &Daemon, files: &Scratch) -> String {
 /// An exec the policy asks about waits in the kernel — the process is alive and
 /// sleeping, the new program has not started — until a person decides: after
 /// `approve` it runs; after `deny` execve fails with EPERM. The hold shows who,
-/// what (with the new program's arguments) and which rule.
+/// what (with the new program's arguments) and which rule; the agent itself cannot
+/// approve it.
 pub fn exec_hold_waits_for_approval() {
     let d = Daemon::start("hold");
     let files = Scratch::new("hold");
@@ -606,6 +607,13 @@ pub fn exec_hold_waits_for_approval() {
     let state = proc_state(child.id());
     assert!(state == "D" || state == "S", "the held process waits in the kernel, state {state}");
     let id = h["id"].as_str().expect("hold id").to_string();
+    // The agent cannot approve its own hold: a decision from inside a bound cgroup
+    // is refused, and the hold keeps waiting.
+    let socket = d.socket.to_str().expect("utf-8").to_string();
+    let own = cg.run(&d.bins.agentctl, &["--socket", &socket, "approve", &id]);
+    assert_eq!(own.status.code(), Some(1), "{own:?}");
+    assert!(String::from_utf8_lossy(&own.stderr).contains("agents cannot change their own enforcement"), "{own:?}");
+    assert_eq!(pending(&d).len(), 1, "still held after the refused self-approval");
     let decided: serde_json::Value =
         serde_json::from_str(&d.ctl_ok(&["approve", &id, "--json"])).expect("approve --json");
     assert_eq!(decided["resolution"]["verdict"], "allow", "{decided}");

@@ -161,9 +161,14 @@ pub struct IdentityConfig {
     /// Version of the policy these maps were compiled from; copied into events.
     pub policy_version: u32,
     /// Key prefix of this identity's rules in `EXEC_RULES`, `EXEC_INODES`,
-    /// `WRITE_RULES`, `EGRESS_RULES`, and of its rule hit counters.
+    /// `WRITE_RULES`, `EGRESS_RULES`, `GLOB_STATES`, and of its rule hit counters.
     pub ruleset: u32,
-    pub _pad: u32,
+    /// Start state in `GLOB_STATES` of the automaton matching the rule set's exec
+    /// patterns that an LPM trie cannot express (`*` in a name, `**` before the end);
+    /// 0: there are none.
+    pub exec_glob: u16,
+    /// The same for write patterns.
+    pub write_glob: u16,
     /// `CLOCK_BOOTTIME` nanoseconds at which the identity expires (0: never). The
     /// kernel compares it with `bpf_ktime_get_boot_ns()` on every decision.
     pub expires_boot_ns: u64,
@@ -198,7 +203,57 @@ pub struct PathRule {
     pub action: u8,
     pub _pad: [u8; 3],
     pub rule_id: u32,
+    /// The rule's place in its kind's precedence order (higher wins; 1 is the
+    /// weakest rule). A path can match both a trie entry and a pattern of the
+    /// glob automaton; the kernel takes the one with the higher rank.
+    pub rank: u32,
 }
+
+/// Key of the `GLOB_STATES` hash: one state of a rule set's glob automaton.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GlobKey {
+    pub ruleset: u32,
+    /// 1.. (0 is the dead state, which is never stored: no pattern can match).
+    pub state: u32,
+}
+
+/// Bits of [`GlobState::flags`].
+pub mod glob_flags {
+    /// Every path that reaches this state, however it continues, gets the same
+    /// answer (this state's `rule_id`, or none): the kernel can stop reading, and
+    /// may trust the answer for a path longer than it can read.
+    pub const STABLE: u8 = 1;
+}
+
+/// One state of a deterministic automaton over path bytes that matches all of a
+/// rule set's path patterns of one kind at once. The daemon builds it from the
+/// patterns; the kernel feeds it the real path byte by byte (one hash lookup per
+/// byte, at most `PATH_KEY_LEN` of them, stopping early at a stable state).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GlobState {
+    /// Next state for each byte; 0: dead.
+    pub next: [u16; 256],
+    /// The winning pattern rule when the path ends in this state (0: none matches).
+    pub rule_id: u32,
+    /// Its [`PathRule::rank`].
+    pub rank: u32,
+    /// Its action.
+    pub action: u8,
+    /// `glob_flags::*`.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+impl Default for GlobState {
+    fn default() -> Self {
+        GlobState { next: [0; 256], rule_id: 0, rank: 0, action: 0, flags: 0, _pad: [0; 2] }
+    }
+}
+
+/// States the `GLOB_STATES` map holds, for all rule sets together.
+pub const GLOB_STATES_MAX: u32 = 8192;
 
 /// Data part of an LPM-trie key for egress rules. IPv4 addresses are stored
 /// IPv4-mapped (`::ffff:a.b.c.d`), so a v4 /n is a prefix of 32 + 96 + n bits.
@@ -414,6 +469,8 @@ mod pod {
     unsafe impl aya::Pod for IdentityConfig {}
     unsafe impl aya::Pod for PathKey {}
     unsafe impl aya::Pod for PathRule {}
+    unsafe impl aya::Pod for GlobKey {}
+    unsafe impl aya::Pod for GlobState {}
     unsafe impl aya::Pod for AddrKey {}
     unsafe impl aya::Pod for PortRule {}
     unsafe impl aya::Pod for EgressRules {}
@@ -443,7 +500,9 @@ mod tests {
         assert_eq!(size_of::<HitKey>(), 12);
         assert_eq!(size_of::<Hits>(), 32);
         assert_eq!(size_of::<PathKey>(), 256);
-        assert_eq!(size_of::<PathRule>(), 8);
+        assert_eq!(size_of::<PathRule>(), 12);
+        assert_eq!(size_of::<GlobKey>(), 8);
+        assert_eq!(size_of::<GlobState>(), 512 + 12);
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<PortRule>(), 12);
         assert_eq!(size_of::<EgressRules>(), 4 + 12 * MAX_PORT_RULES);

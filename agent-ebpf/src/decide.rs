@@ -5,18 +5,20 @@
 //! not resolve are all denied.
 
 use agent_common::{
-    action, counter, identity_flags, kind, reason, verdict, Event, HitKey, Hits, IdentityConfig, PathKey,
-    EVENT_PATH_LEN, PATH_KEY_LEN,
+    action, counter, glob_flags, identity_flags, kind, reason, verdict, Event, GlobKey, HitKey, Hits, IdentityConfig,
+    PathKey, EVENT_PATH_LEN, PATH_KEY_LEN,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_loop,
+    },
     maps::{lpm_trie::Key, LpmTrie},
 };
 use core::ffi::c_void;
 
 use crate::{
     attribution::Subject,
-    maps::{Scratch, COUNTERS, EVENTS, HITS, IDENTITIES},
+    maps::{Scratch, COUNTERS, EVENTS, GLOB_STATES, HITS, IDENTITIES, SCRATCH},
     vfs::{Resolved, Unresolved},
 };
 
@@ -164,7 +166,9 @@ pub fn identity_config(identity: u32) -> Result<&'static IdentityConfig, Decisio
 }
 
 /// Looks up the path in `Scratch::path` in the identity's rule set of `rules`
-/// and decides, with `default` when nothing matches.
+/// and, when the rule set has patterns the trie cannot express, in its glob
+/// automaton starting at `glob_start`; the higher-ranked match decides, `default`
+/// when nothing matches.
 #[inline(always)]
 pub fn decide_path(
     s: &mut Scratch,
@@ -172,6 +176,7 @@ pub fn decide_path(
     kind: u8,
     cfg: &IdentityConfig,
     default: u8,
+    glob_start: u16,
     resolved: Resolved,
 ) -> Decision {
     // Exact rules end in NUL: include it when the path is complete.
@@ -181,10 +186,116 @@ pub fn decide_path(
     // SAFETY: Scratch starts with exactly the layout of Key<PathKey> (prefix_len,
     // identity, PATH_KEY_LEN path bytes); the map reads only that many bytes.
     let key = unsafe { &*(s as *const Scratch as *const Key<PathKey>) };
-    match rules.get(key) {
-        Some(rule) => from_action(cfg, kind, rule.action, reason::RULE, rule.rule_id),
-        None => from_action(cfg, kind, default, reason::DEFAULT, 0),
+    let (lpm_action, lpm_rule, lpm_rank) = match rules.get(key) {
+        Some(rule) => (rule.action, rule.rule_id, rule.rank),
+        None => (default, 0, 0),
+    };
+    let (act, rule_id) = if glob_start == 0 {
+        (lpm_action, lpm_rule)
+    } else {
+        match glob_match(cfg.ruleset, glob_start as u32, resolved) {
+            GlobMatch::Rule { action, rule_id, rank } if rank > lpm_rank => (action, rule_id),
+            GlobMatch::Rule { .. } | GlobMatch::None => (lpm_action, lpm_rule),
+            GlobMatch::Unknown => return unresolved(cfg.policy_version, Unresolved::Read),
+        }
+    };
+    let why = if rule_id == 0 { reason::DEFAULT } else { reason::RULE };
+    from_action(cfg, kind, act, why, rule_id)
+}
+
+/// What a glob automaton says about a path.
+enum GlobMatch {
+    /// The winning pattern rule.
+    Rule { action: u8, rule_id: u32, rank: u32 },
+    /// No pattern matches.
+    None,
+    /// The path was longer than the kernel reads and the answer depends on the
+    /// rest, or a state is missing (an automaton being replaced): fail closed.
+    Unknown,
+}
+
+/// Runs the path through the automaton. One hash lookup per byte, at most
+/// `PATH_KEY_LEN`, and it stops as soon as the answer cannot change (a stable
+/// state: dead, or inside a trailing `**`).
+///
+/// The walk is a `bpf_loop` (5.17+) rather than a bounded loop: the verifier
+/// checks the step once instead of once per byte, which on 6.1 would pass its
+/// million-instruction budget in every program that decides a path.
+#[inline(always)]
+fn glob_match(ruleset: u32, start: u32, resolved: Resolved) -> GlobMatch {
+    let n = if resolved.len > PATH_KEY_LEN { PATH_KEY_LEN } else { resolved.len };
+    let mut walk = GlobWalk { ruleset, state: start, outcome: WALKING };
+    // SAFETY: `glob_step` has the callback signature the helper expects, and `walk`
+    // outlives the call.
+    let done = unsafe {
+        bpf_loop(n as u32, glob_step as *mut c_void, &mut walk as *mut GlobWalk as *mut c_void, 0)
+    };
+    match walk.outcome {
+        DEAD => return GlobMatch::None,
+        MISSING => return GlobMatch::Unknown,
+        // Every byte read: `done` says so unless the helper failed.
+        WALKING if done < 0 || done as usize != n => return GlobMatch::Unknown,
+        _ => {}
     }
+    let key = GlobKey { ruleset, state: walk.state };
+    // SAFETY: read at once.
+    let Some(st) = (unsafe { GLOB_STATES.get(&key) }) else { return GlobMatch::Unknown };
+    // Stopped early at a stable state, or read the whole path; what the kernel did
+    // not read of a longer path decides unless the state is stable.
+    if resolved.truncated && st.flags & glob_flags::STABLE == 0 {
+        return GlobMatch::Unknown;
+    }
+    if st.rule_id == 0 {
+        GlobMatch::None
+    } else {
+        GlobMatch::Rule { action: st.action, rule_id: st.rule_id, rank: st.rank }
+    }
+}
+
+const WALKING: u32 = 0;
+const DEAD: u32 = 1;
+const MISSING: u32 = 2;
+const STOPPED: u32 = 3;
+
+/// The walk's state between `glob_step` calls (on the caller's stack).
+#[repr(C)]
+struct GlobWalk {
+    ruleset: u32,
+    /// The state after the bytes read so far.
+    state: u32,
+    outcome: u32,
+}
+
+/// One byte of the walk: 0 to go on, 1 to stop.
+#[inline(never)]
+extern "C" fn glob_step(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `GlobWalk` `glob_match` passed to bpf_loop.
+    let w = unsafe { &mut *(ctx as *mut GlobWalk) };
+    let key = GlobKey { ruleset: w.ruleset, state: w.state };
+    // SAFETY: read at once.
+    let Some(st) = (unsafe { GLOB_STATES.get(&key) }) else {
+        w.outcome = MISSING;
+        return 1;
+    };
+    if st.flags & glob_flags::STABLE != 0 {
+        w.outcome = STOPPED;
+        return 1;
+    }
+    // Fetch the byte from the per-CPU scratch again rather than through a pointer
+    // the verifier would have to carry across frames.
+    let Some(scratch) = SCRATCH.get_ptr(0) else {
+        w.outcome = MISSING;
+        return 1;
+    };
+    // SAFETY: per-CPU scratch, read only; the index is masked into the array.
+    let b = unsafe { (*scratch).path[(i as usize) & 0x1ff] };
+    let next = st.next[b as usize];
+    if next == 0 {
+        w.outcome = DEAD;
+        return 1;
+    }
+    w.state = next as u32;
+    0
 }
 
 /// The decision for a path that could not be resolved.

@@ -92,7 +92,7 @@ fn judge(bprm: u64, mech: u8, hard: u8) -> Option<Decision> {
                     }
                     let d = match pinned {
                         Some(rule) => from_action(cfg, kind::EXEC, rule.action, reason::RULE, rule.rule_id),
-                        None => decide_path(s, &EXEC_RULES, kind::EXEC, cfg, cfg.exec_default, r),
+                        None => decide_path(s, &EXEC_RULES, kind::EXEC, cfg, cfg.exec_default, cfg.exec_glob, r),
                     };
                     let d = if d.ask { settle_ask(cfg, bprm, d) } else { d };
                     report(s, &subject, &d, &Target::path(kind::EXEC, op::EXEC, mech, Some(r)), hard);

@@ -3,8 +3,8 @@
 //! depends on the daemon being alive.
 
 use agent_common::{
-    AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, HeldConnect, HitKey, HoldProxy, Hits, IdentityConfig, KernelOffsets, PathKey, PathRule,
-    COUNTERS_LEN, PATH_KEY_LEN,
+    AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, GlobKey, GlobState, HeldConnect, HitKey, HoldProxy, Hits,
+    IdentityConfig, KernelOffsets, PathKey, PathRule, COUNTERS_LEN, GLOB_STATES_MAX, PATH_KEY_LEN,
 };
 use aya_ebpf::{
     macros::map,
@@ -45,6 +45,11 @@ pub static HELD_BY_COOKIE: LruHashMap<u64, HeldConnect> = LruHashMap::pinned(819
 /// Held connects by (family, local port): what the hold proxy looks up.
 #[map]
 pub static HELD_CONNECTS: LruHashMap<u32, HeldConnect> = LruHashMap::pinned(8192, 0);
+
+/// The states of each rule set's glob automata (exec and write patterns an LPM
+/// trie cannot express); see `GlobState` and `decide::glob_match`.
+#[map]
+pub static GLOB_STATES: HashMap<GlobKey, GlobState> = HashMap::pinned(GLOB_STATES_MAX, 0);
 
 #[map]
 pub static WRITE_RULES: LpmTrie<PathKey, PathRule> = LpmTrie::pinned(65536, 0);

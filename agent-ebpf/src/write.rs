@@ -82,7 +82,7 @@ fn judge(subject: &Subject, obj: Object, op: u8, mech: u8, hard: u8) -> Decision
         }
         Ok(cfg) => match resolve_with_offsets(s, obj) {
             Ok(r) => {
-                let d = decide_path(s, &WRITE_RULES, kind::WRITE, cfg, cfg.write_default, r);
+                let d = decide_path(s, &WRITE_RULES, kind::WRITE, cfg, cfg.write_default, cfg.write_glob, r);
                 report(s, subject, &d, &Target::path(kind::WRITE, op, mech, Some(r)), hard);
                 d
             }

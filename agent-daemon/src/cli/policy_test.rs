@@ -485,9 +485,10 @@ spec:
 
     #[test]
     fn a_file_agentd_would_refuse_is_answered_with_a_note() {
-        // Valid, but a `*` before the last component is beyond the kernel's tries.
-        let (_dir, f) = file(&CODER.replace("/nonexistent-agentd-test/work/**", "/nonexistent-agentd-test/*/work/**"));
-        let r = run(&[&f, "--write", "/nonexistent-agentd-test/alice/work/x"], &mut FakeDaemon::default()).unwrap();
+        // Valid, but a directory longer than the kernel's path keys.
+        let long = format!("/nonexistent-agentd-test/{}", "a".repeat(agent_common::PATH_KEY_LEN));
+        let (_dir, f) = file(&CODER.replace("/nonexistent-agentd-test/work/**", &format!("{long}/**")));
+        let r = run(&[&f, "--write", &format!("{long}/x")], &mut FakeDaemon::default()).unwrap();
         assert_eq!((r.decision, r.rule_id), ("allow", 3));
         let text = r.text();
         assert!(text.contains("note:     agentd would refuse this file as it is (1 problem(s)"), "{text}");

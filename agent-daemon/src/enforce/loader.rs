@@ -15,8 +15,8 @@ use std::{
 };
 
 use agent_common::{
-    counter, identity_flags, AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, HeldConnect, HoldProxy, HitKey, Hits, IdentityConfig,
-    KernelOffsets, PathKey, PathRule, COUNTERS_LEN, PATH_KEY_LEN,
+    counter, identity_flags, AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, GlobKey, GlobState, HeldConnect,
+    HitKey, HoldProxy, Hits, IdentityConfig, KernelOffsets, PathKey, PathRule, COUNTERS_LEN, PATH_KEY_LEN,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -72,6 +72,7 @@ pub struct Enforcer {
     exec_rules: LpmTrie<MapData, PathKey, PathRule>,
     exec_inodes: HashMap<MapData, ExecInodeKey, PathRule>,
     write_rules: LpmTrie<MapData, PathKey, PathRule>,
+    glob_states: HashMap<MapData, GlobKey, GlobState>,
     egress_rules: LpmTrie<MapData, AddrKey, EgressRules>,
     hits: PerCpuHashMap<MapData, HitKey, Hits>,
     counters: PerCpuArray<MapData, u64>,
@@ -226,6 +227,7 @@ impl Enforcer {
             exec_rules: pinned(&maps_dir, "EXEC_RULES")?,
             exec_inodes: pinned(&maps_dir, "EXEC_INODES")?,
             write_rules: pinned(&maps_dir, "WRITE_RULES")?,
+            glob_states: pinned(&maps_dir, "GLOB_STATES")?,
             egress_rules: pinned(&maps_dir, "EGRESS_RULES")?,
             hits: pinned(&maps_dir, "HITS")?,
             counters: pinned(&maps_dir, "COUNTERS")?,
@@ -319,7 +321,8 @@ impl Enforcer {
             flags,
             policy_version: version,
             ruleset,
-            _pad: 0,
+            exec_glob: policy.exec_glob,
+            write_glob: policy.write_glob,
             expires_boot_ns: expires.map_or(0, boot_deadline),
         };
         if let Err(e) = self.identities.insert(id, cfg, 0) {
@@ -350,6 +353,10 @@ impl Enforcer {
         for e in &policy.write {
             self.write_rules.insert(&path_key(rs, &e.key)?, e.value, 0).map_err(kerr("writing WRITE_RULES"))?;
         }
+        for (i, st) in policy.globs.iter().enumerate() {
+            let key = GlobKey { ruleset, state: i as u32 + 1 };
+            self.glob_states.insert(key, st, 0).map_err(kerr("writing GLOB_STATES (full? every policy's `*`/`**` patterns share it)"))?;
+        }
         for e in &policy.egress {
             let key = Key::new(32 + e.prefix_len, AddrKey { ruleset: rs, addr: e.addr });
             self.egress_rules.insert(&key, e.value, 0).map_err(kerr("writing EGRESS_RULES"))?;
@@ -376,6 +383,11 @@ impl Enforcer {
             self.exec_inodes.keys().filter_map(Result::ok).filter(|k| k.ruleset == ruleset).collect();
         for k in stale {
             self.exec_inodes.remove(&k).or_else(ignore_missing).map_err(kerr("removing an old exec pin"))?;
+        }
+        let stale: Vec<GlobKey> =
+            self.glob_states.keys().filter_map(Result::ok).filter(|k| k.ruleset == ruleset).collect();
+        for k in stale {
+            self.glob_states.remove(&k).or_else(ignore_missing).map_err(kerr("removing an old glob state"))?;
         }
         let stale: Vec<HitKey> = self.hits.keys().filter_map(Result::ok).filter(|k| k.ruleset == ruleset).collect();
         for k in stale {
@@ -437,6 +449,9 @@ impl Enforcer {
             present.insert(u32::from_be_bytes(k.data().ruleset));
         }
         for k in self.exec_inodes.keys().filter_map(Result::ok) {
+            present.insert(k.ruleset);
+        }
+        for k in self.glob_states.keys().filter_map(Result::ok) {
             present.insert(k.ruleset);
         }
         self.next_ruleset = present.iter().chain(in_use.iter()).max().map_or(1, |m| m.saturating_add(1));

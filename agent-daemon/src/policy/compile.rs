@@ -6,8 +6,10 @@
 //! - Paths: an exact rule is the real path plus a NUL (it only matches a lookup that
 //!   ends there, and beats every prefix); `DIR/**` is the real `DIR/`. The longest
 //!   matching key is then the format's "exact beats pattern, longer literal prefix
-//!   wins". Anything else (`*` inside a name, `**` before the end) is refused: the
-//!   trie cannot express it, and widening a rule silently is not an option.
+//!   wins". Patterns the trie cannot express (`*` inside a name, `**` before the
+//!   end) go into one automaton per kind ([`super::automaton`]). Every rule carries
+//!   its rank in the kind's precedence order, and the kernel takes the higher-ranked
+//!   of the trie's match and the automaton's.
 //! - Egress: one entry per distinct network, holding its own port rules followed by
 //!   those of every shorter network that covers it, in the format's precedence
 //!   order. The lookup finds the longest network containing the address, and the
@@ -18,11 +20,13 @@
 
 use std::{cmp::Reverse, collections::BTreeMap, os::unix::ffi::OsStrExt as _};
 
-use agent_common::{EgressRules, PathRule as KernelPathRule, PortRule, MAX_PORT_RULES, PATH_KEY_LEN};
+use agent_common::{EgressRules, GlobState, PathRule as KernelPathRule, PortRule, MAX_PORT_RULES, PATH_KEY_LEN};
 
 use super::{
+    automaton,
     compiled::{CompiledPolicy, EgressEntry, InodeEntry, PathEntry},
-    error::{ErrorKind, Errors, PolicyErrors},
+    error::{ErrorKind, Errors, Location, PolicyErrors},
+    eval::effective_pattern,
     glob::KernelForm,
     model::{mapped_net, net_contains, ActionKind, EgressRule, Mode, PathSection, Policy, RuleKind, Target},
     path::{real_path, FileId, FileSystem, RealPaths},
@@ -39,6 +43,12 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
     let exec = c.paths(RuleKind::Exec, &policy.exec, fs);
     let exec_inodes = exec_inodes(&policy.exec, fs);
     let write = c.paths(RuleKind::Write, &policy.write, fs);
+    let mut globs = c.automaton(RuleKind::Exec, &exec, 1, MAX_GLOB_STATES);
+    let exec_glob = if globs.is_empty() { 0 } else { 1 };
+    let write_first = 1 + globs.len() as u16;
+    let write_states = c.automaton(RuleKind::Write, &write, write_first, MAX_GLOB_STATES - globs.len());
+    let write_glob = if write_states.is_empty() { 0 } else { write_first };
+    globs.extend(write_states);
     let egress = c.egress();
     if policy.unheld_ask() {
         c.warnings.push(format!(
@@ -55,10 +65,13 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
         exec_default: policy.exec.default.code(),
         write_default: policy.write.default.code(),
         egress_default: policy.egress.default.code(),
-        exec,
+        exec: exec.entries,
         exec_inodes,
-        write,
+        write: write.entries,
         egress,
+        globs,
+        exec_glob,
+        write_glob,
         rules: policy.rule_infos(),
         warnings,
     })
@@ -86,7 +99,7 @@ fn exec_inodes(section: &PathSection, fs: &dyn RealPaths) -> Vec<InodeEntry> {
         .map(|(id, r)| InodeEntry {
             dev: id.dev,
             ino: id.ino,
-            value: KernelPathRule { action: r.action.code(), _pad: [0; 3], rule_id: r.id },
+            value: KernelPathRule { action: r.action.code(), _pad: [0; 3], rule_id: r.id, rank: 0 },
         })
         .collect()
 }
@@ -120,26 +133,53 @@ fn show_key(key: &[u8]) -> String {
     String::from_utf8_lossy(key.strip_suffix(b"\0").unwrap_or(key)).into_owned()
 }
 
+/// Automaton states one policy may use in the kernel, both kinds together: a
+/// quarter of `GLOB_STATES`, so that several policies, and an old and a new
+/// version during an apply, fit beside each other.
+pub const MAX_GLOB_STATES: usize = agent_common::GLOB_STATES_MAX as usize / 4;
+
+/// A kind's rules for the kernel: trie entries, and the patterns the trie cannot
+/// express, for the automaton.
+struct PathTables {
+    entries: Vec<PathEntry>,
+    patterns: Vec<automaton::Pattern>,
+    /// Where the first pattern rule is, for errors about the automaton.
+    first_pattern: Option<Location>,
+}
+
+/// Every rule's rank in the format's precedence among the rules of its kind
+/// (1 the weakest): more specific (as its pattern reads on this machine), then
+/// the stronger action, then the earlier rule. The kernel compares ranks between
+/// a trie match and an automaton match; the evaluator orders by the same key.
+fn ranks(section: &PathSection, fs: &dyn RealPaths) -> BTreeMap<u32, u32> {
+    let mut order: Vec<_> = section
+        .rules
+        .iter()
+        .map(|r| ((effective_pattern(&r.pattern, fs).specificity(), r.action, Reverse(r.id)), r.id))
+        .collect();
+    order.sort();
+    order.into_iter().enumerate().map(|(i, (_, id))| (id, i as u32 + 1)).collect()
+}
+
 impl Compiler<'_> {
-    fn paths(&mut self, kind: RuleKind, section: &PathSection, fs: &dyn RealPaths) -> Vec<PathEntry> {
+    fn paths(&mut self, kind: RuleKind, section: &PathSection, fs: &dyn RealPaths) -> PathTables {
+        let rank = ranks(section, fs);
         let mut by_key: BTreeMap<Vec<u8>, &super::model::PathRule> = BTreeMap::new();
+        let mut patterns = Vec::new();
+        let mut first_pattern = None;
         for r in &section.rules {
             let Some(form) = r.pattern.kernel_form() else {
-                self.errors.push(
-                    ErrorKind::Unenforceable,
-                    r.path_at,
-                    format!(
-                        "pattern {:?} cannot be enforced in the kernel yet: only exact paths and trailing /** are supported",
-                        r.pattern.as_str()
-                    ),
-                    Some(format!(
-                        "write the exact paths or DIR/** directories it should cover instead (e.g. {}/**); agentd never widens a rule on its own",
-                        String::from_utf8_lossy(&r.pattern.literal_dir()).trim_end_matches('/')
-                    )),
-                );
+                // `*` in a name or `**` before the end: the automaton's.
+                patterns.push(automaton::Pattern {
+                    regex: effective_pattern(&r.pattern, fs).regex(),
+                    rule_id: r.id,
+                    rank: rank[&r.id],
+                    action: r.action.code(),
+                });
+                first_pattern.get_or_insert(r.path_at);
                 continue;
             };
-            let key = path_key(&form, fs);
+        let key = path_key(&form, fs);
             if key.len() > PATH_KEY_LEN {
                 self.errors.push(
                     ErrorKind::Limit,
@@ -183,13 +223,34 @@ impl Compiler<'_> {
                 }
             }
         }
-        by_key
+        let entries = by_key
             .into_iter()
             .map(|(key, r)| PathEntry {
                 key,
-                value: KernelPathRule { action: r.action.code(), _pad: [0; 3], rule_id: r.id },
+                value: KernelPathRule { action: r.action.code(), _pad: [0; 3], rule_id: r.id, rank: rank[&r.id] },
             })
-            .collect()
+            .collect();
+        PathTables { entries, patterns, first_pattern }
+    }
+
+    /// The automaton for one kind's patterns, numbered from `first`; empty when
+    /// the kind has none.
+    fn automaton(&mut self, kind: RuleKind, t: &PathTables, first: u16, limit: usize) -> Vec<GlobState> {
+        let Some(at) = t.first_pattern else { return Vec::new() };
+        match automaton::build(&t.patterns, first, limit) {
+            Ok(states) => states,
+            Err(e) => {
+                self.errors.push(
+                    ErrorKind::Limit,
+                    at,
+                    format!("the {} path patterns (`*` inside a name, `**` before the end): {e}", kind.as_str()),
+                    Some(format!(
+                        "the kernel matches all of a policy's patterns with one automaton of at most {MAX_GLOB_STATES} states; use fewer patterns with several `*`/`**`, or DIR/** rules"
+                    )),
+                );
+                Vec::new()
+            }
+        }
     }
 
     fn egress(&mut self) -> Vec<EgressEntry> {

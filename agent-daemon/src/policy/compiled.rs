@@ -5,7 +5,7 @@
 //! This is the seam between pure policy logic (unit-tested without root) and the
 //! kernel-touching enforcer: the enforcer does nothing but copy these entries.
 
-use agent_common::{EgressRules, PathRule};
+use agent_common::{EgressRules, GlobState, PathRule};
 
 /// A policy compiled for the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +29,14 @@ pub struct CompiledPolicy {
     pub write: Vec<PathEntry>,
     /// Egress entries for the `EGRESS_RULES` LPM trie.
     pub egress: Vec<EgressEntry>,
+    /// States of the exec and write glob automata for `GLOB_STATES`: `globs[i]` is
+    /// state `i + 1` (0 is the dead state).
+    pub globs: Vec<GlobState>,
+    /// Start state of the exec automaton in `globs`, 0 when exec has no patterns
+    /// the trie cannot express.
+    pub exec_glob: u16,
+    /// The same for write.
+    pub write_glob: u16,
     /// Every rule, indexed by id (`rules[i].id == i as u32 + 1`; id 0 means "default").
     pub rules: Vec<RuleInfo>,
     /// What the kernel cannot enforce as written (always narrowing, never widening).
@@ -77,4 +85,40 @@ pub struct RuleInfo {
     pub line: usize,
     /// "allow", "deny", "ask" or "audit".
     pub action: &'static str,
+}
+
+/// What the kernel's path lookup gives for a real path: an action code and rule id
+/// (0 for the default), or `None` when the kernel cannot know the answer (a path
+/// longer than it reads, inside a pattern that the rest could still decide) and
+/// fails closed (deny, reason `unresolved`).
+pub type PathLookup = Option<(u8, u32)>;
+
+impl CompiledPolicy {
+    /// The kernel's decision for `real` (an absolute real path) by the exec or
+    /// write tables, step for step as `decide_path` in agent-ebpf does it, the exec
+    /// (dev, inode) pins aside: a longest-prefix match over the first
+    /// `PATH_KEY_LEN` bytes of `real + NUL`, then the glob automaton, and the
+    /// higher-ranked of the two. The tests hold this model to the evaluator.
+    pub fn path_lookup(&self, kind: super::RuleKind, real: &[u8]) -> PathLookup {
+        let (entries, default, start) = match kind {
+            super::RuleKind::Exec => (&self.exec, self.exec_default, self.exec_glob),
+            _ => (&self.write, self.write_default, self.write_glob),
+        };
+        let mut key = real.to_vec();
+        key.push(0);
+        key.truncate(agent_common::PATH_KEY_LEN);
+        let (mut act, mut rule, rank) = entries
+            .iter()
+            .filter(|e| key.starts_with(&e.key))
+            .max_by_key(|e| e.key.len())
+            .map_or((default, 0, 0), |e| (e.value.action, e.value.rule_id, e.value.rank));
+        if start != 0 {
+            match super::automaton::walk(&self.globs, 1, start, real) {
+                super::automaton::Walk::Rule(a, id, r) if r > rank => (act, rule) = (a, id),
+                super::automaton::Walk::Rule(..) | super::automaton::Walk::None => {}
+                super::automaton::Walk::Unknown => return None,
+            }
+        }
+        Some((act, rule))
+    }
 }

@@ -13,26 +13,13 @@ use agent_common::PATH_KEY_LEN;
 
 use super::{
     compile::compile_with,
-    compiled::{CompiledPolicy, PathEntry},
+    compiled::CompiledPolicy,
     eval::evaluate_with,
     model::{mapped_net, Target},
     parse,
     path::{real_path, FakeLinks, FileSystem, RealPaths},
-    Action, Policy, Protocol,
+    Action, Policy, Protocol, RuleKind,
 };
-
-/// The kernel's path decision: longest key that is a prefix of `real path + NUL`,
-/// of which the programs look at the first `PATH_KEY_LEN` bytes.
-fn kernel_path(entries: &[PathEntry], default: u8, real: &[u8]) -> (u8, u32) {
-    let mut lookup = real.to_vec();
-    lookup.push(0);
-    lookup.truncate(PATH_KEY_LEN);
-    entries
-        .iter()
-        .filter(|e| lookup.starts_with(&e.key))
-        .max_by_key(|e| e.key.len())
-        .map_or((default, 0), |e| (e.value.action, e.value.rule_id))
-}
 
 /// The kernel's egress decision.
 fn kernel_egress(c: &CompiledPolicy, addr: IpAddr, port: u16, protocol: u8) -> (u8, u32) {
@@ -157,8 +144,9 @@ fn check(p: &Policy, fs: &dyn RealPaths, extra_paths: &[&str]) -> usize {
     let mut n = 0;
     for path in path_probes(p, extra_paths, &mut rng) {
         let real = real_path(path.as_bytes(), fs);
-        for (kind, entries, default) in [("exec", &c.exec, c.exec_default), ("write", &c.write, c.write_default)] {
-            let action = if kind == "exec" {
+        for kind in [RuleKind::Exec, RuleKind::Write] {
+            let default = if kind == RuleKind::Exec { c.exec_default } else { c.write_default };
+            let action = if kind == RuleKind::Exec {
                 Action::Exec { path: path.clone().into() }
             } else {
                 Action::Write { path: path.clone().into() }
@@ -168,8 +156,14 @@ fn check(p: &Policy, fs: &dyn RealPaths, extra_paths: &[&str]) -> usize {
             // evaluator gives the default, which is what the kernel does for a
             // path that matches nothing.
             let k = match &real {
-                Some(real) => kernel_path(entries, default, real),
-                None => (default, 0),
+                Some(real) => c.path_lookup(kind, real),
+                None => Some((default, 0)),
+            };
+            // Past what the kernel reads, a path still inside a pattern is denied
+            // as unresolved: only ever stricter than the evaluator.
+            let Some(k) = k else {
+                assert!(real.as_ref().is_some_and(|r| r.len() >= PATH_KEY_LEN), "{}: {action} unresolved", p.name());
+                continue;
             };
             assert_eq!((d.action.code(), d.rule_id), k, "{}: {action} -> {}", p.name(), d.reason);
             n += 1;
@@ -268,6 +262,45 @@ spec:
       - {cidr: 0.0.0.0/0, ports: [25, 465, 587], protocol: tcp, action: deny}
 "#;
 
+/// `*` and `**` everywhere, against trie rules at every specificity: the
+/// automaton's match and the trie's must combine by rank exactly as the format
+/// orders them (exact > longer literal prefix > `*` before `**` > action > file order).
+const GLOBS: &str = r#"apiVersion: agentd.io/v1
+kind: AgentPolicy
+metadata: {name: globs}
+spec:
+  exec:
+    default: deny
+    rules:
+      - {path: "/usr/bin/py*", action: allow}
+      - {path: "/usr/bin/python3*", action: ask}
+      - {path: "/usr/bin/python3.11", action: deny}
+      - {path: "/usr/bin/**", action: audit}
+      - {path: "/usr/bin/*", action: allow}
+      - {path: "/bin/*sh", action: deny}
+      - {path: "/usr/lib/**/bin/*", action: allow}
+      - {path: "/usr/lib/git-core/**", action: audit}
+      - {path: "/usr/lib/git-*/**", action: deny}
+      - {path: "/**/x", action: ask}
+      - {path: "/opt/*/tool", action: allow}
+      - {path: "/opt/**", action: deny}
+  write:
+    default: allow
+    rules:
+      - {path: "/home/*/work/**", action: allow}
+      - {path: "/home/*/work/.git/hooks/**", action: deny}
+      - {path: "/home/alice/work/**", action: audit}
+      - {path: "/home/**/.ssh/**", action: deny}
+      - {path: "/srv/work/*.lock", action: ask}
+      - {path: "/srv/*/*", action: deny}
+      - {path: "/srv/work/**", action: audit}
+      - {path: "/tmp/*.log", action: deny}
+      - {path: "/tmp/*.*", action: audit}
+      - {path: "/tmp/**/*.log", action: ask}
+      - {path: "/etc/*", action: deny}
+      - {path: /etc/hosts, action: allow}
+"#;
+
 fn fake_machine() -> FakeLinks {
     FakeLinks(vec![
         ("/bin", "/usr/bin"),
@@ -307,9 +340,35 @@ fn kernel_lookup_matches_evaluate_on_tangled_policies() {
         "/usr/sbin/reboot",
         "/etc/ssh/ssh_config",
         "/etc/ssh/sshd_config",
+        "/usr/bin/python3",
+        "/usr/bin/python3.11",
+        "/usr/bin/python",
+        "/usr/bin/py",
+        "/bin/bash",
+        "/bin/sh",
+        "/usr/lib/a/b/bin/tool",
+        "/usr/lib/bin/tool",
+        "/usr/lib/git-core/x",
+        "/usr/lib/git-foo/x",
+        "/x",
+        "/a/b/x",
+        "/opt/a/tool",
+        "/opt/a/b/tool",
+        "/home/bob/work/x",
+        "/home/bob/work/.git/hooks/pre-commit",
+        "/home/alice/work/.git/hooks/pre-commit",
+        "/home/bob/.ssh/id_rsa",
+        "/home/bob/a/.ssh/id_rsa",
+        "/srv/work/a.lock",
+        "/srv/work/a/b.lock",
+        "/srv/other/x",
+        "/tmp/a.log",
+        "/tmp/a.b.c",
+        "/tmp/a/b/c.log",
+        "/tmp/a/.log",
     ];
     let mut n = 0;
-    for text in [TANGLED, PERMISSIVE] {
+    for text in [TANGLED, PERMISSIVE, GLOBS] {
         let p = parse("t.yaml", text).unwrap_or_else(|e| panic!("{e}"));
         n += check(&p, &fs, &extra);
     }

@@ -192,6 +192,47 @@ impl Glob {
             .sum()
     }
 
+    /// The pattern as a byte regex (for the `regex-automata` syntax, to be matched
+    /// anchored at both ends) with exactly the meaning of [`Glob::matches`] on
+    /// normalised absolute paths: `*` is any run of non-`/` bytes, a middle `**` is
+    /// zero or more whole components, a final `/**` one or more, `/**` everything.
+    pub fn regex(&self) -> String {
+        // Bytes, not Unicode: a path need not be UTF-8, and `[^/]` must be one byte.
+        let mut re = String::from("(?s-u)");
+        if self.components == [Component::Any] {
+            re.push_str("/.*");
+            return re;
+        }
+        if self.components.is_empty() {
+            re.push('/');
+            return re;
+        }
+        let last = self.components.len() - 1;
+        for (i, c) in self.components.iter().enumerate() {
+            match c {
+                Component::Literal(l) => {
+                    re.push('/');
+                    push_escaped(&mut re, l);
+                }
+                Component::Star(p) => {
+                    re.push('/');
+                    for (j, part) in p.split(|&b| b == b'*').enumerate() {
+                        if j > 0 {
+                            re.push_str("[^/]*");
+                        }
+                        push_escaped(&mut re, part);
+                    }
+                }
+                // `(?:/[^/]+)+` on a normalised path, which never has `//` or a
+                // trailing `/`; `/.*` says the same there, and lets the automaton
+                // settle (a stable state) as soon as it is inside DIR/.
+                Component::Any if i == last => re.push_str("/.*"),
+                Component::Any => re.push_str("(?:/[^/]+)*"),
+            }
+        }
+        re
+    }
+
     /// Whether a normalised absolute path (no `.`, `..` or `//`) matches.
     ///
     /// `**` matches zero or more whole components, except that a final `/**` needs
@@ -228,6 +269,18 @@ impl Glob {
 impl fmt::Display for Glob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
+    }
+}
+
+/// Appends `bytes` to a `(?-u)` regex as literals: ASCII letters and digits as
+/// they are, every other byte as `\xNN`, so no byte can mean syntax.
+fn push_escaped(re: &mut String, bytes: &[u8]) {
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() {
+            re.push(b as char);
+        } else {
+            re.push_str(&format!("\\x{b:02x}"));
+        }
     }
 }
 

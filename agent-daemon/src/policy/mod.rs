@@ -12,12 +12,13 @@
 //! - [`evaluate()`] is the reference meaning of a policy, with the format's full
 //!   glob and precedence rules. It judges a path the way the kernel sees it
 //!   (normalised, symlinks resolved on this machine).
-//! - [`compile()`] lays the rules out for the kernel's longest-prefix lookups so that
+//! - [`compile()`] lays the rules out for the kernel's longest-prefix lookups and,
+//!   for `*`/`**` patterns a prefix cannot express, a per-kind automaton, so that
 //!   the kernel decides exactly as [`evaluate()`] does (the `crosscheck` tests
-//!   simulate the kernel's lookup over the output to hold it to that). It never
-//!   widens a rule: a pattern the kernel cannot express is an
-//!   [`ErrorKind::Unenforceable`] error, and what it skips for now (DNS names)
-//!   only ever narrows, with a warning.
+//!   simulate the kernel's lookups over the output to hold it to that). It never
+//!   widens a rule: what the kernel cannot express is an error
+//!   ([`ErrorKind::Unenforceable`], [`ErrorKind::Limit`]), and what it skips for
+//!   now (DNS names) only ever narrows, with a warning.
 //!
 //! Precedence, as the format defines it: the most specific matching rule wins,
 //! and at equal specificity deny > ask > audit > allow. For paths an exact path
@@ -26,6 +27,7 @@
 //! with `ports` beats one without, then a rule with `protocol`. Rules have stable
 //! ids in file order (exec, then write, then egress, from 1; 0 is the default).
 
+pub mod automaton;
 mod compile;
 pub mod compiled;
 mod diff;

@@ -565,19 +565,41 @@ fn path_keys_exact_and_prefix() {
 }
 
 #[test]
-fn unenforceable_patterns_are_a_separate_error_class() {
+fn patterns_a_trie_cannot_express_go_to_the_automaton() {
     let p = ok("  exec:\n    rules:\n      - {path: \"/home/*/work/**\", action: allow}\n      - {path: \"/usr/bin/py*\", action: allow}\n      - {path: \"/a/**/b\", action: deny}\n      - {path: \"/ok/**\", action: allow}\n");
-    // The evaluator understands them...
     assert_eq!(exec(&p, "/home/bob/work/x"), (Allow, 1));
-    // ...the compiler refuses them rather than widen or drop them.
+    let c = compile_with(&p, &NoFiles).unwrap();
+    // Only `/ok/**` is a trie entry; the other three are one automaton.
+    assert_eq!(c.exec.len(), 1);
+    assert_eq!((c.exec_glob, c.write_glob), (1, 0));
+    assert!(!c.globs.is_empty());
+    let k = |path: &str| c.path_lookup(RuleKind::Exec, path.as_bytes());
+    assert_eq!(k("/home/bob/work/x"), Some((action::ALLOW, 1)));
+    assert_eq!(k("/home/bob/play/x"), Some((action::DENY, 0)));
+    assert_eq!(k("/usr/bin/python3"), Some((action::ALLOW, 2)));
+    assert_eq!(k("/a/x/y/b"), Some((action::DENY, 3)));
+    assert_eq!(k("/ok/x"), Some((action::ALLOW, 4)));
+    // Write patterns are numbered after the exec automaton's states.
+    let p = ok("  exec:\n    rules:\n      - {path: \"/usr/bin/py*\", action: allow}\n  write:\n    rules:\n      - {path: \"/tmp/*.log\", action: allow}\n");
+    let c = compile_with(&p, &NoFiles).unwrap();
+    assert!(c.write_glob > c.exec_glob && c.exec_glob == 1, "{} {}", c.exec_glob, c.write_glob);
+    assert_eq!(c.path_lookup(RuleKind::Write, b"/tmp/a.log"), Some((action::ALLOW, 2)));
+    assert_eq!(c.path_lookup(RuleKind::Write, b"/tmp/a.txt"), Some((action::DENY, 0)));
+    assert_eq!(c.path_lookup(RuleKind::Exec, b"/tmp/a.log"), Some((action::DENY, 0)));
+}
+
+#[test]
+fn patterns_over_the_automaton_limit_are_an_error_at_the_first_pattern() {
+    // Each `*a*b*c...` pattern over many distinct letters multiplies states.
+    let mut rules = String::new();
+    for i in 0..40 {
+        rules.push_str(&format!("      - {{path: \"/x/*{i}*q*{i}z*/**/w{i}*\", action: allow}}\n"));
+    }
+    let p = ok(&format!("  write:\n    rules:\n      - {{path: /etc/hosts, action: deny}}\n{rules}"));
     let e = compile_with(&p, &NoFiles).unwrap_err();
-    assert_eq!(e.len(), 3, "{e}");
-    assert!(e.iter().all(|e| e.kind == ErrorKind::Unenforceable), "{e}");
-    assert_eq!(
-        e.0[0].to_string(),
-        "t.yaml:8:16: pattern \"/home/*/work/**\" cannot be enforced in the kernel yet: only exact paths and trailing /** are supported; hint: write the exact paths or DIR/** directories it should cover instead (e.g. /home/**); agentd never widens a rule on its own"
-    );
-    assert_eq!((e.0[1].line, e.0[2].line), (9, 10));
+    assert_eq!(e.len(), 1, "{e}");
+    assert_eq!((e.0[0].line, e.0[0].kind), (9, ErrorKind::Limit), "{e}");
+    assert!(e.0[0].message.contains("automaton states"), "{e}");
 }
 
 #[test]

@@ -797,11 +797,9 @@ fn depth_check(rest: &str) -> Result<(), ()> {
 mod tests {
     use std::{collections::HashSet, os::unix::ffi::OsStrExt as _};
 
-    use agent_common::PATH_KEY_LEN;
 
     use super::*;
     use crate::policy::{
-        compiled::PathEntry,
         model::{mapped_addr, RuleKind},
         path::{real_path, FileSystem, RealPaths as _},
     };
@@ -822,15 +820,11 @@ mod tests {
     /// `real path + NUL`; for egress the longest network, then its first port rule.
     fn kernel(c: &CompiledPolicy, action: &Action) -> (ActionKind, u32) {
         let code = |a: u8| ActionKind::ALL.into_iter().find(|k| k.code() == a).expect("an action code");
-        let lpm = |entries: &[PathEntry], default: u8, path: &Path| {
-            let mut key = real_path(path.as_os_str().as_bytes(), &FileSystem).expect("an absolute path");
-            key.push(0);
-            key.truncate(PATH_KEY_LEN);
-            entries
-                .iter()
-                .filter(|e| key.starts_with(&e.key))
-                .max_by_key(|e| e.key.len())
-                .map_or((code(default), 0), |e| (code(e.value.action), e.value.rule_id))
+        let lookup = |kind: RuleKind, path: &Path| {
+            let real = real_path(path.as_os_str().as_bytes(), &FileSystem).expect("an absolute path");
+            // Vectors stay within the kernel's path length, so the model always knows.
+            let (a, rule) = c.path_lookup(kind, &real).expect("a path the kernel can read whole");
+            (code(a), rule)
         };
         match action {
             Action::Exec { path } => {
@@ -839,10 +833,10 @@ mod tests {
                 });
                 match pinned {
                     Some(p) => (code(p.value.action), p.value.rule_id),
-                    None => lpm(&c.exec, c.exec_default, path),
+                    None => lookup(RuleKind::Exec, path),
                 }
             }
-            Action::Write { path } => lpm(&c.write, c.write_default, path),
+            Action::Write { path } => lookup(RuleKind::Write, path),
             Action::Connect { addr, port, protocol } => {
                 let a = mapped_addr(*addr);
                 let best = c

@@ -19,6 +19,7 @@
 pub mod draft;
 pub mod encode;
 pub mod model;
+pub mod seal;
 
 pub use draft::Draft;
 pub use model::{Action, Approval, Decision, Receipt, ReceiptType, Requester, Seal, Verdict};

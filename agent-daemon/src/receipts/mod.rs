@@ -18,8 +18,10 @@
 
 pub mod draft;
 pub mod encode;
+pub mod key;
 pub mod model;
 pub mod seal;
 
 pub use draft::Draft;
+pub use key::NodeKey;
 pub use model::{Action, Approval, Decision, Receipt, ReceiptType, Requester, Seal, Verdict};

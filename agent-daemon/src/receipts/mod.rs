@@ -21,7 +21,9 @@ pub mod encode;
 pub mod key;
 pub mod model;
 pub mod seal;
+pub mod verify;
 
 pub use draft::Draft;
 pub use key::NodeKey;
 pub use model::{Action, Approval, Decision, Receipt, ReceiptType, Requester, Seal, Verdict};
+pub use verify::{verify_file, verify_lines, Report, VerifyOptions};

@@ -21,9 +21,14 @@ pub mod encode;
 pub mod key;
 pub mod model;
 pub mod seal;
+pub mod store;
 pub mod verify;
 
 pub use draft::Draft;
 pub use key::NodeKey;
 pub use model::{Action, Approval, Decision, Receipt, ReceiptType, Requester, Seal, Verdict};
+pub use store::{Filter, Journal, JournalOptions, Stored, StoreError};
 pub use verify::{verify_file, verify_lines, Report, VerifyOptions};
+
+#[cfg(test)]
+mod tests;

@@ -37,7 +37,7 @@ use serde_json::Value;
 
 use super::{
     draft::Draft,
-    encode::{self, EncodeError},
+    encode::{self, push_hex, Body, EncodeError},
     key::{KeyError, NextKey, NodeKey},
     model::{Receipt, ReceiptType, Seal, Verdict},
     seal as merkle,
@@ -194,8 +194,8 @@ struct State {
 struct Pending {
     seq: u64,
     hash: [u8; 32],
-    /// The receipt's JSON object without `id` and `seal`.
-    body: Value,
+    /// The receipt without `id` and `seal`, encoded already.
+    body: Body,
     appended: Instant,
     /// Set on a key-rotation receipt: the key that takes over after its batch.
     rotation: Option<NextKey>,
@@ -274,8 +274,8 @@ impl Journal {
     fn append_inner(&self, draft: Draft, rotation: Option<NextKey>) -> Result<u64, StoreError> {
         // Everything but the place in the chain is made outside the lock.
         let receipt = draft.into_receipt(0, String::new(), &self.shared.host, SystemTime::now());
-        let mut body = serde_json::to_value(&receipt).map_err(|e| EncodeError::Serialize(e.to_string()))?;
-        let Value::Object(obj) = &mut body else {
+        let mut value = serde_json::to_value(&receipt).map_err(|e| EncodeError::Serialize(e.to_string()))?;
+        let Value::Object(obj) = &mut value else {
             return Err(EncodeError::Serialize("a receipt is not a JSON object".into()).into());
         };
         obj.remove("id");
@@ -293,7 +293,8 @@ impl Journal {
         obj.insert("seq".into(), seq.into());
         obj.insert("prev_hash".into(), hex::encode(st.prev_hash).into());
         // Fails (on a float) before the seq is used, so the chain has no hole.
-        let hash = encode::receipt_hash(&body)?;
+        let body = Body::of(&value)?;
+        let hash = body.hash();
         st.next_seq += 1;
         st.prev_hash = hash;
         let cut = rotation.is_some();
@@ -481,24 +482,36 @@ impl Writer {
     fn write_batch(&mut self, mut batch: Vec<Pending>, opts: &JournalOptions) -> Result<(), StoreError> {
         let hashes: Vec<[u8; 32]> = batch.iter().map(|p| p.hash).collect();
         let sealed = merkle::seal(self.key.signing_key(), batch[0].seq, &hashes);
-        let root = hex::encode(sealed.root);
-        let signature = hex::encode(sealed.signature.to_bytes());
-        let mut buf = String::with_capacity(batch.len() * 1536);
-        for (p, proof) in batch.iter_mut().zip(sealed.proofs) {
-            let seal = Seal {
-                key_id: self.key.key_id().to_string(),
-                batch_first_seq: sealed.first_seq,
-                batch_last_seq: sealed.last_seq,
-                root: root.clone(),
-                proof: proof.iter().map(hex::encode).collect(),
-                signature: signature.clone(),
-            };
-            let seal = serde_json::to_value(seal).map_err(|e| EncodeError::Serialize(e.to_string()))?;
-            if let Value::Object(obj) = &mut p.body {
-                obj.insert("id".into(), hex::encode(p.hash).into());
-                obj.insert("seal".into(), seal);
+        // The seal's members other than the proof are the batch's: encode them
+        // once, as the canonical encoder spells them, around an empty proof.
+        let shared = Seal {
+            key_id: self.key.key_id().to_string(),
+            batch_first_seq: sealed.first_seq,
+            batch_last_seq: sealed.last_seq,
+            root: hex::encode(sealed.root),
+            proof: Vec::new(),
+            signature: hex::encode(sealed.signature.to_bytes()),
+        };
+        let shared = encode::canonical_of(&shared)?;
+        let (head, tail) = shared.split_once("\"proof\":[]").ok_or_else(|| EncodeError::Serialize("a seal without a proof".into()))?;
+        let mut buf = String::with_capacity(batch.len() * 2048);
+        let (mut id, mut seal) = (String::with_capacity(66), String::with_capacity(1024));
+        for (p, proof) in batch.iter().zip(sealed.proofs) {
+            id.clear();
+            id.push('"');
+            push_hex(&p.hash, &mut id);
+            id.push('"');
+            seal.clear();
+            seal.push_str(head);
+            seal.push_str("\"proof\":[");
+            for (i, h) in proof.iter().enumerate() {
+                seal.push_str(if i == 0 { "\"" } else { ",\"" });
+                push_hex(h, &mut seal);
+                seal.push('"');
             }
-            buf.push_str(&encode::canonical(&p.body)?);
+            seal.push(']');
+            seal.push_str(tail);
+            p.body.write_with(&mut buf, &id, &seal);
             buf.push('\n');
         }
         if self.seg_len >= opts.segment_bytes {

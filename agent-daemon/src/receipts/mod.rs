@@ -16,6 +16,7 @@
 //! inclusion proof, so one receipt verifies alone.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod draft;
 pub mod encode;
 pub mod key;

@@ -541,3 +541,16 @@ fn write_an_export_for_other_verifiers() {
     assert!(r.is_ok(), "{r}");
     println!("{r}");
 }
+
+/// `cargo test --release -p agent-daemon --lib receipts::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_receipts_per_second() {
+    let n = std::env::var("AGENTD_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let base = std::env::var_os("AGENTD_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let d = tempfile::tempdir_in(base).unwrap();
+    let r = bench::run(d.path(), n).unwrap();
+    println!("{r}");
+    let lines = store::Receipts::new(d.path(), None).unwrap().map(|s| s.unwrap().line).collect::<Vec<_>>();
+    assert_eq!(lines.len() as u64, n);
+}

@@ -234,6 +234,8 @@ impl Journal {
         }
         let &(no, len) = segments.last().unwrap_or(&(1, 0));
         let file = open_segment(dir, no)?;
+        // The segment may be new: its name must survive a power cut too.
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
         let state = State {
             next_seq,
             prev_hash,

@@ -540,6 +540,15 @@ fn write_an_export_for_other_verifiers() {
     let r = verify_file(&out.join("export.jsonl"), &verify::read_public_key(&out.join("first.pub")).unwrap()).unwrap();
     assert!(r.is_ok(), "{r}");
     println!("{r}");
+    // And one with full-size batches (1024, 1024, 952): deep, uneven trees.
+    let d = tempfile::tempdir().unwrap();
+    let j = open(d.path(), opts(1024));
+    for i in 0..3000 {
+        j.append(draft(i)).unwrap();
+    }
+    j.flush().unwrap();
+    fs::write(out.join("big.jsonl"), export(&j).iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    fs::write(out.join("big.pub"), format!("{}\n", NodeKey::load(d.path()).unwrap().public_hex())).unwrap();
 }
 
 /// `cargo test --release -p agent-daemon --lib receipts::tests::bench -- --ignored --nocapture`

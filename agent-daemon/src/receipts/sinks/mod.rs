@@ -20,12 +20,14 @@
 //! `seq` and `id` tell the copies apart.
 #![forbid(unsafe_code)]
 
+pub mod jsonl;
 mod worker;
 
 use std::{fmt, str::FromStr, time::SystemTime};
 
 use serde::Serialize;
 
+pub use jsonl::JsonlSink;
 pub use worker::{Delivery, Dispatcher, SinkStatus};
 
 /// How much a receipt matters to whoever reads the sink; each sink can skip the ones

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod jsonl;
+pub mod syslog;
 mod worker;
 
 use std::{fmt, str::FromStr, time::SystemTime};
@@ -28,6 +29,7 @@ use std::{fmt, str::FromStr, time::SystemTime};
 use serde::Serialize;
 
 pub use jsonl::JsonlSink;
+pub use syslog::SyslogSink;
 pub use worker::{Delivery, Dispatcher, SinkStatus};
 
 /// How much a receipt matters to whoever reads the sink; each sink can skip the ones

@@ -20,6 +20,7 @@
 //! `seq` and `id` tell the copies apart.
 #![forbid(unsafe_code)]
 
+pub mod hec;
 pub mod jsonl;
 pub mod syslog;
 mod worker;
@@ -28,6 +29,7 @@ use std::{fmt, str::FromStr, time::SystemTime};
 
 use serde::Serialize;
 
+pub use hec::HecSink;
 pub use jsonl::JsonlSink;
 pub use syslog::SyslogSink;
 pub use worker::{Delivery, Dispatcher, SinkStatus};

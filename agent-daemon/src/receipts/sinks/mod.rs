@@ -20,6 +20,7 @@
 //! `seq` and `id` tell the copies apart.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod hec;
 pub mod jsonl;
 pub mod syslog;
@@ -29,6 +30,7 @@ use std::{fmt, str::FromStr, time::SystemTime};
 
 use serde::Serialize;
 
+pub use config::{ConfigError, SinkConfig, SinkSpec, SinksConfig};
 pub use hec::HecSink;
 pub use jsonl::JsonlSink;
 pub use syslog::SyslogSink;

@@ -18,7 +18,7 @@ use std::{
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use super::{Record, Severity, Sink, SinkStats};
+use super::{Record, Severity, Sink, SinkSpec, SinkStats};
 
 const DEFAULT_QUEUE_MAX: usize = 10_000;
 const DEFAULT_BATCH_MAX: usize = 100;
@@ -123,6 +123,15 @@ impl Dispatcher {
     /// A dispatcher with no sinks: `push` does nothing.
     pub fn new() -> Self {
         Dispatcher::default()
+    }
+
+    /// A dispatcher running every configured sink.
+    pub fn start(specs: &[SinkSpec]) -> std::io::Result<Self> {
+        let mut d = Dispatcher::new();
+        for spec in specs {
+            d.add(spec.build()?, spec.delivery.clone())?;
+        }
+        Ok(d)
     }
 
     /// Starts a thread delivering to `sink`.

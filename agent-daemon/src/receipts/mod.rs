@@ -9,6 +9,7 @@
 //! - [`store`]: the journal: chaining, batching, segment files, crash recovery.
 //! - [`verify`]: offline verification of an export, naming the first bad receipt.
 //! - [`bench`]: how many receipts per second this machine makes durable.
+//! - [`sinks`]: copies of receipts for a JSONL file, syslog (RFC 5424) and Splunk HEC.
 //!
 //! Each receipt carries the hash of the one before it (`prev_hash`) and a seq one
 //! higher, so a deleted, inserted or reordered receipt breaks the chain; each is
@@ -22,6 +23,7 @@ pub mod encode;
 pub mod key;
 pub mod model;
 pub mod seal;
+pub mod sinks;
 pub mod store;
 pub mod verify;
 

@@ -8,4 +8,5 @@ pub mod enforce;
 pub mod holds;
 pub mod identity;
 pub mod policy;
+pub mod receipts;
 pub mod state;

@@ -53,6 +53,9 @@ pub fn ensure(needs: Needs) -> Result<()> {
         // is what you need to look inside an initramfs by hand: `cpio -t < image`.
         // binutils: objcopy strips DWARF from the binaries packed into the initramfs.
         packages.extend(["qemu-system-x86", "busybox-static", "cpio", "binutils"].map(String::from));
+        // The syslog receipt sink's test delivers to a private rsyslogd on loopback
+        // (it starts its own with its own config; the system's is not used).
+        packages.push("rsyslog".to_string());
     }
     let mut apt = Apt::default();
     apt.install_missing(&packages)?;

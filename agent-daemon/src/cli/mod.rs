@@ -17,6 +17,7 @@ mod policy;
 mod policy_diff;
 mod policy_source;
 mod policy_test;
+mod receipts;
 mod run;
 mod status;
 
@@ -160,6 +161,19 @@ EXAMPLES:
   agentctl approvals watch
   agentctl approve 3f9a2c1b --for 10m")]
     Approvals(ApprovalsCmd),
+    /// Check receipts offline: signatures, the hash chain, seq gaps (no daemon needed).
+    #[command(
+        subcommand,
+        after_help = "\
+The format, and how to verify an export without agentd, are in docs/receipts.md.
+This build has the receipt library and this verifier; the daemon does not write
+receipts yet.
+
+EXAMPLES:
+  agentctl receipts verify export.jsonl --public-key node.pub
+  agentctl receipts verify tail.jsonl --public-key node.pub --any-start --json"
+    )]
+    Receipts(ReceiptsCmd),
     /// Let a held action happen: once, or for a while (same identity, same target).
     #[command(after_help = "\
 A held exec runs as soon as it is approved. With --for, the same identity may repeat the
@@ -190,6 +204,37 @@ EXAMPLES:
         /// Why, recorded with the decision.
         #[arg(long, value_name = "TEXT", default_value = "")]
         reason: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReceiptsCmd {
+    /// Verify an export (one receipt per line) with only the node's public key.
+    #[command(after_help = "\
+Checks every line: canonical encoding, id = hash, the inclusion proof to its batch's
+Merkle root, the Ed25519 signature on that root under the key in force (following
+key-rotation receipts), prev_hash linking each receipt to the one before, and seq
+with no gap, duplicate or reordering. Stops at the first bad receipt and names its
+line, seq and why. Exits 0 only if everything verified.
+
+KEY is a file with the node's first public key: 64 hex characters, a PEM
+\"PUBLIC KEY\", or an ssh-ed25519 line.
+
+EXAMPLES:
+  agentctl receipts verify export.jsonl --public-key node.pub
+  agentctl receipts verify export.jsonl --public-key node.pub --json | jq .ok")]
+    Verify {
+        /// The export: JSONL, one receipt per line.
+        file: PathBuf,
+        /// The node's public key (the first one, if the key was rotated since).
+        #[arg(long, value_name = "KEY")]
+        public_key: PathBuf,
+        /// Accept an export that starts mid-chain (after retention removed older
+        /// segments); it is then verified from its first receipt on.
+        #[arg(long)]
+        any_start: bool,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -490,6 +535,9 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Doctor(f) => status::doctor(&socket, f.json).await.map(ok),
         Command::Status(f) => status::status(&socket, f.json).await.map(ok),
+        Command::Receipts(ReceiptsCmd::Verify { file, public_key, any_start, json }) => {
+            receipts::verify(&file, &public_key, any_start, json.json)
+        }
         Command::Policy(PolicyCmd::Validate { files }) => policy::validate(&files).map(ok),
         Command::Policy(PolicyCmd::Apply { file, json }) => policy::apply(&socket, &file, json.json).await.map(ok),
         Command::Policy(PolicyCmd::List(f)) => policy::list(&socket, f.json).await.map(ok),

@@ -43,7 +43,7 @@ pub enum Problem {
     Id { claimed: String, actual: String },
     #[error("the receipt has no seal")]
     Unsealed,
-    #[error("the export starts at seq {0}, not 1 (to check a tail of the chain, allow a start at any seq)")]
+    #[error("the export starts at seq {0}, not 1 (to check a tail of the chain: `agentctl receipts verify --any-start`)")]
     NotGenesis(u64),
     #[error("seq 1 has prev_hash {0}; the first receipt of a chain has {GENESIS_PREV_HASH}")]
     GenesisPrevHash(String),

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod cmd;
 mod initramfs;
 mod libtest;
@@ -40,6 +41,9 @@ enum Cmd {
     Vm(vm::Args),
     /// Build, install and start agentd with the default policy (needs root).
     Run(run::Args),
+    /// Measure the speed targets beside baselines taken in the same run; exits 1 if
+    /// a target is missed.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Cmd::Test(args) => test::command(args).map(|ok| if ok { 0 } else { 1 }),
         Cmd::Vm(args) => vm::command(args),
         Cmd::Run(args) => run::command(args).map(|()| 0),
+        Cmd::Bench(args) => bench::command(args).map(|ok| if ok { 0 } else { 1 }),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

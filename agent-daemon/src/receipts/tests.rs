@@ -560,6 +560,8 @@ fn bench_receipts_per_second() {
     let d = tempfile::tempdir_in(base).unwrap();
     let r = bench::run(d.path(), n).unwrap();
     println!("{r}");
+    // Read by `cargo xtask bench`.
+    println!("BENCH receipts_per_sec={} raw_ed25519_signs_per_sec={}", r.receipts_per_sec, r.raw_ed25519_signs_per_sec);
     let lines = store::Receipts::new(d.path(), None).unwrap().map(|s| s.unwrap().line).collect::<Vec<_>>();
     assert_eq!(lines.len() as u64, n);
 }

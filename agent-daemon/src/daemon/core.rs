@@ -14,12 +14,13 @@ use std::{
 };
 
 use agent_common::Hits;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     enforce::{Counters, EnforceError, Enforcer, MechanismReport},
     identity::{self, keys, IdentityRecord, NewIdentity},
     policy::{compiled::CompiledPolicy, evaluate_as, Action, ActionKind, Approvals, Mode, Policy, Standing},
+    receipts::{Draft, Journal, Requester},
     state::{self, BindingRecord, PolicyMeta, PolicyRecord, State, Store},
 };
 
@@ -98,6 +99,10 @@ pub enum OpError {
     /// The state directory could not be written; the kernel was rolled back.
     #[error("{0}")]
     State(String),
+    /// The change is made (kernel and state), but its receipt could not be
+    /// recorded: the caller must know the record is missing.
+    #[error("{0}")]
+    Receipt(String),
 }
 
 /// A stored policy that compiles.
@@ -163,6 +168,8 @@ pub struct Core {
     history: HashMap<String, VecDeque<(u32, Arc<CompiledPolicy>)>>,
     /// Whether each identity is installed as denied-everything (revoked or expired).
     denied: HashMap<u32, bool>,
+    /// The signed receipt journal: every administrative change is recorded here.
+    receipts: Arc<Journal>,
 }
 
 /// The kernel's revoked flag for `rec`. The kernel checks a well-formed expiry
@@ -181,8 +188,30 @@ fn state_err(e: state::StateError) -> OpError {
 }
 
 impl Core {
-    pub fn new(kernel: Box<dyn Kernel>, store: Store, state: State) -> Core {
-        Core { kernel, store, state, loaded: HashMap::new(), history: HashMap::new(), denied: HashMap::new() }
+    pub fn new(kernel: Box<dyn Kernel>, store: Store, state: State, receipts: Arc<Journal>) -> Core {
+        Core { kernel, store, state, loaded: HashMap::new(), history: HashMap::new(), denied: HashMap::new(), receipts }
+    }
+
+    /// The receipt journal, for the event pipeline and holds to append to.
+    pub fn receipts(&self) -> &Arc<Journal> {
+        &self.receipts
+    }
+
+    /// Records the receipt of a change already made. A failure does not undo the
+    /// change: the kernel (and the state directory) already enforce it, and rolling
+    /// enforcement back because the record failed would trade a missing record for
+    /// enforcement that differs from what the caller asked. Instead it is logged
+    /// loudly and the caller gets an error saying the change stands unrecorded.
+    fn record(&self, draft: Draft, what: &str) -> Result<(), OpError> {
+        match self.receipts.append(draft) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                error!(change = %what, error = %e, "RECEIPT NOT RECORDED: the change is in force but has no receipt");
+                Err(OpError::Receipt(format!(
+                    "agentd: {what} is in force, but its receipt could not be recorded: {e}; the receipt journal needs attention (see the agentd log)"
+                )))
+            }
+        }
     }
 
     pub fn state(&self) -> &State {
@@ -332,7 +361,9 @@ impl Core {
     /// Installs a compiled policy under its name, as version N+1, for every
     /// identity using it; then persists it. On any failure the previous version
     /// stays in force everywhere and nothing is written.
-    pub fn apply(&mut self, yaml: &str, file_name: &str, policy: Policy, compiled: CompiledPolicy, now: SystemTime) -> Result<Applied, OpError> {
+    ///
+    /// `by` is who asked; the apply is recorded as a `policy-apply` receipt.
+    pub fn apply(&mut self, yaml: &str, file_name: &str, policy: Policy, compiled: CompiledPolicy, by: &Requester, now: SystemTime) -> Result<Applied, OpError> {
         let name = compiled.name.clone();
         identity::validate_name("policy", &name).map_err(OpError::Invalid)?;
         let previous = self.compiled(&name);
@@ -371,6 +402,7 @@ impl Core {
             rollback(self, &users);
             return Err(state_err(e));
         }
+        let hash = record.meta.hash.clone();
         self.state.policies.insert(name.clone(), record);
         self.remember(&name, version, compiled.clone());
         let description = policy.description().to_string();
@@ -378,13 +410,17 @@ impl Core {
         for rec in &users {
             self.denied.insert(rec.id, rec.denies_all(now));
         }
+        // After memory is updated: the policy is in force whether or not the receipt is written.
+        self.record(Draft::policy_apply(name.clone(), version, hash).requester(by.clone()).at(now), &format!("policy {name} v{version}"))?;
         Ok(Applied { name, version, identities: users.into_iter().map(|u| u.name).collect() })
     }
 
     /// Creates an identity under an existing policy: with a fresh key pair whose
     /// private key is stored 0600, or with the caller's public key (agentd then
     /// never has the private key).
-    pub fn create_identity(&mut self, spec: NewIdentity, now: SystemTime) -> Result<IdentityRecord, OpError> {
+    ///
+    /// `by` is who asked; the creation is recorded as an `identity-create` receipt.
+    pub fn create_identity(&mut self, spec: NewIdentity, by: &Requester, now: SystemTime) -> Result<IdentityRecord, OpError> {
         let NewIdentity { name, policy, owner, public_key, expires, labels } = spec;
         let name = name.as_str();
         identity::validate_name("identity", name).map_err(|e| OpError::Invalid(format!("agentd: {e}")))?;
@@ -454,6 +490,10 @@ impl Core {
             return Err(state_err(e));
         }
         self.state.identities.insert(name.to_string(), rec.clone());
+        self.record(
+            Draft::identity_create(name, rec.fingerprint(), rec.owner.clone(), rec.policy.clone()).requester(by.clone()).at(now),
+            &format!("identity {name}"),
+        )?;
         Ok(rec)
     }
 
@@ -461,7 +501,10 @@ impl Core {
     /// cgroups do from their next action on (before this returns), and the state
     /// records who did it, when and why. There is no un-revoke: create a new
     /// identity (a new key) instead.
-    pub fn revoke_identity(&mut self, name: &str, by: &str, reason: &str, now: SystemTime) -> Result<IdentityRecord, OpError> {
+    ///
+    /// `requester` is who asked (`by` its user name, kept in the state); the
+    /// revocation is recorded as an `identity-revoke` receipt.
+    pub fn revoke_identity(&mut self, name: &str, by: &str, requester: &Requester, reason: &str, now: SystemTime) -> Result<IdentityRecord, OpError> {
         let old = self.state.identities.get(name).cloned().ok_or_else(|| {
             OpError::NotFound(format!("agentd: no identity named {name:?} (`agentctl identity list` shows them)"))
         })?;
@@ -495,13 +538,20 @@ impl Core {
                 "agentd: identity {name} is revoked in the kernel now, but the state directory could not record it, so a restart of agentd would un-revoke it: {e}; fix the disk and run the revoke again to record it"
             )));
         }
+        self.record(
+            Draft::identity_revoke(name, rec.fingerprint(), reason).requester(requester.clone()).at(now),
+            &format!("the revocation of identity {name}"),
+        )?;
         Ok(rec)
     }
 
     /// Binds the cgroup at `path` (canonical, already checked to be a bindable
     /// cgroup with id `cgroup_id`) to identity `identity`, replacing an earlier
     /// binding of the same cgroup.
-    pub fn bind(&mut self, path: &str, cgroup_id: u64, identity: &str, now: SystemTime) -> Result<Bound, OpError> {
+    ///
+    /// `by` is who asked; a change is recorded as a `bind` receipt (re-binding
+    /// what is already bound changes nothing and records nothing).
+    pub fn bind(&mut self, path: &str, cgroup_id: u64, identity: &str, by: &Requester, now: SystemTime) -> Result<Bound, OpError> {
         let id = self.state.identities.get(identity).map(|i| i.id).ok_or_else(|| {
             OpError::NotFound(format!(
                 "agentd: no identity named {identity:?} (create it with `agentctl identity create {identity} --policy POLICY`; `agentctl identity list` shows them)"
@@ -543,6 +593,11 @@ impl Core {
         }
         self.state.bindings = next;
         let replaced = previous.map(|p| p.identity).filter(|p| p != identity);
+        let mut draft = Draft::bind(path, cgroup_id, identity).requester(by.clone()).at(now);
+        if let Some(old) = &replaced {
+            draft = draft.param("replaced", old.clone());
+        }
+        self.record(draft, &format!("the binding of {path} to {identity}"))?;
         Ok(Bound { binding, replaced })
     }
 
@@ -556,8 +611,9 @@ impl Core {
         self.state.bindings.values().find(|b| b.cgroup_id == cgroup_id)
     }
 
-    /// Removes the binding recorded under `path` (as stored).
-    pub fn unbind(&mut self, path: &str) -> Result<BindingRecord, OpError> {
+    /// Removes the binding recorded under `path` (as stored). `by` is who asked;
+    /// the removal is recorded as an `unbind` receipt.
+    pub fn unbind(&mut self, path: &str, by: &Requester, now: SystemTime) -> Result<BindingRecord, OpError> {
         let b = self
             .state
             .bindings
@@ -576,6 +632,10 @@ impl Core {
             return Err(state_err(e));
         }
         self.state.bindings = next;
+        self.record(
+            Draft::unbind(path, b.cgroup_id, b.identity.clone()).requester(by.clone()).at(now),
+            &format!("the unbinding of {path}"),
+        )?;
         Ok(b)
     }
 

@@ -41,6 +41,7 @@ use crate::{
     cgroup::{self, CgroupError},
     enforce::{EnforceError, Enforcer, EnforcerConfig, MechanismReport},
     holds::{webhook, HoldService, RateLimit},
+    receipts::{Journal, JournalOptions, NodeKey},
     state::{StateError, Store},
 };
 
@@ -85,6 +86,8 @@ pub enum DaemonError {
     Serve(String),
     #[error("{0}")]
     Config(String),
+    #[error("cannot open the receipt journal in {}: {message} (agentd does not run without recording receipts; fix or move the directory away)", .dir.display())]
+    Receipts { dir: PathBuf, message: String },
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -133,7 +136,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let connect_holds = enforcer.connect_holds().map_err(DaemonError::Load)?;
     let mut connect_holds_at_stop = enforcer.connect_holds().map_err(DaemonError::Load)?;
 
-    let mut core = Core::new(Box::new(enforcer), store, state);
+    // Before the kernel is changed: no receipts, no agentd (fail closed).
+    let journal = open_receipts(&config.state_dir)?;
+    let journal_at_stop = journal.clone();
+    let mut core = Core::new(Box::new(enforcer), store, state, journal);
     let r = core
         .reconcile(&|p: &Path| cgroup::cgroup_id(p).ok(), SystemTime::now())
         .map_err(DaemonError::Reconcile)?;
@@ -233,6 +239,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         if e.kind() != io::ErrorKind::NotFound {
             warn!(socket = %config.socket.display(), error = %e, "could not remove the socket");
         }
+    }
+    match journal_at_stop.flush() {
+        Ok(seq) => info!(durable_seq = seq, "receipts flushed"),
+        Err(e) => warn!(error = %e, "could not flush the last receipts"),
     }
     info!(pins = %config.pin_dir.display(), "agentd stopped; enforcement stays in the kernel");
     result
@@ -339,4 +349,32 @@ fn bind_socket(socket: &Path) -> Result<(UnixListener, u32), DaemonError> {
     }
     let gid = fs::metadata(socket).map_err(|e| err("reading", &e))?.gid();
     Ok((listener, gid))
+}
+
+/// The receipts subdirectory of the state directory.
+pub fn receipts_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("receipts")
+}
+
+/// Opens (or creates) the receipt journal and node key in `<state_dir>/receipts`
+/// (0700). Any failure is an error: agentd must not enforce without recording.
+pub fn open_receipts(state_dir: &Path) -> Result<Arc<Journal>, DaemonError> {
+    let dir = receipts_dir(state_dir);
+    let err = |message: String| DaemonError::Receipts { dir: dir.clone(), message };
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| err(e.to_string()))?;
+    // An existing directory is tightened too: the node key lives here.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(e.to_string()))?;
+    let key = NodeKey::load_or_create(&dir).map_err(|e| err(e.to_string()))?;
+    let journal = Journal::open(&dir, key, &host_name(), JournalOptions::default()).map_err(|e| err(e.to_string()))?;
+    let rec = journal.recovery();
+    if rec.truncated_bytes > 0 {
+        warn!(dir = %dir.display(), bytes = rec.truncated_bytes, saved = ?rec.saved_tail, cut_at = ?rec.cut_at, "receipt journal: cut a damaged tail");
+    }
+    info!(dir = %dir.display(), key_id = %journal.key_id(), last_seq = journal.last_seq(), "receipt journal open");
+    Ok(Arc::new(journal))
+}
+
+/// This machine's name, as receipts record it.
+fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "localhost".into())
 }

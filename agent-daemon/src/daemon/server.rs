@@ -24,6 +24,7 @@ use crate::{
     enforce::MechanismReport,
     holds::{Decider, Decision, HoldError, HoldEvent},
     identity::{keys, IdentityRecord, NewIdentity},
+    receipts::Requester,
     state::{self, BindingRecord, PolicyRecord},
 };
 
@@ -61,6 +62,7 @@ impl From<OpError> for Status {
             OpError::Exists(m) => Status::already_exists(m),
             OpError::Kernel(m) => Status::failed_precondition(m),
             OpError::State(m) => Status::internal(m),
+            OpError::Receipt(m) => Status::internal(m),
         }
     }
 }
@@ -333,7 +335,8 @@ impl Agentd for Service {
     }
 
     async fn policy_apply(&self, req: Request<pb::PolicyApplyRequest>) -> Result<Response<pb::PolicyApplyReply>, Status> {
-        self.authorize_change(&req).await?;
+        let (peer, _) = self.authorize_change(&req).await?;
+        let by = requester(&peer);
         let r = req.into_inner();
         let file_name = if r.file_name.is_empty() { "policy.yaml".to_string() } else { r.file_name };
         // Compile before taking the lock: a bad policy changes nothing and waits for nothing.
@@ -353,7 +356,7 @@ impl Agentd for Service {
         }
         let (applied, summary) = self
             .with_core(move |c| {
-                let applied = c.apply(&yaml, &file_name, policy, compiled, SystemTime::now())?;
+                let applied = c.apply(&yaml, &file_name, policy, compiled, &by, SystemTime::now())?;
                 let rec = c.state().policies.get(&applied.name).cloned().expect("just applied");
                 let summary = policy_summary(c, &applied.name, &rec);
                 Ok::<_, OpError>((applied, summary))
@@ -431,10 +434,11 @@ impl Agentd for Service {
             })?),
         };
         let spec = NewIdentity { name: r.name, policy: r.policy, owner, public_key, expires, labels: r.labels };
+        let by = requester(&peer);
         let identity = self
             .with_core(move |c| {
                 let now = SystemTime::now();
-                let rec = c.create_identity(spec, now)?;
+                let rec = c.create_identity(spec, &by, now)?;
                 Ok::<_, OpError>(identity_pb(c, &rec, now))
             })
             .await??;
@@ -446,10 +450,11 @@ impl Agentd for Service {
         let (peer, _) = self.authorize_change(&req).await?;
         let r = req.into_inner();
         let by = user_name(peer.uid);
+        let who = requester(&peer);
         let identity = self
             .with_core(move |c| {
                 let now = SystemTime::now();
-                let rec = c.revoke_identity(&r.name, &by, r.reason.trim(), now)?;
+                let rec = c.revoke_identity(&r.name, &by, &who, r.reason.trim(), now)?;
                 Ok::<_, OpError>(identity_pb(c, &rec, now))
             })
             .await??;
@@ -479,12 +484,13 @@ impl Agentd for Service {
     }
 
     async fn bind(&self, req: Request<pb::BindRequest>) -> Result<Response<pb::BindReply>, Status> {
-        let (_, caller_cgroup) = self.authorize_change(&req).await?;
+        let (peer, caller_cgroup) = self.authorize_change(&req).await?;
+        let by = requester(&peer);
         let r = req.into_inner();
         let (path, cgroup_id) = self.check_bindable(&r.cgroup_path, &caller_cgroup)?;
         let path = path.display().to_string();
         let identity = r.identity;
-        let bound = self.with_core(move |c| c.bind(&path, cgroup_id, &identity, SystemTime::now())).await??;
+        let bound = self.with_core(move |c| c.bind(&path, cgroup_id, &identity, &by, SystemTime::now())).await??;
         let b = &bound.binding;
         match &bound.replaced {
             Some(old) => info!(cgroup = %b.cgroup_path, cgroup_id = b.cgroup_id, identity = %b.identity, replaced = %old, "rebound"),
@@ -494,7 +500,8 @@ impl Agentd for Service {
     }
 
     async fn unbind(&self, req: Request<pb::UnbindRequest>) -> Result<Response<pb::UnbindReply>, Status> {
-        self.authorize_change(&req).await?;
+        let (peer, _) = self.authorize_change(&req).await?;
+        let by = requester(&peer);
         let arg = req.into_inner().cgroup_path;
         let mount = self.info.cgroup_mount.clone();
         let b = self
@@ -513,7 +520,7 @@ impl Agentd for Service {
                             c.binding_by_id(id).map(|b| b.cgroup_path.clone())
                         })
                 };
-                c.unbind(key.as_deref().unwrap_or(&arg))
+                c.unbind(key.as_deref().unwrap_or(&arg), &by, SystemTime::now())
             })
             .await??;
         info!(cgroup = %b.cgroup_path, identity = %b.identity, "unbound");
@@ -572,4 +579,20 @@ impl Agentd for Service {
         let r = req.into_inner();
         Ok(Response::new(self.hub.subscribe(r.follow, r.last as usize)))
     }
+}
+
+/// The person behind an API call, for receipts: user name, uid, pid and the
+/// executable (from the socket's peer credentials; the executable is read from
+/// /proc and is empty when the process is gone).
+pub fn requester(peer: &Peer) -> Requester {
+    let pid = peer.pid.and_then(|p| u32::try_from(p).ok());
+    let exe = pid
+        .and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mut r = Requester::person(user_name(peer.uid), peer.uid, pid.unwrap_or(0), exe);
+    if pid.is_none() {
+        r.pid = None;
+    }
+    r
 }

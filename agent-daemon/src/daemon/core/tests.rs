@@ -84,6 +84,12 @@ struct World {
     dir: PathBuf,
     kernel: Fake,
     core: Core,
+    journal: Arc<Journal>,
+}
+
+/// The journal the daemon opens, in `<state>/receipts`.
+fn open_journal(state_dir: &std::path::Path) -> Arc<Journal> {
+    super::super::open_receipts(state_dir).unwrap()
 }
 
 fn world() -> World {
@@ -92,8 +98,14 @@ fn world() -> World {
     let store = Store::open(&path).unwrap();
     let (state, _) = store.load().unwrap();
     let kernel = Fake::default();
-    let core = Core::new(Box::new(kernel.clone()), store, state);
-    World { _dir: dir, dir: path, kernel, core }
+    let journal = open_journal(&path);
+    let core = Core::new(Box::new(kernel.clone()), store, state, journal.clone());
+    World { _dir: dir, dir: path, kernel, core, journal }
+}
+
+/// The person at agentctl in these tests.
+fn who() -> Requester {
+    Requester::person("alice", 1000, 4242, "/usr/bin/agentctl")
 }
 
 fn now() -> SystemTime {
@@ -104,7 +116,7 @@ impl World {
     fn apply(&mut self, name: &str, exec_default: &str) -> Result<Applied, OpError> {
         let text = policy_text(name, exec_default);
         let (p, c) = state::compile_policy(&format!("{name}.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
-        self.core.apply(&text, &format!("{name}.yaml"), p, c, now())
+        self.core.apply(&text, &format!("{name}.yaml"), p, c, &who(), now())
     }
 
     /// The state as a restarted agentd would read it.
@@ -118,10 +130,10 @@ fn apply_create_bind_reach_kernel_and_disk() {
     let mut w = world();
     let a = w.apply("coding", "deny").unwrap();
     assert_eq!((a.name.as_str(), a.version, a.identities.len()), ("coding", 1, 0));
-    let rec = w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
+    let rec = w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), &who(), now()).unwrap();
     assert_eq!(rec.id, 1);
     assert_eq!(w.kernel.get().identities[&1], (Some("coding".into()), 1, false));
-    let b = w.core.bind("/cg/agents/coder", 500, "coder", now()).unwrap();
+    let b = w.core.bind("/cg/agents/coder", 500, "coder", &who(), now()).unwrap();
     assert_eq!(b.replaced, None);
     assert_eq!(w.kernel.get().bindings[&500], 1);
 
@@ -143,8 +155,8 @@ fn apply_create_bind_reach_kernel_and_disk() {
 fn a_kernel_refusal_keeps_the_previous_policy_everywhere() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity(NewIdentity::new("one", "coding", "alice"), now()).unwrap();
-    w.core.create_identity(NewIdentity::new("two", "coding", "alice"), now()).unwrap();
+    w.core.create_identity(NewIdentity::new("one", "coding", "alice"), &who(), now()).unwrap();
+    w.core.create_identity(NewIdentity::new("two", "coding", "alice"), &who(), now()).unwrap();
     w.kernel.get().refuse = Some(2);
     let e = w.apply("coding", "allow").unwrap_err();
     assert!(matches!(&e, OpError::Kernel(m) if m.contains("identity two") && m.contains("keeps v1")), "{e}");
@@ -163,7 +175,7 @@ fn a_kernel_refusal_keeps_the_previous_policy_everywhere() {
 fn a_failed_write_rolls_the_kernel_back() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
+    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), &who(), now()).unwrap();
     // Make the policies directory unwritable even for root: replace it with a file.
     let policies = w.dir.join("policies");
     std::fs::rename(&policies, w.dir.join("policies.moved")).unwrap();
@@ -177,17 +189,17 @@ fn a_failed_write_rolls_the_kernel_back() {
 #[test]
 fn identity_create_checks() {
     let mut w = world();
-    let e = w.core.create_identity(NewIdentity::new("coder", "missing", "alice"), now()).unwrap_err();
+    let e = w.core.create_identity(NewIdentity::new("coder", "missing", "alice"), &who(), now()).unwrap_err();
     assert!(matches!(&e, OpError::NotFound(m) if m.contains("agentctl policy apply FILE")), "{e}");
     w.apply("coding", "deny").unwrap();
-    let e = w.core.create_identity(NewIdentity::new("Coder!", "coding", "alice"), now()).unwrap_err();
+    let e = w.core.create_identity(NewIdentity::new("Coder!", "coding", "alice"), &who(), now()).unwrap_err();
     assert!(matches!(e, OpError::Invalid(_)), "{e}");
-    let e = w.core.create_identity(NewIdentity::new("coder", "", "alice"), now()).unwrap_err();
+    let e = w.core.create_identity(NewIdentity::new("coder", "", "alice"), &who(), now()).unwrap_err();
     assert!(matches!(&e, OpError::Invalid(m) if m.contains("--policy")), "{e}");
-    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
-    let e = w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap_err();
+    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), &who(), now()).unwrap();
+    let e = w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), &who(), now()).unwrap_err();
     assert!(matches!(e, OpError::Exists(_)), "{e}");
-    let second = w.core.create_identity(NewIdentity::new("reviewer", "coding", "bob"), now()).unwrap();
+    let second = w.core.create_identity(NewIdentity::new("reviewer", "coding", "bob"), &who(), now()).unwrap();
     assert_eq!(second.id, 2);
     assert_eq!(w.on_disk().next_identity_id, 3);
     assert_ne!(w.core.state().identities["coder"].public_key, second.public_key);
@@ -202,7 +214,7 @@ fn a_failed_identity_create_leaves_nothing() {
     let ids = w.dir.join("identities");
     std::fs::remove_dir(&ids).unwrap();
     std::fs::write(&ids, "").unwrap();
-    let e = w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap_err();
+    let e = w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), &who(), now()).unwrap_err();
     assert!(matches!(e, OpError::State(_)), "{e}");
     assert!(w.kernel.get().identities.is_empty());
     assert!(w.core.state().identities.is_empty());
@@ -210,32 +222,32 @@ fn a_failed_identity_create_leaves_nothing() {
     // Its id stays retired.
     std::fs::remove_file(&ids).unwrap();
     std::fs::create_dir(&ids).unwrap();
-    assert_eq!(w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap().id, 2);
+    assert_eq!(w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), &who(), now()).unwrap().id, 2);
 }
 
 #[test]
 fn bind_replace_and_unbind() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity(NewIdentity::new("a", "coding", "alice"), now()).unwrap();
-    w.core.create_identity(NewIdentity::new("b", "coding", "alice"), now()).unwrap();
-    let e = w.core.bind("/cg/x", 10, "nobody-here", now()).unwrap_err();
+    w.core.create_identity(NewIdentity::new("a", "coding", "alice"), &who(), now()).unwrap();
+    w.core.create_identity(NewIdentity::new("b", "coding", "alice"), &who(), now()).unwrap();
+    let e = w.core.bind("/cg/x", 10, "nobody-here", &who(), now()).unwrap_err();
     assert!(matches!(&e, OpError::NotFound(m) if m.contains("no identity named \"nobody-here\"")), "{e}");
     assert!(w.kernel.get().bindings.is_empty());
 
-    w.core.bind("/cg/x", 10, "a", now()).unwrap();
-    let again = w.core.bind("/cg/x", 10, "a", now()).unwrap();
+    w.core.bind("/cg/x", 10, "a", &who(), now()).unwrap();
+    let again = w.core.bind("/cg/x", 10, "a", &who(), now()).unwrap();
     assert_eq!(again.replaced, None);
-    let r = w.core.bind("/cg/x", 10, "b", now()).unwrap();
+    let r = w.core.bind("/cg/x", 10, "b", &who(), now()).unwrap();
     assert_eq!(r.replaced.as_deref(), Some("a"));
     assert_eq!(w.kernel.get().bindings[&10], 2);
     // The same path, recreated with a new id: the old entry goes.
-    w.core.bind("/cg/x", 11, "b", now()).unwrap();
+    w.core.bind("/cg/x", 11, "b", &who(), now()).unwrap();
     assert_eq!(w.kernel.get().bindings.keys().copied().collect::<Vec<_>>(), vec![11]);
 
-    let e = w.core.unbind("/cg/y").unwrap_err();
+    let e = w.core.unbind("/cg/y", &who(), now()).unwrap_err();
     assert!(matches!(&e, OpError::NotFound(m) if m.contains("is not bound")), "{e}");
-    let b = w.core.unbind("/cg/x").unwrap();
+    let b = w.core.unbind("/cg/x", &who(), now()).unwrap();
     assert_eq!((b.identity.as_str(), b.cgroup_id), ("b", 11));
     assert!(w.kernel.get().bindings.is_empty());
     assert!(w.on_disk().bindings.is_empty());
@@ -245,11 +257,11 @@ fn bind_replace_and_unbind() {
 fn restart_reconciles_kernel_with_state() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity(NewIdentity::new("a", "coding", "alice"), now()).unwrap();
-    w.core.create_identity(NewIdentity::new("b", "coding", "alice"), now()).unwrap();
-    w.core.bind("/cg/kept", 1, "a", now()).unwrap();
-    w.core.bind("/cg/recreated", 2, "b", now()).unwrap();
-    w.core.bind("/cg/gone", 3, "a", now()).unwrap();
+    w.core.create_identity(NewIdentity::new("a", "coding", "alice"), &who(), now()).unwrap();
+    w.core.create_identity(NewIdentity::new("b", "coding", "alice"), &who(), now()).unwrap();
+    w.core.bind("/cg/kept", 1, "a", &who(), now()).unwrap();
+    w.core.bind("/cg/recreated", 2, "b", &who(), now()).unwrap();
+    w.core.bind("/cg/gone", 3, "a", &who(), now()).unwrap();
     // The kernel also has a binding nobody recorded, and lost one. Dropped: the
     // unrecorded one and the stale ids of the recreated and the vanished cgroups.
     w.kernel.get().bindings.insert(99, 1);
@@ -259,7 +271,7 @@ fn restart_reconciles_kernel_with_state() {
     // A new daemon: same state dir, same (pinned) kernel.
     let store = Store::open(&w.dir).unwrap();
     let (state, _) = store.load().unwrap();
-    let mut core = Core::new(Box::new(w.kernel.clone()), store, state);
+    let mut core = Core::new(Box::new(w.kernel.clone()), store, state, w.journal.clone());
     let probe = |p: &Path| match p.to_str() {
         Some("/cg/kept") => Some(1),
         Some("/cg/recreated") => Some(20),
@@ -287,11 +299,11 @@ fn restart_reconciles_kernel_with_state() {
 fn a_policy_that_no_longer_compiles_denies_its_identities() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity(NewIdentity::new("a", "coding", "alice"), now()).unwrap();
+    w.core.create_identity(NewIdentity::new("a", "coding", "alice"), &who(), now()).unwrap();
     std::fs::write(w.dir.join("policies/coding.yaml"), "apiVersion: agentd.io/v1\nkind: Nonsense\n").unwrap();
     let store = Store::open(&w.dir).unwrap();
     let (state, _) = store.load().unwrap();
-    let mut core = Core::new(Box::new(w.kernel.clone()), store, state);
+    let mut core = Core::new(Box::new(w.kernel.clone()), store, state, w.journal.clone());
     let r = core.reconcile(&|_: &Path| None, now()).unwrap();
     assert_eq!(r.broken_policies, vec!["coding".to_string()]);
     assert_eq!(w.kernel.get().identities[&1].0, None, "no policy: the kernel denies everything");
@@ -303,14 +315,14 @@ fn a_policy_that_no_longer_compiles_denies_its_identities() {
 fn expiry_reaches_the_kernel() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity(NewIdentity::new("temp", "coding", "alice"), now()).unwrap();
+    w.core.create_identity(NewIdentity::new("temp", "coding", "alice"), &who(), now()).unwrap();
     // Give it an expiry an hour from now, as a restarted daemon would read it.
     let mut rec = w.core.state().identities["temp"].clone();
     rec.expires = Some(state::rfc3339(now() + Duration::from_secs(3600)));
     w.core.store().save_identity(&rec).unwrap();
     let store = Store::open(&w.dir).unwrap();
     let (state, _) = store.load().unwrap();
-    let mut core = Core::new(Box::new(w.kernel.clone()), store, state);
+    let mut core = Core::new(Box::new(w.kernel.clone()), store, state, w.journal.clone());
     core.reconcile(&|_: &Path| None, now()).unwrap();
     assert!(!w.kernel.get().identities[&1].2);
     // The kernel gets the expiry itself, so it denies at that instant even with
@@ -331,13 +343,13 @@ fn expiry_reaches_the_kernel() {
 fn events_name_rules_of_the_version_that_decided() {
     let mut w = world();
     w.apply("coding", "deny").unwrap();
-    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
+    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), &who(), now()).unwrap();
     let v1_rule = w.core.loaded("coding").unwrap().compiled.rules[1].clone();
     assert!(v1_rule.text.contains("/usr/bin/curl"), "{v1_rule:?}");
     // v2 reorders the rules: rule 2 of v2 is another rule.
     let text = "apiVersion: agentd.io/v1\nkind: AgentPolicy\nmetadata:\n  name: coding\nspec:\n  mode: enforce\n  exec:\n    default: deny\n    rules:\n      - {path: /usr/bin/ssh, action: deny}\n      - {path: /usr/bin/git, action: allow}\n  write:\n    default: deny\n  egress:\n    default: deny\n";
     let (p, c) = state::compile_policy("coding.yaml", text).unwrap();
-    w.core.apply(text, "coding.yaml", p, c, now()).unwrap();
+    w.core.apply(text, "coding.yaml", p, c, &who(), now()).unwrap();
     let a = w.core.attribute(1, 1, v1_rule.id).unwrap();
     assert_eq!((a.identity.as_str(), a.policy.as_str(), a.rule.as_str()), ("coder", "coding", v1_rule.text.as_str()));
     let a = w.core.attribute(1, 2, v1_rule.id).unwrap();
@@ -350,15 +362,15 @@ fn events_name_rules_of_the_version_that_decided() {
 fn revoke_reaches_the_kernel_at_once_and_survives_a_restart() {
     let mut w = world();
     w.apply("coding", "allow").unwrap();
-    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
-    w.core.bind("/cg/coder", 7, "coder", now()).unwrap();
-    let e = w.core.revoke_identity("ghost", "root", "", now()).unwrap_err();
+    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), &who(), now()).unwrap();
+    w.core.bind("/cg/coder", 7, "coder", &who(), now()).unwrap();
+    let e = w.core.revoke_identity("ghost", "root", &who(), "", now()).unwrap_err();
     assert!(matches!(&e, OpError::NotFound(m) if m.contains("no identity named \"ghost\"")), "{e}");
-    let e = w.core.revoke_identity("coder", "root", "two\nlines", now()).unwrap_err();
+    let e = w.core.revoke_identity("coder", "root", &who(), "two\nlines", now()).unwrap_err();
     assert!(matches!(e, OpError::Invalid(_)), "{e}");
     assert!(!w.kernel.get().identities[&1].2, "a refused revoke changes nothing");
 
-    let rec = w.core.revoke_identity("coder", "bob", "key leaked", now()).unwrap();
+    let rec = w.core.revoke_identity("coder", "bob", &who(), "key leaked", now()).unwrap();
     assert_eq!(w.kernel.get().identities[&1], (Some("coding".into()), 1, true), "revoked in the kernel");
     assert_eq!(w.kernel.get().bindings[&7], 1, "the binding stays: its processes are denied, not unconfined");
     assert_eq!((rec.revoked_by.as_deref(), rec.revoke_reason.as_deref()), (Some("bob"), Some("key leaked")));
@@ -366,7 +378,7 @@ fn revoke_reaches_the_kernel_at_once_and_survives_a_restart() {
     let disk = w.on_disk().identities["coder"].clone();
     assert_eq!(disk, rec, "recorded for the next start");
 
-    let e = w.core.revoke_identity("coder", "root", "", now()).unwrap_err();
+    let e = w.core.revoke_identity("coder", "root", &who(), "", now()).unwrap_err();
     assert!(matches!(&e, OpError::Exists(m) if m.contains("already revoked") && m.contains("by bob")), "{e}");
     // Neither a re-apply nor an expiry refresh brings it back.
     w.apply("coding", "deny").unwrap();
@@ -374,7 +386,7 @@ fn revoke_reaches_the_kernel_at_once_and_survives_a_restart() {
     assert!(w.core.refresh_expiry(now()).is_empty());
     let store = Store::open(&w.dir).unwrap();
     let (state, _) = store.load().unwrap();
-    let mut core = Core::new(Box::new(w.kernel.clone()), store, state);
+    let mut core = Core::new(Box::new(w.kernel.clone()), store, state, w.journal.clone());
     w.kernel.get().identities.clear();
     core.reconcile(&|_: &Path| Some(7), now()).unwrap();
     assert!(w.kernel.get().identities[&1].2, "revoked again after a restart");
@@ -385,18 +397,18 @@ fn revoke_reaches_the_kernel_at_once_and_survives_a_restart() {
 fn a_revoke_that_cannot_be_recorded_still_denies_and_says_so() {
     let mut w = world();
     w.apply("coding", "allow").unwrap();
-    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
+    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), &who(), now()).unwrap();
     let ids = w.dir.join("identities");
     std::fs::rename(&ids, w.dir.join("identities.moved")).unwrap();
     std::fs::write(&ids, "").unwrap();
-    let e = w.core.revoke_identity("coder", "root", "", now()).unwrap_err();
+    let e = w.core.revoke_identity("coder", "root", &who(), "", now()).unwrap_err();
     assert!(matches!(&e, OpError::State(m) if m.contains("revoked in the kernel now")), "{e}");
     assert!(w.kernel.get().identities[&1].2, "the kernel denies even so");
     assert!(w.core.refresh_expiry(now()).is_empty(), "and nothing re-installs it un-revoked");
     // Once the disk is back, revoking again records it.
     std::fs::remove_file(&ids).unwrap();
     std::fs::rename(w.dir.join("identities.moved"), &ids).unwrap();
-    let e = w.core.revoke_identity("coder", "root", "", now()).unwrap_err();
+    let e = w.core.revoke_identity("coder", "root", &who(), "", now()).unwrap_err();
     assert!(matches!(e, OpError::Exists(_)), "{e}");
     assert!(w.on_disk().identities["coder"].revoked);
 }
@@ -411,7 +423,7 @@ fn identities_with_a_given_key_an_expiry_and_labels() {
     spec.public_key = Some(theirs);
     spec.expires = Some(at);
     spec.labels.insert("team".into(), "platform".into());
-    let rec = w.core.create_identity(spec, now()).unwrap();
+    let rec = w.core.create_identity(spec, &who(), now()).unwrap();
     assert_eq!(rec.public_key, keys::public_hex(&theirs));
     assert!(!w.dir.join("keys/ci.key").exists(), "agentd never holds the private half of a given key");
     assert_eq!(rec.expires, Some(state::rfc3339(at)));
@@ -420,18 +432,106 @@ fn identities_with_a_given_key_an_expiry_and_labels() {
     assert_eq!(w.on_disk().identities["ci"].labels["team"], "platform");
 
     // A generated key's private half is stored, 0600.
-    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), now()).unwrap();
+    w.core.create_identity(NewIdentity::new("coder", "coding", "alice"), &who(), now()).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(w.dir.join("keys/coder.key")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 
     let mut past = NewIdentity::new("late", "coding", "alice");
     past.expires = Some(now() - Duration::from_secs(1));
-    let e = w.core.create_identity(past, now()).unwrap_err();
+    let e = w.core.create_identity(past, &who(), now()).unwrap_err();
     assert!(matches!(&e, OpError::Invalid(m) if m.contains("not in the future")), "{e}");
     let mut bad = NewIdentity::new("odd", "coding", "alice");
     bad.labels.insert("no spaces".into(), "x".into());
-    let e = w.core.create_identity(bad, now()).unwrap_err();
+    let e = w.core.create_identity(bad, &who(), now()).unwrap_err();
     assert!(matches!(&e, OpError::Invalid(m) if m.contains("label key")), "{e}");
     assert_eq!(w.kernel.get().identities.len(), 2, "refused creates leave nothing in the kernel");
+}
+
+/// Every receipt in the journal, made durable first.
+fn receipts(w: &World) -> Vec<crate::receipts::Stored> {
+    w.journal.flush().unwrap();
+    w.journal.query(crate::receipts::Filter::default()).unwrap().map(|r| r.unwrap()).collect()
+}
+
+/// The journal's export verifies with the node's public key alone.
+fn assert_export_verifies(w: &World) {
+    let lines: Vec<String> = receipts(w).into_iter().map(|s| s.line).collect();
+    let key = crate::receipts::NodeKey::load(&super::super::receipts_dir(&w.dir)).unwrap().public_key();
+    let report = crate::receipts::verify_lines(lines.iter().map(String::as_str), &key);
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.receipts, lines.len() as u64);
+}
+
+#[test]
+fn admin_changes_are_recorded_as_verifiable_receipts() {
+    use crate::receipts::ReceiptType;
+    let mut w = world();
+    w.apply("coding", "deny").unwrap();
+    let rec = w.core.create_identity(NewIdentity::new("coder", "coding", "bob"), &who(), now()).unwrap();
+    w.core.bind("/cg/agents/coder", 500, "coder", &who(), now()).unwrap();
+    // Binding what is already bound changes nothing, and records nothing.
+    w.core.bind("/cg/agents/coder", 500, "coder", &who(), now()).unwrap();
+    w.core.unbind("/cg/agents/coder", &who(), now()).unwrap();
+    w.core.revoke_identity("coder", "alice", &who(), "key leaked", now()).unwrap();
+
+    let all = receipts(&w);
+    let kinds: Vec<ReceiptType> = all.iter().map(|s| s.receipt.kind).collect();
+    assert_eq!(
+        kinds,
+        [ReceiptType::PolicyApply, ReceiptType::IdentityCreate, ReceiptType::Bind, ReceiptType::Unbind, ReceiptType::IdentityRevoke]
+    );
+    for s in &all {
+        let r = &s.receipt.requester;
+        assert_eq!((r.owner.as_str(), r.uid, r.pid, r.executable.as_str()), ("alice", Some(1000), Some(4242), "/usr/bin/agentctl"));
+    }
+    let apply = &all[0].receipt;
+    let hash = &w.core.state().policies["coding"].meta.hash;
+    assert_eq!((apply.decision.policy.as_str(), apply.decision.policy_version, &apply.decision.policy_hash), ("coding", Some(1), hash));
+    let create = &all[1].receipt;
+    assert_eq!(create.action.target, "coder");
+    assert_eq!(create.action.parameters["key_fingerprint"], rec.fingerprint().as_str());
+    assert_eq!(create.action.parameters["owner"], "bob");
+    assert_eq!(create.action.parameters["policy"], "coding");
+    for s in &all[2..4] {
+        let r = &s.receipt;
+        assert_eq!(r.action.target, "/cg/agents/coder");
+        assert_eq!(r.action.parameters["cgroup_id"], 500);
+        assert_eq!(r.action.parameters["identity"], "coder");
+    }
+    let revoke = &all[4].receipt;
+    assert_eq!((revoke.action.target.as_str(), revoke.decision.reason.as_str()), ("coder", "key leaked"));
+    assert_eq!(revoke.action.parameters["key_fingerprint"], rec.fingerprint().as_str());
+    assert_export_verifies(&w);
+}
+
+#[test]
+fn a_refused_change_records_nothing() {
+    let mut w = world();
+    w.apply("coding", "deny").unwrap();
+    w.core.create_identity(NewIdentity::new("one", "coding", "alice"), &who(), now()).unwrap();
+    let before = receipts(&w).len();
+    w.kernel.get().refuse = Some(1);
+    w.apply("coding", "allow").unwrap_err();
+    w.core.bind("/cg/x", 10, "nobody-here", &who(), now()).unwrap_err();
+    w.core.unbind("/cg/y", &who(), now()).unwrap_err();
+    assert_eq!(receipts(&w).len(), before);
+}
+
+#[test]
+fn a_journal_that_cannot_be_opened_stops_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    // `receipts` is a file, not a directory.
+    std::fs::write(dir.path().join("receipts"), b"not a directory").unwrap();
+    let e = super::super::open_receipts(dir.path()).map(|_| ()).unwrap_err();
+    assert!(matches!(e, super::super::DaemonError::Receipts { .. }), "{e}");
+    assert!(e.to_string().contains("receipt journal"), "{e}");
+}
+
+#[test]
+fn the_receipts_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = world();
+    let mode = std::fs::metadata(super::super::receipts_dir(&w.dir)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
 }

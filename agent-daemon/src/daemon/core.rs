@@ -748,6 +748,10 @@ impl Core {
             policy: rec.policy.clone(),
             rule,
             policy_hash: table.map(|t| t.hash.clone()).unwrap_or_default(),
+            owner: rec.owner.clone(),
+            key_fingerprint: rec.fingerprint(),
+            // The policy in force now (the setting is not kept per version).
+            receipts_allows: self.loaded.get(&rec.policy).is_some_and(|l| l.policy.receipts.allows),
         })
     }
 }

@@ -16,9 +16,13 @@ use agent_common::{kind, mechanism, op, reason, verdict, Event};
 use nix::time::{clock_gettime, ClockId};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
-use crate::{api::pb, enforce::EventReader};
+use crate::{
+    api::pb,
+    enforce::EventReader,
+    receipts::{model::parse_time, Draft, Journal, Requester, Verdict},
+};
 
 /// Events kept in memory for `agentctl events`.
 pub const KEEP: usize = 4096;
@@ -35,6 +39,12 @@ pub struct Attribution {
     /// SHA-256 of the policy version that decided; empty when that version is no
     /// longer known to this daemon.
     pub policy_hash: String,
+    /// The identity's owner and key fingerprint, for receipts.
+    pub owner: String,
+    pub key_fingerprint: String,
+    /// The identity's policy asks for receipts of allowed actions too
+    /// (`spec.receipts.allows`).
+    pub receipts_allows: bool,
 }
 
 /// The stream type of the Events RPC.
@@ -143,15 +153,26 @@ fn lagged(n: u64) -> tonic::Status {
 }
 
 /// Reads kernel events until the ring buffer goes away. `attribute` names an
-/// event's (identity id, policy version, rule id).
-pub async fn pump<F>(mut reader: EventReader, hub: Hub, attribute: F)
+/// event's (identity id, policy version, rule id). Each decision that needs one
+/// (see [`decision_receipt`]) gets a receipt in `journal`.
+pub async fn pump<F>(mut reader: EventReader, hub: Hub, attribute: F, journal: Arc<Journal>)
 where
     F: Fn(u32, u32, u32) -> Option<Attribution> + Send + 'static,
 {
     while let Some(ev) = reader.next().await {
         let names = attribute(ev.identity, ev.policy_version, ev.rule_id);
         let exe = std::fs::read_link(format!("/proc/{}/exe", ev.tgid)).map(|p| p.display().to_string()).unwrap_or_default();
+        let allows = names.as_ref().is_some_and(|n| n.receipts_allows);
+        let (owner, fingerprint) = names.as_ref().map(|n| (n.owner.clone(), n.key_fingerprint.clone())).unwrap_or_default();
         let e = convert(&ev, boot_offset(), names, exe);
+        if let Some(draft) = decision_receipt(&e, &owner, &fingerprint, allows) {
+            // The kernel has decided already; nobody waits for this receipt, so a
+            // failure can only be reported, loudly. (append waits only when the
+            // journal is far behind, which bounds memory rather than the pipeline.)
+            if let Err(err) = journal.append(draft) {
+                error!(identity = %e.identity, kind = %e.kind, verdict = %e.verdict, target = %e.target, error = %err, "RECEIPT NOT RECORDED for a kernel decision");
+            }
+        }
         match ev.verdict {
             verdict::AUDIT => debug!(
                 identity = %e.identity, kind = %e.kind, op = %e.op, target = %e.target, rule = %e.rule, pid = e.pid, comm = %e.comm, "audit"
@@ -204,6 +225,48 @@ fn target(ev: &Event) -> String {
             p
         }
     }
+}
+
+/// The receipt of a kernel decision, or `None` when it gets none: every deny,
+/// kill, would-deny and audit gets one; an allow (an approved `ask`) only when
+/// the identity's policy says `receipts.allows: true`. A held connect gets none
+/// here: the hold itself is recorded where it is created (daemon::holds).
+/// `owner` and `fingerprint` are the identity's, `allows` its policy's setting.
+pub fn decision_receipt(e: &pb::Event, owner: &str, fingerprint: &str, allows: bool) -> Option<Draft> {
+    let result = match e.verdict.as_str() {
+        "deny" => Verdict::Deny,
+        "kill" => Verdict::Kill,
+        "would-deny" => Verdict::WouldDeny,
+        "audit" => Verdict::Audit,
+        "approved" if allows => Verdict::Allow,
+        "approved" | "held" => return None,
+        // A verdict this daemon does not know: recorded, as a denial would be,
+        // rather than dropped (the event shows the raw code).
+        _ => Verdict::Deny,
+    };
+    let mut requester = Requester::identity(e.identity.clone(), fingerprint, owner).with_identity_id(e.identity_id).with_process(e.pid, e.uid, e.executable.clone());
+    requester.cgroup_id = Some(e.cgroup_id);
+    let mut d = Draft::decision(e.kind.clone(), e.target.clone(), result)
+        .requester(requester)
+        .policy(e.policy.clone(), e.policy_version, e.policy_hash.clone())
+        .reason(e.reason.clone())
+        .mechanism(e.mechanism.clone())
+        .param("op", e.op.clone())
+        .param("comm", e.comm.clone())
+        .param("tid", e.tid);
+    if e.verdict == "approved" {
+        d = d.outcome("approved");
+    }
+    if !e.protocol.is_empty() {
+        d = d.param("protocol", e.protocol.clone());
+    }
+    if e.rule_id != 0 {
+        d = d.rule(e.rule_id, e.rule.clone());
+    }
+    if let Some(t) = parse_time(&e.time) {
+        d = d.at(t);
+    }
+    Some(d)
 }
 
 fn name(code: u8, table: &[(u8, &'static str)]) -> String {
@@ -325,6 +388,7 @@ mod tests {
             policy: "coding-agent".into(),
             rule: "{path: /usr/bin/curl, action: deny}".into(),
             policy_hash: "ab".repeat(32),
+            ..Attribution::default()
         })
     }
 
@@ -359,6 +423,63 @@ mod tests {
         assert_eq!((got.pid, got.tid, got.uid, got.cgroup_id), (100, 101, 1000, 77));
         assert_eq!((got.comm.as_str(), got.executable.as_str(), got.target.as_str()), ("bash", "/usr/bin/bash", "/usr/bin/curl"));
         assert_eq!(got.protocol, "");
+    }
+
+    fn decided(verdict_code: u8) -> pb::Event {
+        let mut e = blank();
+        e.kind = kind::EXEC;
+        e.verdict = verdict_code;
+        e.mechanism = mechanism::LSM;
+        e.op = op::EXEC;
+        e.reason = reason::RULE;
+        e.identity = 3;
+        e.rule_id = 2;
+        e.policy_version = 4;
+        e.tgid = 100;
+        e.pid = 101;
+        e.uid = 1000;
+        e.cgroup_id = 77;
+        let p = b"/usr/bin/curl";
+        e.path[..p.len()].copy_from_slice(p);
+        e.path_len = p.len() as u16;
+        convert(&e, Duration::from_secs(1_700_000_000), names(), "/usr/bin/bash".into())
+    }
+
+    #[test]
+    fn a_denial_becomes_a_receipt_naming_who_what_and_which_rule() {
+        let e = decided(verdict::DENY);
+        let d = decision_receipt(&e, "alice", "3f2a00112233aabb", false).expect("a deny always gets a receipt");
+        let r = d.into_receipt(1, String::new(), "node", SystemTime::UNIX_EPOCH);
+        assert_eq!((r.kind, r.action.kind.as_str(), r.action.target.as_str()), (crate::receipts::ReceiptType::Decision, "exec", "/usr/bin/curl"));
+        assert_eq!((r.decision.result, r.outcome.as_str()), (Verdict::Deny, "blocked"));
+        let q = &r.requester;
+        assert_eq!((q.identity.as_str(), q.key_fingerprint.as_str(), q.owner.as_str(), q.identity_id), ("coder", "3f2a00112233aabb", "alice", Some(3)));
+        assert_eq!((q.pid, q.uid, q.executable.as_str(), q.cgroup_id), (Some(100), Some(1000), "/usr/bin/bash", Some(77)));
+        let c = &r.decision;
+        assert_eq!((c.policy.as_str(), c.policy_version, c.policy_hash.as_str()), ("coding-agent", Some(4), "ab".repeat(32).as_str()));
+        assert_eq!((c.rule_id, c.rule.as_str()), (Some(2), "{path: /usr/bin/curl, action: deny}"));
+        assert_eq!((c.reason.as_str(), c.mechanism.as_str()), ("rule", "lsm"));
+        assert_eq!(r.time, e.time, "the time the kernel decided, not the time of append");
+        assert_eq!(r.action.parameters["op"], "exec");
+    }
+
+    #[test]
+    fn which_decisions_get_receipts() {
+        for (code, want) in [(verdict::DENY, Verdict::Deny), (verdict::KILL, Verdict::Kill), (verdict::WOULD_DENY, Verdict::WouldDeny), (verdict::AUDIT, Verdict::Audit)] {
+            let d = decision_receipt(&decided(code), "", "", false).unwrap_or_else(|| panic!("{code}: no receipt"));
+            assert_eq!(d.decision.result, want);
+        }
+        // An allow only when the policy asks for receipts of allows.
+        assert!(decision_receipt(&decided(verdict::APPROVED), "", "", false).is_none());
+        let d = decision_receipt(&decided(verdict::APPROVED), "", "", true).unwrap();
+        assert_eq!((d.decision.result, d.outcome.as_str()), (Verdict::Allow, "approved"));
+        // A held connect is recorded by the hold, not here.
+        assert!(decision_receipt(&decided(verdict::HELD), "", "", true).is_none());
+        // The default decision names no rule.
+        let mut e = decided(verdict::DENY);
+        e.rule_id = 0;
+        e.rule.clear();
+        assert_eq!(decision_receipt(&e, "", "", false).unwrap().decision.rule_id, None);
     }
 
     #[test]

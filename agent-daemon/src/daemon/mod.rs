@@ -160,7 +160,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let names = core.clone();
     tokio::spawn(events::pump(reader, hub.clone(), move |id, version, rule| {
         names.lock().unwrap_or_else(PoisonError::into_inner).attribute(id, version, rule)
-    }));
+    }, journal_at_stop.clone()));
     tokio::spawn(watch_expiry(core.clone()));
 
     // Holds: an exec a policy asks about waits in the kernel for a person.

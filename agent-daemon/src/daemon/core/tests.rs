@@ -535,3 +535,16 @@ fn the_receipts_directory_is_private() {
     let mode = std::fs::metadata(super::super::receipts_dir(&w.dir)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+#[test]
+fn events_carry_what_receipts_need() {
+    let mut w = world();
+    w.apply("coding", "deny").unwrap();
+    let rec = w.core.create_identity(NewIdentity::new("coder", "coding", "bob"), &who(), now()).unwrap();
+    let a = w.core.attribute(rec.id, 1, 0).unwrap();
+    assert_eq!((a.owner.as_str(), a.key_fingerprint.as_str(), a.receipts_allows), ("bob", rec.fingerprint().as_str(), false));
+    let text = policy_text("coding", "deny") + "  receipts:\n    allows: true\n";
+    let (p, c) = state::compile_policy("coding.yaml", &text).unwrap();
+    w.core.apply(&text, "coding.yaml", p, c, &who(), now()).unwrap();
+    assert!(w.core.attribute(rec.id, 2, 0).unwrap().receipts_allows);
+}

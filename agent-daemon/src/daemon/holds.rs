@@ -12,7 +12,7 @@ use std::{
 };
 
 use tokio::sync::Notify;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::core::{Core, ExecAsk};
 use crate::{
@@ -23,6 +23,7 @@ use crate::{
     },
     api::pb,
     holds::{webhook, Grant, HoldEvent, HoldKind, HoldRequest, HoldService, How, Pending, Resolution, Submitted, Verdict},
+    receipts::{self, Approval, Draft, Journal, Requester},
 };
 
 /// How long an approval written into the kernel stays usable: the exec check runs
@@ -369,6 +370,96 @@ async fn held_connection(
     }
 }
 
+// ----- receipts -------------------------------------------------------------------
+
+/// Records every hold and its resolution in `journal`: a `hold` receipt when an
+/// action is held, an `approval` receipt when a person approves or denies it, and
+/// a `hold-outcome` receipt when it resolves (approved, denied, timed out, or
+/// cancelled because agentd stopped). Synchronous, so none is lost; an append
+/// that fails is logged loudly (the action is answered regardless: the person's
+/// decision or the deadline stands).
+pub fn record_holds(service: &mut HoldService, journal: Arc<Journal>) {
+    service.set_recorder(move |ev| {
+        for draft in hold_receipts(ev) {
+            if let Err(e) = journal.append(draft) {
+                error!(error = %e, "RECEIPT NOT RECORDED for a hold");
+            }
+        }
+    });
+}
+
+/// The action kind receipts use for a held action.
+fn receipt_kind(k: HoldKind) -> &'static str {
+    match k {
+        HoldKind::Exec => "exec",
+        HoldKind::Write => "write",
+        HoldKind::Connect => "egress",
+    }
+}
+
+fn receipt_verdict(v: Verdict) -> receipts::Verdict {
+    match v {
+        Verdict::Allow => receipts::Verdict::Allow,
+        Verdict::Deny => receipts::Verdict::Deny,
+    }
+}
+
+/// Who asked for the held action, and under which rule.
+fn hold_draft(d: Draft, r: &HoldRequest) -> Draft {
+    let mut who = Requester::identity(r.identity.clone(), "", r.owner.clone()).with_identity_id(r.identity_id).with_process(r.pid, r.uid, r.executable.clone());
+    who.cgroup = r.cgroup_path.clone();
+    let mut d = d.requester(who).policy(r.policy.clone(), r.policy_version, "").mechanism(match r.kind {
+        HoldKind::Connect => "hold-proxy",
+        _ => "fanotify",
+    });
+    if r.rule_id != 0 {
+        d = d.rule(r.rule_id, r.rule.clone());
+    }
+    if !r.argv.is_empty() {
+        d = d.param("argv", r.argv.clone());
+    }
+    d
+}
+
+/// The receipts of one hold event (see [`record_holds`]).
+pub fn hold_receipts(ev: &HoldEvent) -> Vec<Draft> {
+    match ev {
+        HoldEvent::Pending(p) => {
+            let r = &p.request;
+            let d = Draft::hold(receipt_kind(r.kind), r.target.clone(), p.id.clone())
+                .at(p.created_at)
+                .reason("ask")
+                .param("deadline", p.deadline_rfc3339())
+                .param("on_timeout", p.on_timeout.as_str());
+            vec![hold_draft(d, r)]
+        }
+        HoldEvent::Resolved { id, request: r, resolution: res } => {
+            let verdict = receipt_verdict(res.verdict);
+            let kind = receipt_kind(r.kind);
+            let approval = res.decided_by.as_ref().map(|by| {
+                let name = if by.name.is_empty() { format!("uid {}", by.uid) } else { by.name.clone() };
+                Approval::new(name, Some(by.uid), res.decided_at, res.how.to_string()).with_reason(res.reason.clone())
+            });
+            let outcome = match (res.how, res.verdict) {
+                (How::Timeout, _) => "timed-out",
+                (How::Shutdown, _) => "cancelled",
+                (_, Verdict::Allow) => "approved",
+                (_, Verdict::Deny) => "denied",
+            };
+            let mut out = Vec::with_capacity(2);
+            if let Some(a) = &approval {
+                out.push(hold_draft(Draft::approval(kind, r.target.clone(), id.clone(), verdict, a.clone()).at(res.decided_at), r));
+            }
+            let mut d = Draft::hold_outcome(kind, r.target.clone(), id.clone(), verdict, outcome).at(res.decided_at).reason(res.reason.clone());
+            if let Some(a) = approval {
+                d = d.with_approval(a);
+            }
+            out.push(hold_draft(d, r));
+            out
+        }
+    }
+}
+
 // ----- the API's view ---------------------------------------------------------------
 
 pub fn hold_pb(p: &Pending) -> pb::Hold {
@@ -436,5 +527,131 @@ fn hold_pb_of_request(r: &HoldRequest) -> pb::Hold {
         rule_id: r.rule_id,
         rule: r.rule.clone(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        holds::{Decider, Decision},
+        policy::Approvals,
+        receipts::{Filter, NodeKey, ReceiptType, Stored},
+    };
+
+    fn request(target: &str) -> HoldRequest {
+        HoldRequest {
+            identity: "coder".into(),
+            identity_id: 3,
+            owner: "bob".into(),
+            kind: HoldKind::Exec,
+            target: target.into(),
+            argv: vec!["make".into(), "all".into()],
+            pid: 4242,
+            uid: 1000,
+            comm: "make".into(),
+            executable: "/usr/bin/bash".into(),
+            cgroup_path: "/sys/fs/cgroup/agents/coder".into(),
+            policy: "coding".into(),
+            policy_version: 2,
+            rule_id: 5,
+            rule: "{path: /usr/bin/make, action: ask}".into(),
+        }
+    }
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        journal: Arc<Journal>,
+        service: HoldService,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = super::super::open_receipts(dir.path()).unwrap();
+        let mut service = HoldService::new(crate::holds::RateLimit::default());
+        record_holds(&mut service, journal.clone());
+        Setup { dir, journal, service }
+    }
+
+    impl Setup {
+        fn receipts(&self) -> Vec<Stored> {
+            self.journal.flush().unwrap();
+            self.journal.query(Filter::default()).unwrap().map(|r| r.unwrap()).collect()
+        }
+
+        fn verify(&self) {
+            let lines: Vec<String> = self.receipts().into_iter().map(|s| s.line).collect();
+            let key = NodeKey::load(&super::super::receipts_dir(self.dir.path())).unwrap().public_key();
+            let report = receipts::verify_lines(lines.iter().map(String::as_str), &key);
+            assert!(report.is_ok(), "{report}");
+        }
+    }
+
+    fn held_id(s: Submitted) -> String {
+        match s {
+            Submitted::Held { id, .. } => id,
+            Submitted::Decided(r) => panic!("not held: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn an_approved_hold_has_hold_approval_and_outcome_receipts() {
+        let mut s = setup();
+        let now = SystemTime::now();
+        let id = held_id(s.service.submit(request("/usr/bin/make"), &Approvals::default(), now));
+        let by = Decider { uid: 1000, name: "alice".into() };
+        s.service.decide(&id, Decision::Approve { for_: None }, by, now + Duration::from_secs(3)).unwrap();
+
+        let all = s.receipts();
+        let kinds: Vec<ReceiptType> = all.iter().map(|r| r.receipt.kind).collect();
+        assert_eq!(kinds, [ReceiptType::Hold, ReceiptType::Approval, ReceiptType::HoldOutcome]);
+        for r in &all {
+            let r = &r.receipt;
+            assert_eq!(r.action.parameters["hold_id"], id.as_str());
+            assert_eq!((r.action.kind.as_str(), r.action.target.as_str()), ("exec", "/usr/bin/make"));
+            assert_eq!((r.requester.identity.as_str(), r.requester.owner.as_str(), r.requester.pid), ("coder", "bob", Some(4242)));
+            assert_eq!((r.decision.policy.as_str(), r.decision.rule_id), ("coding", Some(5)));
+        }
+        let hold = &all[0].receipt;
+        assert_eq!((hold.decision.result, hold.outcome.as_str()), (receipts::Verdict::Hold, "pending"));
+        for r in &all[1..] {
+            let r = &r.receipt;
+            let a = r.approval.as_ref().expect("the approver is named");
+            assert_eq!((a.decided_by.as_str(), a.decided_by_uid, a.how.as_str()), ("alice", Some(1000), "once"));
+            assert_eq!((r.decision.result, r.outcome.as_str()), (receipts::Verdict::Allow, "approved"));
+        }
+        s.verify();
+    }
+
+    #[test]
+    fn denied_and_timed_out_holds_say_so() {
+        let mut s = setup();
+        let now = SystemTime::now();
+        let quick = Approvals { timeout: Duration::from_secs(1), ..Approvals::default() };
+        let denied = held_id(s.service.submit(request("/usr/bin/curl"), &Approvals::default(), now));
+        let timed = held_id(s.service.submit(request("/usr/bin/wget"), &quick, now));
+        s.service.decide(&denied, Decision::Deny { reason: "no network".into() }, Decider { uid: 0, name: "root".into() }, now).unwrap();
+        assert_eq!(s.service.expire(now + Duration::from_secs(2)).len(), 1);
+
+        let all = s.receipts();
+        let outcomes: Vec<(ReceiptType, String, String)> = all
+            .iter()
+            .map(|r| (r.receipt.kind, r.receipt.action.parameters["hold_id"].as_str().unwrap().to_string(), r.receipt.outcome.clone()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                (ReceiptType::Hold, denied.clone(), "pending".into()),
+                (ReceiptType::Hold, timed.clone(), "pending".into()),
+                (ReceiptType::Approval, denied.clone(), "denied".into()),
+                (ReceiptType::HoldOutcome, denied.clone(), "denied".into()),
+                (ReceiptType::HoldOutcome, timed.clone(), "timed-out".into()),
+            ]
+        );
+        assert_eq!(all[3].receipt.approval.as_ref().unwrap().reason, "no network");
+        let t = &all[4].receipt;
+        assert!(t.approval.is_none(), "nobody decided");
+        assert_eq!(t.decision.result, receipts::Verdict::Deny);
+        s.verify();
     }
 }

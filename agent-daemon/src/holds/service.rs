@@ -380,6 +380,9 @@ pub struct HoldService {
     /// When each identity's recent holds were made (oldest first), for the rate limit.
     recent: HashMap<IdentityKey, VecDeque<SystemTime>>,
     events: broadcast::Sender<HoldEvent>,
+    /// Sees every event synchronously, before subscribers (the receipt journal:
+    /// unlike a subscriber it cannot lag and lose one).
+    recorder: Option<Box<dyn Fn(&HoldEvent) + Send>>,
     /// Ids when the OS RNG cannot give one.
     fallback_id: u32,
 }
@@ -410,8 +413,15 @@ impl HoldService {
             grants: HashMap::new(),
             recent: HashMap::new(),
             events,
+            recorder: None,
             fallback_id: 0,
         }
+    }
+
+    /// Calls `recorder` with every hold and resolution as it happens, under the
+    /// service's lock (so it must be quick: the receipt journal only queues).
+    pub fn set_recorder(&mut self, recorder: impl Fn(&HoldEvent) + Send + 'static) {
+        self.recorder = Some(Box::new(recorder));
     }
 
     /// Takes an `ask` action. `settings` is the identity's policy's `approvals`.
@@ -649,6 +659,9 @@ impl HoldService {
     }
 
     fn emit(&self, event: HoldEvent) {
+        if let Some(r) = &self.recorder {
+            r(&event);
+        }
         // Fails only with no subscriber; a slow one lags instead of blocking.
         let _ = self.events.send(event);
     }

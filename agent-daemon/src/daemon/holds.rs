@@ -36,11 +36,22 @@ pub struct Holds {
     approvals: Mutex<ExecApprovals>,
     /// Woken when a hold with a new deadline arrives.
     wake: Notify,
+    /// Where holds, approvals and outcomes are recorded (see [`record_holds`]).
+    receipts: Arc<Journal>,
 }
 
 impl Holds {
-    pub fn new(service: HoldService, approvals: ExecApprovals) -> Arc<Holds> {
-        Arc::new(Holds { service: Mutex::new(service), approvals: Mutex::new(approvals), wake: Notify::new() })
+    /// The holds of this daemon; every hold `service` makes is recorded in `receipts`.
+    pub fn new(mut service: HoldService, approvals: ExecApprovals, receipts: Arc<Journal>) -> Arc<Holds> {
+        record_holds(&mut service, receipts.clone());
+        Arc::new(Holds { service: Mutex::new(service), approvals: Mutex::new(approvals), wake: Notify::new(), receipts })
+    }
+
+    /// Records an ask answered at once, without a hold (a grant, the cap, the rate limit).
+    fn record_decided(&self, req: &HoldRequest, r: &Resolution) {
+        if let Err(e) = self.receipts.append(decided_receipt(req, r)) {
+            error!(error = %e, identity = %req.identity, target = %req.target, "RECEIPT NOT RECORDED for an ask answered without a hold");
+        }
     }
 
     pub fn service(&self) -> std::sync::MutexGuard<'_, HoldService> {
@@ -142,9 +153,12 @@ fn on_exec(core: &Mutex<Core>, holds: &Arc<Holds>, mount: &Path, rt: &tokio::run
     };
     let settings = ask.approvals;
     let req = describe(&held, &cg, ask);
-    let submitted = holds.service().submit(req, &settings, now);
+    let submitted = holds.service().submit(req.clone(), &settings, now);
     match submitted {
-        Submitted::Decided(r) => holds.answer(held, &r),
+        Submitted::Decided(r) => {
+            holds.record_decided(&req, &r);
+            holds.answer(held, &r)
+        }
         Submitted::Held { id, wait } => {
             info!(hold = %id, tgid = held.tgid, target = %held.path.display(), "exec held for approval");
             holds.wake.notify_one();
@@ -329,9 +343,12 @@ async fn held_connection(
         rule_id: ask.rule_id,
         rule: ask.rule,
     };
-    let submitted = holds.service().submit(req, &settings, now);
+    let submitted = holds.service().submit(req.clone(), &settings, now);
     let resolution = match submitted {
-        Submitted::Decided(r) => r,
+        Submitted::Decided(r) => {
+            holds.record_decided(&req, &r);
+            r
+        }
         Submitted::Held { id, wait } => {
             info!(hold = %id, tgid = pid, dest = %dest, "connect held for approval");
             holds.wake.notify_one();
@@ -419,6 +436,20 @@ fn hold_draft(d: Draft, r: &HoldRequest) -> Draft {
         d = d.param("argv", r.argv.clone());
     }
     d
+}
+
+/// The receipt of an ask answered at once without a hold: a decision, allowed by
+/// an earlier `approve --for` (naming who granted it) or denied by the cap or the
+/// rate limit.
+pub fn decided_receipt(r: &HoldRequest, res: &Resolution) -> Draft {
+    let mut d = Draft::decision(receipt_kind(r.kind), r.target.clone(), receipt_verdict(res.verdict))
+        .at(res.decided_at)
+        .reason(res.how.as_str())
+        .param("detail", res.reason.clone());
+    if let Some(by) = &res.decided_by {
+        d = d.with_approval(Approval::new(by.name.clone(), Some(by.uid), res.decided_at, res.how.to_string()));
+    }
+    hold_draft(d, r)
 }
 
 /// The receipts of one hold event (see [`record_holds`]).
@@ -571,6 +602,25 @@ mod tests {
         let mut service = HoldService::new(crate::holds::RateLimit::default());
         record_holds(&mut service, journal.clone());
         Setup { dir, journal, service }
+    }
+
+    #[test]
+    fn an_ask_answered_without_a_hold_is_a_decision_receipt() {
+        let now = SystemTime::now();
+        let granted = Resolution {
+            verdict: Verdict::Allow,
+            how: How::Grant,
+            decided_by: Some(Decider { uid: 1000, name: "alice".into() }),
+            decided_at: now,
+            reason: "approved until later".into(),
+        };
+        let r = decided_receipt(&request("/usr/bin/make"), &granted).into_receipt(1, String::new(), "h", now);
+        assert_eq!((r.kind, r.decision.result, r.decision.reason.as_str()), (ReceiptType::Decision, receipts::Verdict::Allow, "grant"));
+        assert_eq!(r.approval.as_ref().unwrap().decided_by, "alice");
+        let capped = Resolution { verdict: Verdict::Deny, how: How::Cap, decided_by: None, decided_at: now, reason: "too many".into() };
+        let r = decided_receipt(&request("/usr/bin/make"), &capped).into_receipt(2, String::new(), "h", now);
+        assert_eq!((r.decision.result, r.decision.reason.as_str(), r.outcome.as_str()), (receipts::Verdict::Deny, "cap", "blocked"));
+        assert!(r.approval.is_none());
     }
 
     impl Setup {

@@ -164,9 +164,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tokio::spawn(watch_expiry(core.clone()));
 
     // Holds: an exec a policy asks about waits in the kernel for a person.
-    let mut hold_service = HoldService::new(RateLimit::default());
-    holds::record_holds(&mut hold_service, journal_at_stop.clone());
-    let holds = Holds::new(hold_service, exec_approvals);
+    let holds = Holds::new(HoldService::new(RateLimit::default()), exec_approvals, journal_at_stop.clone());
     let exec_holds = match holds::start_exec_gate(core.clone(), holds.clone(), cgroup_mount.clone(), tokio::runtime::Handle::current()) {
         Ok(marked) => {
             info!(filesystems = marked.len(), "exec holds active (fanotify FAN_OPEN_EXEC_PERM)");

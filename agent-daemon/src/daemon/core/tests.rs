@@ -548,3 +548,38 @@ fn events_carry_what_receipts_need() {
     w.core.apply(&text, "coding.yaml", p, c, &who(), now()).unwrap();
     assert!(w.core.attribute(rec.id, 2, 0).unwrap().receipts_allows);
 }
+
+#[test]
+fn a_receipt_that_cannot_be_recorded_is_an_error_but_the_change_stands() {
+    use crate::receipts::{JournalOptions, NodeKey};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let store = Store::open(&path).unwrap();
+    let (state, _) = store.load().unwrap();
+    let kernel = Fake::default();
+    let jdir = dir.path().join("journal");
+    // Every batch starts a new segment file, so a journal directory that is gone
+    // makes the next write fail.
+    let opts = JournalOptions { segment_bytes: 1, ..JournalOptions::default() };
+    let journal = Arc::new(Journal::open(&jdir, NodeKey::load_or_create(&jdir).unwrap(), "h", opts).unwrap());
+    let mut core = Core::new(Box::new(kernel.clone()), store, state, journal.clone());
+    let text = policy_text("coding", "deny");
+    let (p, c) = state::compile_policy("coding.yaml", &text).unwrap();
+    core.apply(&text, "coding.yaml", p, c, &who(), now()).unwrap();
+    core.create_identity(NewIdentity::new("coder", "coding", "alice"), &who(), now()).unwrap();
+    journal.flush().unwrap();
+
+    std::fs::rename(&jdir, dir.path().join("journal.moved")).unwrap();
+    std::fs::write(&jdir, b"not a directory").unwrap();
+    // The writer fails on the next batch; from then on every append is refused.
+    let _ = journal.append(crate::receipts::Draft::bind("/cg/probe", 1, "coder"));
+    assert!(journal.flush().is_err(), "the journal should have failed");
+
+    let e = core.bind("/cg/x", 10, "coder", &who(), now()).unwrap_err();
+    assert!(matches!(e, OpError::Receipt(_)), "{e:?}");
+    assert!(e.to_string().contains("in force, but its receipt could not be recorded"), "{e}");
+    // Not undone: the kernel enforces the binding and the state has it.
+    assert_eq!(kernel.get().bindings.get(&10), Some(&1));
+    assert!(core.binding("/cg/x").is_some());
+    assert!(Store::open(&path).unwrap().load().unwrap().0.bindings.contains_key("/cg/x"));
+}

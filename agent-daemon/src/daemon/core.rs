@@ -149,6 +149,10 @@ pub struct ExecAsk {
     pub rule_id: u32,
     pub rule: String,
     pub approvals: Approvals,
+    /// For receipts: the identity's key fingerprint, and the SHA-256 of the policy
+    /// version that asked (empty when that version is no longer remembered).
+    pub key_fingerprint: String,
+    pub policy_hash: String,
 }
 
 /// The result of a bind.
@@ -699,6 +703,8 @@ impl Core {
             rule_id: d.rule_id,
             rule: d.rule_text.unwrap_or_default(),
             approvals: loaded.policy.approvals,
+            key_fingerprint: rec.fingerprint(),
+            policy_hash: loaded.compiled.hash.clone(),
         })
     }
 
@@ -712,7 +718,7 @@ impl Core {
             return None;
         }
         let loaded = self.loaded.get(&rec.policy)?;
-        let rule = self.attribute(identity_id, policy_version, rule_id).map(|a| a.rule).unwrap_or_default();
+        let (rule, policy_hash) = self.attribute(identity_id, policy_version, rule_id).map(|a| (a.rule, a.policy_hash)).unwrap_or_default();
         Some(ExecAsk {
             identity: rec.name.clone(),
             identity_id: rec.id,
@@ -722,6 +728,8 @@ impl Core {
             rule_id,
             rule,
             approvals: loaded.policy.approvals,
+            key_fingerprint: rec.fingerprint(),
+            policy_hash,
         })
     }
 

@@ -107,6 +107,8 @@ fn describe(held: &HeldExec, cgroup: &Path, ask: ExecAsk) -> HoldRequest {
         policy_version: ask.policy_version,
         rule_id: ask.rule_id,
         rule: ask.rule,
+        key_fingerprint: ask.key_fingerprint,
+        policy_hash: ask.policy_hash,
     }
 }
 
@@ -342,6 +344,8 @@ async fn held_connection(
         policy_version: ask.policy_version,
         rule_id: ask.rule_id,
         rule: ask.rule,
+        key_fingerprint: ask.key_fingerprint,
+        policy_hash: ask.policy_hash,
     };
     let submitted = holds.service().submit(req.clone(), &settings, now);
     let resolution = match submitted {
@@ -423,9 +427,9 @@ fn receipt_verdict(v: Verdict) -> receipts::Verdict {
 
 /// Who asked for the held action, and under which rule.
 fn hold_draft(d: Draft, r: &HoldRequest) -> Draft {
-    let mut who = Requester::identity(r.identity.clone(), "", r.owner.clone()).with_identity_id(r.identity_id).with_process(r.pid, r.uid, r.executable.clone());
+    let mut who = Requester::identity(r.identity.clone(), r.key_fingerprint.clone(), r.owner.clone()).with_identity_id(r.identity_id).with_process(r.pid, r.uid, r.executable.clone());
     who.cgroup = r.cgroup_path.clone();
-    let mut d = d.requester(who).policy(r.policy.clone(), r.policy_version, "").mechanism(match r.kind {
+    let mut d = d.requester(who).policy(r.policy.clone(), r.policy_version, r.policy_hash.clone()).mechanism(match r.kind {
         HoldKind::Connect => "hold-proxy",
         _ => "fanotify",
     });
@@ -587,6 +591,8 @@ mod tests {
             policy_version: 2,
             rule_id: 5,
             rule: "{path: /usr/bin/make, action: ask}".into(),
+            key_fingerprint: "3f2a00112233aabb".into(),
+            policy_hash: "9c".repeat(32),
         }
     }
 
@@ -661,6 +667,7 @@ mod tests {
             assert_eq!((r.action.kind.as_str(), r.action.target.as_str()), ("exec", "/usr/bin/make"));
             assert_eq!((r.requester.identity.as_str(), r.requester.owner.as_str(), r.requester.pid), ("coder", "bob", Some(4242)));
             assert_eq!((r.decision.policy.as_str(), r.decision.rule_id), ("coding", Some(5)));
+            assert_eq!((r.requester.key_fingerprint.as_str(), r.decision.policy_hash.as_str()), ("3f2a00112233aabb", "9c".repeat(32).as_str()));
         }
         let hold = &all[0].receipt;
         assert_eq!((hold.decision.result, hold.outcome.as_str()), (receipts::Verdict::Hold, "pending"));

@@ -81,6 +81,12 @@ pub struct HoldRequest {
     pub rule_id: u32,
     /// The rule, as written.
     pub rule: String,
+    /// For receipts only (not shown to the person deciding): the identity's key
+    /// fingerprint and the SHA-256 of the policy version that asked.
+    #[serde(skip)]
+    pub key_fingerprint: String,
+    #[serde(skip)]
+    pub policy_hash: String,
 }
 
 impl HoldRequest {

@@ -583,3 +583,14 @@ fn a_receipt_that_cannot_be_recorded_is_an_error_but_the_change_stands() {
     assert!(core.binding("/cg/x").is_some());
     assert!(Store::open(&path).unwrap().load().unwrap().0.bindings.contains_key("/cg/x"));
 }
+
+#[test]
+fn an_ask_carries_what_hold_receipts_need() {
+    let mut w = world();
+    w.apply("coding", "ask").unwrap();
+    let rec = w.core.create_identity(NewIdentity::new("coder", "coding", "bob"), &who(), now()).unwrap();
+    w.core.bind("/cg/agents/coder", 500, "coder", &who(), now()).unwrap();
+    let ask = w.core.exec_ask(std::path::Path::new("/cg/agents/coder"), std::path::Path::new("/usr/bin/make"), now()).expect("an ask");
+    assert_eq!(ask.key_fingerprint, rec.fingerprint());
+    assert_eq!(ask.policy_hash, w.core.state().policies["coding"].meta.hash);
+}

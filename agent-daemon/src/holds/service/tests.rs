@@ -40,6 +40,8 @@ fn req(identity: &str, kind: HoldKind, target: &str) -> HoldRequest {
         policy_version: 3,
         rule_id: 7,
         rule: "{path: /usr/bin/curl, action: ask}".to_string(),
+        key_fingerprint: String::new(),
+        policy_hash: String::new(),
     }
 }
 

@@ -394,24 +394,9 @@ mod tests {
 
     #[test]
     fn exec_deny_reads_like_the_policy() {
-        let mut e = blank();
-        e.kind = kind::EXEC;
-        e.verdict = verdict::DENY;
-        e.mechanism = mechanism::LSM;
-        e.op = op::EXEC;
-        e.reason = reason::RULE;
-        e.identity = 3;
-        e.rule_id = 2;
-        e.policy_version = 4;
-        e.tgid = 100;
-        e.pid = 101;
-        e.uid = 1000;
-        e.cgroup_id = 77;
+        let mut e = exec_by_rule_2(verdict::DENY);
         e.ktime_ns = 1_500_000_000;
         e.comm[..4].copy_from_slice(b"bash");
-        let p = b"/usr/bin/curl";
-        e.path[..p.len()].copy_from_slice(p);
-        e.path_len = p.len() as u16;
         let got = convert(&e, Duration::from_secs(1_700_000_000), names(), "/usr/bin/bash".into());
         assert_eq!(got.time, "2023-11-14T22:13:21.500000000Z");
         assert_eq!(
@@ -425,7 +410,8 @@ mod tests {
         assert_eq!(got.protocol, "");
     }
 
-    fn decided(verdict_code: u8) -> pb::Event {
+    /// The kernel's event for identity 3 exec'ing /usr/bin/curl, decided by rule 2.
+    fn exec_by_rule_2(verdict_code: u8) -> Event {
         let mut e = blank();
         e.kind = kind::EXEC;
         e.verdict = verdict_code;
@@ -442,7 +428,11 @@ mod tests {
         let p = b"/usr/bin/curl";
         e.path[..p.len()].copy_from_slice(p);
         e.path_len = p.len() as u16;
-        convert(&e, Duration::from_secs(1_700_000_000), names(), "/usr/bin/bash".into())
+        e
+    }
+
+    fn decided(verdict_code: u8) -> pb::Event {
+        convert(&exec_by_rule_2(verdict_code), Duration::from_secs(1_700_000_000), names(), "/usr/bin/bash".into())
     }
 
     #[test]

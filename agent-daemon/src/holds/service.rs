@@ -377,6 +377,9 @@ struct Item {
     answer: oneshot::Sender<Resolution>,
 }
 
+/// Called synchronously for every hold event (receipts).
+type Recorder = Box<dyn Fn(&HoldEvent) + Send>;
+
 /// Pending approvals, grants, and the limits on asking. See the module docs.
 pub struct HoldService {
     /// Applies to every identity.
@@ -388,7 +391,7 @@ pub struct HoldService {
     events: broadcast::Sender<HoldEvent>,
     /// Sees every event synchronously, before subscribers (the receipt journal:
     /// unlike a subscriber it cannot lag and lose one).
-    recorder: Option<Box<dyn Fn(&HoldEvent) + Send>>,
+    recorder: Option<Recorder>,
     /// Ids when the OS RNG cannot give one.
     fallback_id: u32,
 }

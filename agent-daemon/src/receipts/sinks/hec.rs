@@ -408,17 +408,7 @@ mod tests {
         assert!(e.is_transient() && e.to_string().starts_with("connect 127.0.0.1:"), "{e}");
     }
 
-    fn wait_for(d: &Dispatcher, done: impl Fn(&SinkStats) -> bool) -> SinkStats {
-        let started = Instant::now();
-        loop {
-            let s = d.stats().remove(0).stats;
-            if done(&s) {
-                return s;
-            }
-            assert!(started.elapsed() < Duration::from_secs(10), "stats never got there: {s:?}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
+    use crate::receipts::sinks::worker::test_support::wait_for;
 
     /// Through the dispatcher: two 503s are retried with backoff and the batch lands;
     /// then a 400 drops the next batch at once, without a retry, and `last_error` says why.

@@ -360,18 +360,7 @@ mod tests {
         (Box::new(Scripted { script: script.into(), seen: tx, gate }), rx, gate_tx)
     }
 
-    /// Waits until the only sink's stats satisfy `done`.
-    fn wait_for(d: &Dispatcher, done: impl Fn(&SinkStats) -> bool) -> SinkStats {
-        let started = Instant::now();
-        loop {
-            let s = d.stats().remove(0).stats;
-            if done(&s) {
-                return s;
-            }
-            assert!(started.elapsed() < Duration::from_secs(10), "stats never got there: {s:?}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
+    use super::test_support::wait_for;
 
     fn transient() -> Result<(), SinkError> {
         Err(SinkError::Transient("HTTP 503".into()))
@@ -535,5 +524,26 @@ mod tests {
         let ms: Vec<u128> = (1..=7).map(|n| d.backoff(n).as_millis()).collect();
         assert_eq!(ms, [100, 200, 400, 800, 1000, 1000, 1000]);
         assert_eq!(d.backoff(u32::MAX), Duration::from_secs(1));
+    }
+}
+
+/// For the tests of every sink that go through a dispatcher.
+#[cfg(test)]
+pub(super) mod test_support {
+    use std::time::{Duration, Instant};
+
+    use super::{Dispatcher, SinkStats};
+
+    /// Waits until the only sink's stats satisfy `done` (at most 10 s).
+    pub fn wait_for(d: &Dispatcher, done: impl Fn(&SinkStats) -> bool) -> SinkStats {
+        let started = Instant::now();
+        loop {
+            let s = d.stats().remove(0).stats;
+            if done(&s) {
+                return s;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "stats never got there: {s:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

@@ -131,7 +131,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(DaemonError::Load)?;
     let report = enforcer.report();
     log_report(&report);
-    let reader = enforcer.take_events().map_err(DaemonError::Load)?;
+    // The event pipeline gets a thread and a runtime of its own: under a flood of
+    // denials it is busy all the time, and it must not take a worker from the API,
+    // or an agent hammering denied actions could keep its policy from being changed.
+    let events_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| DaemonError::Serve(format!("the event pipeline's runtime: {e}")))?;
+    let reader = {
+        let _in_events_rt = events_rt.enter();
+        enforcer.take_events().map_err(DaemonError::Load)?
+    };
     let exec_approvals = enforcer.exec_approvals().map_err(DaemonError::Load)?;
     let connect_holds = enforcer.connect_holds().map_err(DaemonError::Load)?;
     let mut connect_holds_at_stop = enforcer.connect_holds().map_err(DaemonError::Load)?;
@@ -158,9 +169,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let hub = Hub::new();
     let names = core.clone();
-    tokio::spawn(events::pump(reader, hub.clone(), move |id, version, rule| {
+    let pump = events::pump(reader, hub.clone(), move |id, version, rule| {
         names.lock().unwrap_or_else(PoisonError::into_inner).attribute(id, version, rule)
-    }, journal_at_stop.clone()));
+    }, journal_at_stop.clone());
+    std::thread::Builder::new()
+        .name("events".into())
+        .spawn(move || events_rt.block_on(pump))
+        .map_err(|e| DaemonError::Serve(format!("starting the event pipeline: {e}")))?;
     tokio::spawn(watch_expiry(core.clone()));
 
     // Holds: an exec a policy asks about waits in the kernel for a person.

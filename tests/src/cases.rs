@@ -5,7 +5,7 @@
 
 use std::{fs, path::PathBuf};
 
-use crate::harness::{outcome, unique, Cgroup, Daemon, Listener, Outcome};
+use crate::harness::{outcome, unique, Cgroup, Daemon, HttpReceiver, Listener, Outcome};
 
 /// A scratch directory under /tmp, removed on drop.
 pub struct Scratch(pub PathBuf);
@@ -748,50 +748,16 @@ pub fn hundred_concurrent_holds_resolve_each_to_its_own_decision() {
 /// Each hold is POSTed to the configured webhook as it starts (retried after the
 /// endpoint fails) and as it ends, with who decided.
 pub fn webhook_gets_each_hold_and_retries() {
-    use std::io::{Read as _, Write as _};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-    let url = format!("http://{}/agentd", listener.local_addr().expect("addr"));
-    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        // The first delivery fails with 503; every later one is taken.
-        for (n, conn) in listener.incoming().enumerate() {
-            let Ok(mut s) = conn else { return };
-            let mut req = Vec::new();
-            let mut buf = [0u8; 8192];
-            let body = loop {
-                let Ok(k) = s.read(&mut buf) else { return };
-                req.extend_from_slice(&buf[..k]);
-                let text = String::from_utf8_lossy(&req).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        break body.to_string();
-                    }
-                }
-                if k == 0 {
-                    return;
-                }
-            };
-            let status = if n == 0 { "503 Service Unavailable" } else { "200 OK" };
-            let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
-            if let Ok(v) = serde_json::from_str(&body) {
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    // The first delivery fails with 503; every later one is taken.
+    let http = HttpReceiver::start(|n| if n == 0 { "503 Service Unavailable" } else { "200 OK" }, "");
+    let url = format!("{}/agentd", http.url_base);
     let d = Daemon::start_with_env("webhook", &[("AGENTD_WEBHOOKS", &url)]);
     let files = Scratch::new("webhook");
     let tool = tool_in(&d, &files);
     let cg = Cgroup::new("webhook");
     d.identity_bound("hooked", &ask_policy("hooked", &tool, "60s"), &cg);
     let child = cg.spawn(&d.bins.probe, &["exec", &tool, "sleep", "0"]);
-    let next = || rx.recv_timeout(std::time::Duration::from_secs(20)).expect("a webhook delivery within 20 s");
+    let next = || serde_json::from_str::<serde_json::Value>(&http.next(20)).expect("a webhook delivery is JSON");
     let first = next();
     let second = next();
     assert_eq!((first["type"].as_str(), second["type"].as_str()), (Some("pending"), Some("pending")), "{first}\n{second}");
@@ -923,4 +889,78 @@ pub fn approvals_watch_prompts_in_a_terminal() {
     assert_eq!(finished(child), Outcome::Ok, "approved at the prompt");
     let _ = watch.kill();
     let _ = watch.wait();
+}
+
+// ----- receipts: copies streamed to the configured sinks ---------------------------
+
+/// Receipts go, exactly as stored, to every sink in agentd's configuration: a JSONL
+/// file (which verifies from the first receipt with the node's public key), a Splunk
+/// HEC endpoint that wants only warnings (so it gets the denial and not the policy
+/// apply or the bind before it), and a syslog server that is not there, whose failed
+/// deliveries `agentctl status` counts.
+pub fn receipts_reach_every_configured_sink() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let files = Scratch::new("sinks");
+    let hec = HttpReceiver::start(|_| "200 OK", r#"{"text":"Success","code":0}"#);
+    let token = files.path("hec-token");
+    fs::write(&token, "test-token\n").expect("token");
+    fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).expect("token mode");
+    // A port nobody listens on: bound, then closed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let jsonl = files.path("receipts.jsonl");
+    let config = format!(
+        "sinks:\n  - type: jsonl\n    path: {jsonl}\n\
+         \x20 - type: hec\n    url: {}/services/collector/event\n    token_file: {token}\n    min_severity: warning\n    batch_max: 1\n\
+         \x20 - type: syslog\n    address: 127.0.0.1:{dead}\n    transport: tcp\n    retry_base: 50ms\n    retry_cap: 200ms\n",
+        hec.url_base
+    );
+    let d = Daemon::start_with_config("sinks", &config);
+    let cg = Cgroup::new("sinks");
+    d.identity_bound("sinker", &policy("sinker", ALLOW_ALL, ALLOW_ALL, "    default: deny\n"), &cg);
+    assert_eq!(probe(&d, &cg, &["connect", "127.0.0.1:9"]), Outcome::Errno("EPERM".into()));
+
+    // HEC: the first thing it gets is the denial (the notices before it are filtered).
+    let body: serde_json::Value = serde_json::from_str(&hec.next(30)).expect("HEC body is one JSON event");
+    assert_eq!((body["source"].as_str(), body["sourcetype"].as_str()), (Some("agentd"), Some("agentd:receipt")), "{body}");
+    let r = &body["event"];
+    assert_eq!((r["type"].as_str(), r["decision"]["result"].as_str()), (Some("decision"), Some("deny")), "{body}");
+    assert_eq!((r["action"]["kind"].as_str(), r["action"]["target"].as_str()), (Some("egress"), Some("127.0.0.1:9")), "{body}");
+    assert_eq!(r["requester"]["identity"], "sinker", "{body}");
+
+    // Every durable receipt reaches the file; the syslog sink keeps failing.
+    let status = d.wait_status(|s| {
+        let rc = &s["receipts"];
+        let durable = rc["durable_seq"].as_u64().unwrap_or(0);
+        durable >= 4
+            && rc["sinks"][0]["delivered"].as_u64() == Some(durable)
+            && rc["sinks"][2]["failed_attempts"].as_u64().unwrap_or(0) >= 2
+    });
+    let rc = &status["receipts"];
+    assert_eq!(rc["sinks"][0]["name"], format!("jsonl:{jsonl}"), "{status}");
+    assert_eq!(rc["sinks"][1]["min_severity"], "warning", "{status}");
+    assert_eq!(rc["sinks"][2]["delivered"].as_u64(), Some(0), "{status}");
+    assert!(rc["sinks"][2]["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{status}");
+    let lines = fs::read_to_string(&jsonl).expect("jsonl sink file");
+    assert_eq!(lines.lines().count() as u64, rc["durable_seq"].as_u64().unwrap_or(0), "{lines}");
+    let key = d.state_dir.join("receipts/keys").join(format!(
+        "{}.pub",
+        rc["key_id"].as_str().and_then(|k| k.strip_prefix("sha256:")).expect("key id")
+    ));
+    let out = d.ctl_ok(&["receipts", "verify", &jsonl, "--public-key", key.to_str().expect("utf-8"), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("verify --json");
+    assert_eq!((v["ok"].as_bool(), v["starts_at_genesis"].as_bool()), (Some(true), Some(true)), "{v}");
+    // One changed byte in the sink's copy is caught.
+    let tampered = files.path("tampered.jsonl");
+    fs::write(&tampered, lines.replacen("127.0.0.1:9", "127.0.0.1:8", 1)).expect("tampered copy");
+    let out = d.ctl(&["receipts", "verify", &tampered, "--public-key", key.to_str().expect("utf-8")]);
+    assert!(!out.status.success(), "a changed receipt must fail verification");
+}
+
+/// A configuration agentd cannot use stops it at start, naming the file and line,
+/// before it touches the kernel.
+pub fn a_bad_configuration_stops_agentd_with_its_line() {
+    let out = Daemon::try_start_with_config("badcfg", "sinks:\n  - type: jsonl\n    path: /tmp/x.jsonl\n    colour: red\n");
+    assert!(!out.status.success(), "agentd must refuse the configuration");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("agentd.yaml:") && err.contains("colour"), "{err}");
 }

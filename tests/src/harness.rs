@@ -199,6 +199,10 @@ impl Daemon {
         let id = unique(name);
         let dir = std::env::temp_dir().join(format!("agentd-test-{id}"));
         fs::create_dir_all(&dir).expect("test dir");
+        Daemon::start_in(id, dir, env)
+    }
+
+    fn start_in(id: String, dir: PathBuf, env: &[(&str, &str)]) -> Daemon {
         let mut d = Daemon {
             child: None,
             bins: Bins::get(),
@@ -215,6 +219,12 @@ impl Daemon {
 
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        // A configuration of its own (empty unless a test writes one), so that the
+        // machine's /etc/agentd/agentd.yaml never changes what a test sees.
+        let config = self.config_file();
+        if !config.exists() {
+            fs::write(&config, "").expect("config file");
+        }
         let child = Command::new(&self.bins.agentd)
             .arg("--state-dir")
             .arg(&self.state_dir)
@@ -223,6 +233,7 @@ impl Daemon {
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .env("RUST_LOG", "info")
+            .env("AGENTD_CONFIG", &config)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -244,6 +255,71 @@ impl Daemon {
                 panic!("agentd did not answer on {} within 120 s:\n{}", self.socket.display(), self.log_text());
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The `--config` file this daemon reads at start.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join("agentd.yaml")
+    }
+
+    /// [`Daemon::start`] with `config` as its configuration file.
+    pub fn start_with_config(name: &str, config: &str) -> Daemon {
+        let id = unique(name);
+        let dir = std::env::temp_dir().join(format!("agentd-test-{id}"));
+        fs::create_dir_all(&dir).expect("test dir");
+        fs::write(dir.join("agentd.yaml"), config).expect("config file");
+        Daemon::start_in(id, dir, &[])
+    }
+
+    /// Runs agentd with `config` where it is expected to refuse to start; returns
+    /// how it exited (panics if it is still running after 60 s).
+    pub fn try_start_with_config(name: &str, config: &str) -> Output {
+        let dir = std::env::temp_dir().join(format!("agentd-test-{}", unique(name)));
+        fs::create_dir_all(&dir).expect("test dir");
+        let file = dir.join("agentd.yaml");
+        fs::write(&file, config).expect("config file");
+        let pins = PathBuf::from("/sys/fs/bpf").join(dir.file_name().expect("name"));
+        let mut child = Command::new(&Bins::get().agentd)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(dir.join("agentd.sock"))
+            .arg("--pin-dir")
+            .arg(&pins)
+            .arg("--config")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting agentd");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!("agentd accepted the configuration and kept running:\n{}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().expect("output");
+        let _ = fs::remove_dir_all(&dir);
+        out
+    }
+
+    /// Polls `agentctl status --json` until `done` holds for it (30 s at most).
+    pub fn wait_status(&self, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s: serde_json::Value = serde_json::from_str(&self.ctl_ok(&["status", "--json"])).expect("status --json");
+            if done(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("agentctl status did not reach the expected state within 30 s:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -440,5 +516,62 @@ impl Listener {
             }
         });
         Listener { addr }
+    }
+}
+
+/// A one-thread HTTP/1.1 server on loopback that takes POSTs: each request's body
+/// is sent on the channel after the reply. `status(n)` is the status line of the
+/// n-th request (0-based), e.g. "200 OK"; `reply` its body.
+pub struct HttpReceiver {
+    pub url_base: String,
+    pub bodies: std::sync::mpsc::Receiver<String>,
+}
+
+impl HttpReceiver {
+    pub fn start(status: impl Fn(usize) -> &'static str + Send + 'static, reply: &'static str) -> HttpReceiver {
+        use std::io::Read as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let url_base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, bodies) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(mut s) = conn else { return };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 8192];
+                let body = loop {
+                    let Ok(k) = s.read(&mut buf) else { return };
+                    req.extend_from_slice(&buf[..k]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_string))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break body.to_string();
+                        }
+                    }
+                    if k == 0 {
+                        return;
+                    }
+                };
+                let answer = format!(
+                    "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                    status(n),
+                    reply.len()
+                );
+                let _ = s.write_all(answer.as_bytes());
+                if tx.send(body).is_err() {
+                    return;
+                }
+            }
+        });
+        HttpReceiver { url_base, bodies }
+    }
+
+    /// The next request body, waiting up to `secs`.
+    pub fn next(&self, secs: u64) -> String {
+        self.bodies.recv_timeout(Duration::from_secs(secs)).unwrap_or_else(|_| panic!("no HTTP request within {secs} s"))
     }
 }

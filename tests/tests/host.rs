@@ -51,6 +51,8 @@ agentd_tests::scenario_tests!(outside_tier;
     exec_hold_fails_closed_when_agentd_dies,
     hundred_concurrent_holds_resolve_each_to_its_own_decision,
     webhook_gets_each_hold_and_retries,
+    receipts_reach_every_configured_sink,
+    a_bad_configuration_stops_agentd_with_its_line,
     connect_hold_carries_data_after_approval_and_resets_after_deny,
     connect_hold_fails_closed_when_agentd_dies,
     // Host only: needs script(1) for a terminal.

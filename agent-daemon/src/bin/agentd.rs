@@ -26,6 +26,17 @@ FILES:
   STATE_DIR/identities/NAME.json   identities (id, policy, owner, public key)
   STATE_DIR/keys/NAME.key          identities' Ed25519 private keys (0600)
   STATE_DIR/bindings.json          cgroups bound to identities
+  STATE_DIR/receipts/              signed receipt journal and node key (0700)
+  /etc/agentd/agentd.yaml          configuration (--config): receipt retention, sinks
+
+CONFIGURATION (all optional):
+  receipts:
+    segment_bytes: 16777216        # a new journal segment every 16 MiB
+    retention: {max_segments: 64, max_bytes: 1073741824}
+  sinks:                           # copies of every receipt, as stored (verifiable)
+    - {type: jsonl, path: /var/log/agentd/receipts.jsonl}
+    - {type: syslog, address: 127.0.0.1:514, transport: udp, min_severity: notice}
+    - {type: hec, url: http://splunk:8088/services/collector/event, token_file: /etc/agentd/hec-token}
 
 EXAMPLES:
   agentd                        # as the systemd unit runs it
@@ -57,6 +68,12 @@ struct Args {
     /// retries (repeat the flag, or comma-separate in AGENTD_WEBHOOKS, for several).
     #[arg(long = "webhook", value_name = "URL", env = "AGENTD_WEBHOOKS", value_delimiter = ',')]
     webhooks: Vec<String>,
+
+    /// The configuration file: receipt retention and receipt sinks (JSONL, syslog,
+    /// Splunk HEC). Default /etc/agentd/agentd.yaml, which may be absent; a file
+    /// named here must exist. It must not be writable by anyone but root.
+    #[arg(long, value_name = "FILE", env = "AGENTD_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +94,7 @@ fn main() -> ExitCode {
         socket: args.socket,
         pin_dir: args.pin_dir,
         webhooks: args.webhooks,
+        config_file: args.config,
     };
     match runtime.block_on(agentd::daemon::run(config)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -53,7 +53,41 @@ fn status_text(s: &pb::StatusReply) -> String {
     ]);
     out.push_str("\n\nmechanisms:\n");
     out.push_str(&mechanisms_text(&s.mechanisms, false));
+    if let Some(r) = &s.receipts {
+        out.push_str("\n\n");
+        out.push_str(&receipts_text(r));
+    }
     out
+}
+
+/// The journal's position, and per sink what it delivered and what it lost.
+fn receipts_text(r: &pb::ReceiptsStatus) -> String {
+    let behind = r.last_seq.saturating_sub(r.durable_seq);
+    let mut out = format!(
+        "receipts: {} (last seq {}, durable {}{}), key {}\n",
+        r.dir,
+        r.last_seq,
+        r.durable_seq,
+        if behind == 0 { String::new() } else { format!(", {behind} being written") },
+        r.key_id
+    );
+    if r.sinks.is_empty() {
+        out.push_str("sinks: none configured (see `agentd --help`, CONFIGURATION)");
+        return out;
+    }
+    out.push_str("sinks:\n");
+    let width = r.sinks.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for s in &r.sinks {
+        out.push_str(&format!(
+            "  {:<width$}  min {:<7}  delivered {}  dropped {}  failed attempts {}  queued {}",
+            s.name, s.min_severity, s.delivered, s.dropped, s.failed_attempts, s.queued
+        ));
+        if !s.last_error.is_empty() {
+            out.push_str(&format!("\n  {:<width$}  last error: {}", "", s.last_error));
+        }
+        out.push('\n');
+    }
+    out.trim_end().to_string()
 }
 
 /// Per action kind, the active mechanism and its effect; with `why`, also each
@@ -261,7 +295,38 @@ mod tests {
                     reason: "BPF_PROG_LOAD refused (EPERM)".into(),
                 }],
             }],
+            receipts: None,
         }
+    }
+
+    #[test]
+    fn status_shows_each_sinks_deliveries_and_losses() {
+        let mut s = status();
+        s.receipts = Some(pb::ReceiptsStatus {
+            dir: "/var/lib/agentd/receipts".into(),
+            last_seq: 12,
+            durable_seq: 10,
+            key_id: "sha256:0123".into(),
+            sinks: vec![
+                pb::SinkStatus { name: "jsonl:/var/log/r.jsonl".into(), min_severity: "info".into(), delivered: 10, ..Default::default() },
+                pb::SinkStatus {
+                    name: "hec:http://siem:8088/services/collector/event".into(),
+                    min_severity: "warning".into(),
+                    delivered: 3,
+                    dropped: 2,
+                    failed_attempts: 9,
+                    queued: 1,
+                    last_error: "connection refused".into(),
+                },
+            ],
+        });
+        let text = status_text(&s);
+        assert!(text.contains("receipts: /var/lib/agentd/receipts (last seq 12, durable 10, 2 being written), key sha256:0123"), "{text}");
+        assert!(text.contains("jsonl:/var/log/r.jsonl                         min info     delivered 10  dropped 0"), "{text}");
+        assert!(text.contains("delivered 3  dropped 2  failed attempts 9  queued 1"), "{text}");
+        assert!(text.contains("last error: connection refused"), "{text}");
+        s.receipts.as_mut().unwrap().sinks.clear();
+        assert!(status_text(&s).contains("sinks: none configured"));
     }
 
     #[test]
@@ -297,6 +362,7 @@ mod tests {
                 "mechanisms",
                 "pin_dir",
                 "policies",
+                "receipts",
                 "state_dir",
                 "uptime_seconds",
                 "version"

@@ -11,9 +11,11 @@
 //! - [`peer`]: who is calling, and the rule that agents cannot change their own enforcement
 //! - [`events`]: kernel events to `agentctl events`
 //! - [`host`]: pseudo filesystems and `doctor` checks
+//! - [`config`]: the configuration file (receipt retention, receipt sinks)
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod core;
 pub mod events;
 pub mod holds;
@@ -41,7 +43,7 @@ use crate::{
     cgroup::{self, CgroupError},
     enforce::{EnforceError, Enforcer, EnforcerConfig, MechanismReport},
     holds::{webhook, HoldService, RateLimit},
-    receipts::{Journal, JournalOptions, NodeKey},
+    receipts::{sinks::Dispatcher, Journal, JournalOptions, NodeKey},
     state::{StateError, Store},
 };
 
@@ -51,6 +53,12 @@ pub const SOCKET_GROUP: &str = "agentd";
 const EXPIRY_TICK: Duration = Duration::from_secs(10);
 /// How long a stop waits for open requests to finish.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a stop lets the receipt sinks deliver what is queued.
+const SINKS_GRACE: Duration = Duration::from_secs(3);
+
+/// The receipt sinks, shared by the journal's tap, `agentctl status` and the stop.
+/// `None` once stopped.
+pub type Sinks = Arc<Mutex<Option<Dispatcher>>>;
 
 /// Where the daemon keeps things (from the command line).
 #[derive(Clone, Debug)]
@@ -63,6 +71,8 @@ pub struct Config {
     pub pin_dir: PathBuf,
     /// http:// URLs every hold is POSTed to.
     pub webhooks: Vec<String>,
+    /// The configuration file given with `--config` (else [`config::DEFAULT_PATH`] if it exists).
+    pub config_file: Option<PathBuf>,
 }
 
 /// Why agentd could not start (or stopped with an error). Each says what to do.
@@ -107,6 +117,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .map(|u| webhook::parse_url(u.trim()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(DaemonError::Config)?;
+    let file_config = config::load(config.config_file.as_deref()).map_err(DaemonError::Config)?;
+    match &file_config.source {
+        Some(p) => info!(config = %p.display(), sinks = file_config.sinks.len(), "configuration read"),
+        None => info!("no configuration file ({}): receipts kept without a size limit, no sinks", config::DEFAULT_PATH),
+    }
     prepare_socket_dir(&config.socket)?;
     clear_stale_socket(&config.socket).await?;
     let store = Store::open(&config.state_dir)?;
@@ -148,8 +163,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut connect_holds_at_stop = enforcer.connect_holds().map_err(DaemonError::Load)?;
 
     // Before the kernel is changed: no receipts, no agentd (fail closed).
-    let journal = open_receipts(&config.state_dir)?;
+    let journal = open_receipts_with(&config.state_dir, file_config.journal.clone())?;
     let journal_at_stop = journal.clone();
+    let sinks = start_sinks(&file_config, &journal)?;
     let mut core = Core::new(Box::new(enforcer), store, state, journal);
     let r = core
         .reconcile(&|p: &Path| cgroup::cgroup_id(p).ok(), SystemTime::now())
@@ -221,6 +237,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             started,
             exec_holds,
             connect_proxy,
+            sinks: sinks.clone(),
         },
         holds.clone(),
     );
@@ -258,6 +275,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     match journal_at_stop.flush() {
         Ok(seq) => info!(durable_seq = seq, "receipts flushed"),
         Err(e) => warn!(error = %e, "could not flush the last receipts"),
+    }
+    // After the flush: the last receipts reach the sinks too.
+    let dispatcher = sinks.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(d) = dispatcher {
+        for s in d.shutdown(SINKS_GRACE) {
+            info!(sink = %s.name, delivered = s.stats.delivered, dropped = s.stats.dropped, failed_attempts = s.stats.failed_attempts, "receipt sink stopped");
+        }
     }
     info!(pins = %config.pin_dir.display(), "agentd stopped; enforcement stays in the kernel");
     result
@@ -374,13 +398,40 @@ pub fn receipts_dir(state_dir: &Path) -> PathBuf {
 /// Opens (or creates) the receipt journal and node key in `<state_dir>/receipts`
 /// (0700). Any failure is an error: agentd must not enforce without recording.
 pub fn open_receipts(state_dir: &Path) -> Result<Arc<Journal>, DaemonError> {
+    open_receipts_with(state_dir, JournalOptions::default())
+}
+
+/// Starts the configured receipt sinks and has the journal hand them every durable
+/// receipt. With none configured the journal has no tap and pays nothing.
+fn start_sinks(cfg: &config::FileConfig, journal: &Journal) -> Result<Sinks, DaemonError> {
+    if cfg.sinks.is_empty() {
+        return Ok(Arc::new(Mutex::new(None)));
+    }
+    let d = Dispatcher::start(&cfg.sinks).map_err(|e| DaemonError::Config(format!("cannot start the receipt sinks: {e}")))?;
+    for s in &cfg.sinks {
+        info!(sink = %s.name(), min_severity = %s.delivery.min_severity.as_str(), "receipt sink");
+    }
+    let sinks: Sinks = Arc::new(Mutex::new(Some(d)));
+    let tap = sinks.clone();
+    journal.set_tap(Arc::new(move |records| {
+        if let Some(d) = tap.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            for r in records {
+                d.push(r);
+            }
+        }
+    }));
+    Ok(sinks)
+}
+
+/// [`open_receipts`] with the configured segment size and retention.
+pub fn open_receipts_with(state_dir: &Path, opts: JournalOptions) -> Result<Arc<Journal>, DaemonError> {
     let dir = receipts_dir(state_dir);
     let err = |message: String| DaemonError::Receipts { dir: dir.clone(), message };
     fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| err(e.to_string()))?;
     // An existing directory is tightened too: the node key lives here.
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(e.to_string()))?;
     let key = NodeKey::load_or_create(&dir).map_err(|e| err(e.to_string()))?;
-    let journal = Journal::open(&dir, key, &host_name(), JournalOptions::default()).map_err(|e| err(e.to_string()))?;
+    let journal = Journal::open(&dir, key, &host_name(), opts).map_err(|e| err(e.to_string()))?;
     let rec = journal.recovery();
     if rec.truncated_bytes > 0 {
         warn!(dir = %dir.display(), bytes = rec.truncated_bytes, saved = ?rec.saved_tail, cut_at = ?rec.cut_at, "receipt journal: cut a damaged tail");

@@ -43,6 +43,8 @@ pub struct Info {
     pub exec_holds: Result<usize, String>,
     /// The connect hold proxy's loopback ports (IPv4, IPv6; 0: none), or why it is off.
     pub connect_proxy: Result<(u16, u16), String>,
+    /// The receipt sinks, for their counters.
+    pub sinks: super::Sinks,
 }
 
 /// The Agentd service.
@@ -235,6 +237,29 @@ fn binding_pb(b: &BindingRecord) -> pb::Binding {
     }
 }
 
+/// The journal's position and every sink's counters, for `agentctl status`.
+fn receipts_status(journal: &crate::receipts::Journal, sinks: &super::Sinks) -> pb::ReceiptsStatus {
+    let stats = sinks.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|d| d.stats()).unwrap_or_default();
+    pb::ReceiptsStatus {
+        dir: journal.dir().display().to_string(),
+        last_seq: journal.last_seq(),
+        durable_seq: journal.durable_seq(),
+        key_id: journal.key_id(),
+        sinks: stats
+            .into_iter()
+            .map(|s| pb::SinkStatus {
+                name: s.name,
+                min_severity: s.min_severity.as_str().to_string(),
+                delivered: s.stats.delivered,
+                dropped: s.stats.dropped,
+                failed_attempts: s.stats.failed_attempts,
+                queued: s.stats.queued,
+                last_error: s.stats.last_error.unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
 fn mechanisms_pb(report: &MechanismReport) -> Vec<pb::KindMechanism> {
     report
         .kinds
@@ -286,6 +311,7 @@ impl Agentd for Service {
                         unresolved: counters.unresolved,
                     }),
                     mechanisms: mechanisms_pb(&report),
+                    receipts: Some(receipts_status(c.receipts(), &info.sinks)),
                 })
             })
             .await??;

@@ -41,6 +41,7 @@ use super::{
     key::{KeyError, NextKey, NodeKey},
     model::{Receipt, ReceiptType, Seal, Verdict},
     seal as merkle,
+    sinks::{Record, Severity},
     verify::{parse_line, split_lines},
 };
 use crate::state::atomic;
@@ -168,8 +169,15 @@ pub struct Journal {
     writer: Option<thread::JoinHandle<()>>,
 }
 
+/// Where every receipt goes once it is durable: the sinks (see [`Journal::set_tap`]).
+/// Called on the journal's writer thread, with one batch at a time, in seq order;
+/// it must not block (the sinks' dispatcher only queues).
+pub type Tap = Arc<dyn Fn(Vec<Record>) + Send + Sync>;
+
 struct Shared {
     state: Mutex<State>,
+    /// Set once the sinks are running; `None` costs nothing per receipt.
+    tap: Mutex<Option<Tap>>,
     /// The writer waits on this for work.
     work: Condvar,
     /// Callers of flush, wait_durable and a full append wait on this.
@@ -199,6 +207,28 @@ struct Pending {
     appended: Instant,
     /// Set on a key-rotation receipt: the key that takes over after its batch.
     rotation: Option<NextKey>,
+    /// What the sinks route by, kept only while a tap is set.
+    meta: Option<Meta>,
+}
+
+/// The few fields of a receipt a sink routes and labels by.
+struct Meta {
+    time: SystemTime,
+    kind: ReceiptType,
+    verdict: Verdict,
+}
+
+/// How much a receipt matters to a sink's reader: what was stopped is a warning,
+/// what a person must look at (holds, approvals, changes to enforcement) a notice,
+/// the routine rest info.
+pub fn severity_of(kind: ReceiptType, verdict: Verdict) -> Severity {
+    match (kind, verdict) {
+        (_, Verdict::Deny | Verdict::Kill | Verdict::Refused) => Severity::Warning,
+        (ReceiptType::IdentityRevoke, _) => Severity::Warning,
+        (ReceiptType::Decision, Verdict::WouldDeny) => Severity::Notice,
+        (ReceiptType::Decision, _) => Severity::Info,
+        _ => Severity::Notice,
+    }
 }
 
 impl Journal {
@@ -246,7 +276,7 @@ impl Journal {
             failed: None,
             closing: false,
         };
-        let shared = Arc::new(Shared { state: Mutex::new(state), work: Condvar::new(), progress: Condvar::new(), host: host.to_string(), opts });
+        let shared = Arc::new(Shared { state: Mutex::new(state), tap: Mutex::new(None), work: Condvar::new(), progress: Condvar::new(), host: host.to_string(), opts });
         let writer = Writer { dir: dir.to_path_buf(), key, file, segments: segments.into_iter().collect(), seg_len: len };
         let s = shared.clone();
         let handle = thread::Builder::new()
@@ -259,6 +289,12 @@ impl Journal {
     /// What opening found and repaired.
     pub fn recovery(&self) -> &Recovery {
         &self.recovery
+    }
+
+    /// Hands every receipt appended from now on to `tap` once it is durable, with
+    /// its line exactly as stored. Receipts appended before are not replayed.
+    pub fn set_tap(&self, tap: Tap) {
+        *self.shared.tap.lock().unwrap_or_else(|e| e.into_inner()) = Some(tap);
     }
 
     /// The journal's directory.
@@ -275,7 +311,10 @@ impl Journal {
 
     fn append_inner(&self, draft: Draft, rotation: Option<NextKey>) -> Result<u64, StoreError> {
         // Everything but the place in the chain is made outside the lock.
-        let receipt = draft.into_receipt(0, String::new(), &self.shared.host, SystemTime::now());
+        let now = SystemTime::now();
+        let tapped = self.shared.tap.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let meta = tapped.then(|| Meta { time: draft.time.unwrap_or(now), kind: draft.kind, verdict: draft.decision.result });
+        let receipt = draft.into_receipt(0, String::new(), &self.shared.host, now);
         let mut value = serde_json::to_value(&receipt).map_err(|e| EncodeError::Serialize(e.to_string()))?;
         let Value::Object(obj) = &mut value else {
             return Err(EncodeError::Serialize("a receipt is not a JSON object".into()).into());
@@ -303,7 +342,7 @@ impl Journal {
         if let Some(next) = &rotation {
             st.key_id = next.key_id().to_string();
         }
-        st.pending.push_back(Pending { seq, hash, body, appended: Instant::now(), rotation });
+        st.pending.push_back(Pending { seq, hash, body, appended: Instant::now(), rotation, meta });
         // The first waiting receipt starts the window; a full batch or a rotation
         // goes at once.
         if st.pending.len() == 1 || st.pending.len() >= opts.batch_max || cut {
@@ -471,7 +510,16 @@ impl Writer {
                 st.pending.drain(..n).collect::<Vec<_>>()
             };
             let last = batch.last().map_or(0, |p| p.seq);
-            let result = self.write_batch(batch, opts);
+            let result = self.write_batch(batch, opts, &shared.host);
+            // The batch is on disk: the sinks get it before it counts as durable, so
+            // that once flush returns they have every receipt it covered (a stop
+            // flushes, then stops the sinks).
+            let result = result.map(|records| {
+                let tap = shared.tap.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let (Some(tap), false) = (tap, records.is_empty()) {
+                    tap(records);
+                }
+            });
             let mut st = shared.lock();
             match result {
                 Ok(()) => st.durable_seq = last,
@@ -481,7 +529,9 @@ impl Writer {
         }
     }
 
-    fn write_batch(&mut self, mut batch: Vec<Pending>, opts: &JournalOptions) -> Result<(), StoreError> {
+    /// Seals, writes and fsyncs `batch`; returns the sinks' records of the receipts
+    /// that carried their [`Meta`] (none while no tap is set).
+    fn write_batch(&mut self, mut batch: Vec<Pending>, opts: &JournalOptions, host: &str) -> Result<Vec<Record>, StoreError> {
         let hashes: Vec<[u8; 32]> = batch.iter().map(|p| p.hash).collect();
         let sealed = merkle::seal(self.key.signing_key(), batch[0].seq, &hashes);
         // The seal's members other than the proof are the batch's: encode them
@@ -498,7 +548,9 @@ impl Writer {
         let (head, tail) = shared.split_once("\"proof\":[]").ok_or_else(|| EncodeError::Serialize("a seal without a proof".into()))?;
         let mut buf = String::with_capacity(batch.len() * 2048);
         let (mut id, mut seal) = (String::with_capacity(66), String::with_capacity(1024));
+        let mut records = Vec::new();
         for (p, proof) in batch.iter().zip(sealed.proofs) {
+            let start = buf.len();
             id.clear();
             id.push('"');
             push_hex(&p.hash, &mut id);
@@ -514,6 +566,18 @@ impl Writer {
             seal.push(']');
             seal.push_str(tail);
             p.body.write_with(&mut buf, &id, &seal);
+            if let Some(m) = &p.meta {
+                records.push(Record {
+                    seq: p.seq,
+                    id: id.trim_matches('"').to_string(),
+                    time: m.time,
+                    kind: m.kind.as_str().to_string(),
+                    verdict: m.verdict.as_str().to_string(),
+                    severity: severity_of(m.kind, m.verdict),
+                    host: host.to_string(),
+                    line: buf[start..].to_string(),
+                });
+            }
             buf.push('\n');
         }
         if self.seg_len >= opts.segment_bytes {
@@ -530,7 +594,7 @@ impl Writer {
         if let Some(next) = batch.last_mut().and_then(|p| p.rotation.take()) {
             self.key = next.commit()?;
         }
-        Ok(())
+        Ok(records)
     }
 
     fn current_path(&self) -> PathBuf {

@@ -119,6 +119,12 @@ impl Shared {
     }
 }
 
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.workers.iter().map(|w| &w.name)).finish()
+    }
+}
+
 impl Dispatcher {
     /// A dispatcher with no sinks: `push` does nothing.
     pub fn new() -> Self {

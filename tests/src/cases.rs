@@ -650,6 +650,48 @@ pub fn exec_hold_times_out_denied() {
     assert!(pending(&d).is_empty());
 }
 
+/// A filesystem mounted after agentd started is held like the others: an ask exec
+/// of a program on a tmpfs mounted now waits for approval and then runs.
+pub fn exec_hold_on_a_filesystem_mounted_after_start() {
+    let d = Daemon::start("holdmount");
+    let files = Scratch::new("holdmount");
+    let mnt = files.path("mnt");
+    fs::create_dir_all(&mnt).expect("mount point");
+    let mounted = Mount::tmpfs(&mnt);
+    let tool = format!("{mnt}/tool");
+    fs::copy(&d.bins.probe, &tool).expect("copy probe onto the new tmpfs");
+    let cg = Cgroup::new("holdmount");
+    d.identity_bound("mounter", &ask_policy("mounter", &tool, "60s"), &cg);
+    let child = cg.spawn(&d.bins.probe, &["exec", &tool, "sleep", "0"]);
+    let h = hold_on(&d, &tool);
+    assert_eq!(h["identity"], "mounter", "{h}");
+    let id = h["id"].as_str().expect("hold id").to_string();
+    d.ctl_ok(&["approve", &id]);
+    assert_eq!(finished(child), Outcome::Ok, "approved: the program on the new filesystem ran");
+    drop(mounted);
+}
+
+/// A mount made by a test, detached on drop.
+struct Mount(std::ffi::CString);
+
+impl Mount {
+    fn tmpfs(at: &str) -> Mount {
+        let target = std::ffi::CString::new(at).expect("path");
+        let (src, fstype) = (c"tmpfs", c"tmpfs");
+        // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+        let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+        assert_eq!(r, 0, "mount tmpfs on {at}: {}", std::io::Error::last_os_error());
+        Mount(target)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
 /// `approve --for` lets the same identity repeat the same exec without a hold
 /// until the grant ends; then it is held again.
 pub fn exec_hold_approve_for_grants_repeats() {

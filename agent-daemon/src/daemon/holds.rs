@@ -121,6 +121,11 @@ pub fn start_exec_gate(
 ) -> Result<Vec<PathBuf>, crate::enforce::EnforceError> {
     let gate = ExecGate::open()?;
     let marked = gate.marked.clone();
+    // A filesystem mounted later (a USB stick, a tmpfs, a container's overlay in
+    // this namespace) is held too, from its mount on.
+    if let Err(e) = gate.watch_mounts() {
+        warn!(error = %e, "filesystems mounted from now on are not held: an ask exec from one is denied");
+    }
     std::thread::Builder::new()
         .name("exec-holds".into())
         .spawn(move || {

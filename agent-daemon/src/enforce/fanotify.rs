@@ -10,6 +10,12 @@
 //! `sched_process_exec` + SIGKILL) lets an `ask` through only with the one-shot
 //! approval agentd writes into `EXEC_APPROVALS` just before it answers
 //! `FAN_ALLOW` (see `agent_common::ExecApproval`).
+//!
+//! Filesystems mounted after start are marked as they appear ([`ExecGate::watch_mounts`]
+//! polls agentd's mount table). Between a mount and its mark an `ask` exec from it
+//! is not held, and the exec check denies it for want of an approval; mounts made
+//! in other mount namespaces (a container's) are not seen, so execs from those are
+//! denied the same way rather than held.
 
 use std::{
     collections::BTreeSet,
@@ -21,6 +27,8 @@ use std::{
     path::PathBuf,
     sync::Arc,
 };
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use nix::sys::fanotify::{
     EventFFlags, Fanotify, FanotifyEvent, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response,
@@ -38,6 +46,8 @@ const PSEUDO_FILESYSTEMS: &[&str] = &[
 /// A fanotify group that holds every exec on the marked filesystems.
 pub struct ExecGate {
     fan: Arc<Fanotify>,
+    /// Devices of the filesystems marked so far (one mark per filesystem).
+    seen: BTreeSet<u64>,
     /// Mount points marked, for `doctor`.
     pub marked: Vec<PathBuf>,
 }
@@ -90,6 +100,34 @@ fn kernel_dev(st_dev: u64) -> u32 {
     (major << 20) | (minor & 0xf_ffff)
 }
 
+/// Marks, for exec holds, every filesystem in `mountinfo` that is not a pseudo
+/// filesystem and whose device is not in `seen` (which it adds to); returns the
+/// mount points marked.
+fn mark_new(fan: &Fanotify, mountinfo: &str, seen: &mut BTreeSet<u64>) -> Vec<PathBuf> {
+    let mut marked = Vec::new();
+    for m in crate::cgroup::parse_mountinfo(mountinfo) {
+        let (point, fstype) = (m.mount_point, m.fs_type);
+        if PSEUDO_FILESYSTEMS.contains(&fstype.as_str()) {
+            continue;
+        }
+        let Ok(meta) = fs::metadata(&point) else { continue };
+        if !seen.insert(meta.dev()) {
+            continue;
+        }
+        // The whole filesystem where the kernel allows it (every mount of it,
+        // bind mounts included); else this mount.
+        let whole = fan.mark(MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM, MaskFlags::FAN_OPEN_EXEC_PERM, None, Some(&point));
+        let r = whole.or_else(|_| {
+            fan.mark(MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT, MaskFlags::FAN_OPEN_EXEC_PERM, None, Some(&point))
+        });
+        match r {
+            Ok(()) => marked.push(point),
+            Err(e) => warn!(mount = %point.display(), fstype = %fstype, error = %e, "cannot hold execs from this filesystem; an ask exec from it is denied"),
+        }
+    }
+    marked
+}
+
 impl ExecGate {
     /// Creates the group and marks every mounted filesystem that is not a pseudo
     /// filesystem. Needs CAP_SYS_ADMIN.
@@ -101,38 +139,48 @@ impl ExecGate {
         .map_err(|e| EnforceError::kernel("fanotify_init(FAN_CLASS_CONTENT)", e))?;
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| EnforceError::kernel("reading /proc/self/mountinfo", e))?;
-        let mut seen_devs = BTreeSet::new();
-        let mut marked = Vec::new();
-        for m in crate::cgroup::parse_mountinfo(&mountinfo) {
-            let (point, fstype) = (m.mount_point, m.fs_type);
-            if PSEUDO_FILESYSTEMS.contains(&fstype.as_str()) {
-                continue;
-            }
-            let Ok(meta) = fs::metadata(&point) else { continue };
-            if !seen_devs.insert(meta.dev()) {
-                continue;
-            }
-            // The whole filesystem where the kernel allows it (every mount of it,
-            // bind mounts included); else this mount.
-            let whole = fan.mark(
-                MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
-                MaskFlags::FAN_OPEN_EXEC_PERM,
-                None,
-                Some(&point),
-            );
-            let r = whole.or_else(|_| {
-                fan.mark(MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT, MaskFlags::FAN_OPEN_EXEC_PERM, None, Some(&point))
-            });
-            match r {
-                Ok(()) => marked.push(point),
-                Err(e) => warn!(mount = %point.display(), fstype = %fstype, error = %e, "cannot hold execs from this filesystem; an ask exec from it is denied"),
-            }
-        }
+        let mut seen = BTreeSet::new();
+        let marked = mark_new(&fan, &mountinfo, &mut seen);
         if marked.is_empty() {
             return Err(EnforceError::Other("fanotify could mark no filesystem for exec holds".into()));
         }
         info!(filesystems = marked.len(), "exec holds: fanotify FAN_OPEN_EXEC_PERM marks in place");
-        Ok(ExecGate { fan: Arc::new(fan), marked })
+        Ok(ExecGate { fan: Arc::new(fan), seen, marked })
+    }
+
+    /// Marks filesystems as they are mounted, on a thread of its own, for as long
+    /// as agentd runs: it polls `/proc/self/mountinfo`, which the kernel flags on
+    /// every change to the mount table.
+    pub fn watch_mounts(&self) -> Result<(), EnforceError> {
+        let table = fs::File::open("/proc/self/mountinfo").map_err(|e| EnforceError::kernel("opening /proc/self/mountinfo", e))?;
+        let fan = self.fan.clone();
+        let mut seen = self.seen.clone();
+        std::thread::Builder::new()
+            .name("exec-mounts".into())
+            .spawn(move || loop {
+                let mut fds = [PollFd::new(table.as_fd(), PollFlags::POLLPRI)];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        warn!(error = %e, "cannot watch the mount table; filesystems mounted from now on are not held (ask execs from them are denied)");
+                        return;
+                    }
+                }
+                let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else { continue };
+                // A device number that is no longer mounted may come back as another
+                // filesystem (tmpfs numbers are reused): forget it, so that is marked.
+                let mounted: BTreeSet<u64> = crate::cgroup::parse_mountinfo(&mountinfo)
+                    .iter()
+                    .filter_map(|m| fs::metadata(&m.mount_point).ok().map(|meta| meta.dev()))
+                    .collect();
+                seen.retain(|d| mounted.contains(d));
+                for point in mark_new(&fan, &mountinfo, &mut seen) {
+                    info!(mount = %point.display(), "exec holds: marked a filesystem mounted after start");
+                }
+            })
+            .map_err(|e| EnforceError::kernel("starting the mount watcher", e))?;
+        Ok(())
     }
 
     /// Reads events for ever (on its own thread), handing each exec to `handle`,

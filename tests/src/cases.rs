@@ -650,6 +650,61 @@ pub fn exec_hold_times_out_denied() {
     assert!(pending(&d).is_empty());
 }
 
+/// A write under an `ask` rule cannot be held on this build: it is stopped (EPERM
+/// under BPF LSM, a kill where the kernel can only kill) and becomes a request.
+/// Approving it lets the same identity write exactly that file (its retry goes
+/// through, its neighbour is still stopped); `approve --for` does so until the
+/// time is up, and then the file is asked about again.
+pub fn write_request_approved_lets_the_retry_through() {
+    let d = Daemon::start("writereq");
+    let files = Scratch::new("writereq");
+    fs::create_dir_all(files.path("secret")).expect("dir");
+    let cg = Cgroup::new("writereq");
+    let dir = files.path("secret");
+    let write = format!("    default: allow\n    rules:\n      - {{path: \"{dir}/**\", action: ask}}\n");
+    let text = policy("writer", ALLOW_ALL, &write, ALLOW_ALL).replace(
+        "spec:\n",
+        "spec:\n  approvals:\n    timeout: 60s\n    on_timeout: deny\n    max_pending: 8\n",
+    );
+    d.identity_bound("writer", &text, &cg);
+    let stopped = d.denied("write");
+    let (file, other) = (files.path("secret/notes.txt"), files.path("secret/other.txt"));
+    assert_eq!(probe(&d, &cg, &["write", &file]), stopped, "an ask write is stopped");
+    let h = hold_on(&d, &file);
+    assert_eq!((h["kind"].as_str(), h["identity"].as_str()), (Some("write"), Some("writer")), "{h}");
+    d.ctl_ok(&["approve", h["id"].as_str().expect("id")]);
+    let retried = retry_until_ok(&d, &cg, &["write", &file]);
+    assert_eq!(retried, Outcome::Ok, "the retry after approval");
+    assert_eq!(fs::read_to_string(&file).ok().as_deref(), Some("written by probe\n"));
+    assert_eq!(probe(&d, &cg, &["write", &other]), stopped, "only the approved file");
+
+    // --for: until the time is up, then asked about again.
+    let h = hold_on(&d, &other);
+    d.ctl_ok(&["approve", h["id"].as_str().expect("id"), "--for", "3s"]);
+    let granted = std::time::Instant::now();
+    assert_eq!(retry_until_ok(&d, &cg, &["write", &other]), Outcome::Ok);
+    let listed: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["approvals", "list", "--json"])).expect("list");
+    assert!(listed["grants"].as_array().is_some_and(|g| g.iter().any(|g| g["target"] == other.as_str())), "{listed}");
+    std::thread::sleep(std::time::Duration::from_secs(3).saturating_sub(granted.elapsed()) + std::time::Duration::from_millis(2500));
+    assert_eq!(probe(&d, &cg, &["write", &other]), stopped, "after --for ran out");
+    let again = hold_on(&d, &other);
+    d.ctl_ok(&["deny", again["id"].as_str().expect("id")]);
+    assert_eq!(probe(&d, &cg, &["write", &other]), stopped, "denied: still stopped");
+}
+
+/// Runs the probe until it succeeds (an approval takes effect within moments, not
+/// before `approve` returns), at most 5 s; returns the last outcome.
+fn retry_until_ok(d: &Daemon, cg: &Cgroup, args: &[&str]) -> Outcome {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let o = probe(d, cg, args);
+        if o == Outcome::Ok || std::time::Instant::now() > deadline {
+            return o;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A filesystem mounted after agentd started is held like the others: an ask exec
 /// of a program on a tmpfs mounted now waits for approval and then runs.
 pub fn exec_hold_on_a_filesystem_mounted_after_start() {

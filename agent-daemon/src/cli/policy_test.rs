@@ -129,7 +129,8 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
         notes.push(match &action {
             Action::Exec { .. } => "the exec waits until a person runs `agentctl approve ID` or `agentctl deny ID` (see `agentctl approvals watch`); at the policy's approvals.timeout it gets on_timeout".into(),
             a if held(a) => "the connect waits at agentd's hold proxy until a person approves it (then it reaches its destination) or denies it (then it is reset); see `agentctl approvals watch`".into(),
-            _ => "`ask` for file writes and UDP is enforced as deny: this build holds execs and TCP connects only".into(),
+            Action::Write { .. } => "the write is stopped (no hold for writes on this build) and becomes a request in `agentctl approvals list`; approving it lets this identity write exactly this file for 2 minutes (`--for D`: for D), so a retry goes through".into(),
+            _ => "`ask` for UDP is enforced as deny: nothing can hold a datagram".into(),
         });
     }
     // The evaluator answers for any valid file, but `apply` also needs the kernel to
@@ -249,7 +250,7 @@ impl TestReport {
             ("deny", "would_deny") => "allowed (monitor mode: would deny)".to_string(),
             ("ask", "would_deny") => "allowed (monitor mode: would ask)".to_string(),
             ("ask", "hold") => "ask (held until a person approves or denies it)".to_string(),
-            ("ask", _) => "ask (enforced as deny)".to_string(),
+            ("ask", _) => "ask (stopped now; see the note)".to_string(),
             ("audit", _) => "audit (allowed, and reported)".to_string(),
             (d, _) => d.to_string(),
         };

@@ -174,6 +174,18 @@ pub struct Core {
     denied: HashMap<u32, bool>,
     /// The signed receipt journal: every administrative change is recorded here.
     receipts: Arc<Journal>,
+    /// Approved write requests in force, per identity id (see [`Core::grant_write`]).
+    /// In memory only: a restarted agentd installs policies without them (fail closed).
+    write_exceptions: HashMap<u32, Vec<WriteException>>,
+}
+
+/// One approved write request: `path` may be written by the identity until `until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteException {
+    pub path: String,
+    /// The `ask` rule it was asked under (0: the write default).
+    pub rule_id: u32,
+    pub until: SystemTime,
 }
 
 /// The kernel's revoked flag for `rec`. The kernel checks a well-formed expiry
@@ -193,7 +205,16 @@ fn state_err(e: state::StateError) -> OpError {
 
 impl Core {
     pub fn new(kernel: Box<dyn Kernel>, store: Store, state: State, receipts: Arc<Journal>) -> Core {
-        Core { kernel, store, state, loaded: HashMap::new(), history: HashMap::new(), denied: HashMap::new(), receipts }
+        Core {
+            kernel,
+            store,
+            state,
+            loaded: HashMap::new(),
+            history: HashMap::new(),
+            denied: HashMap::new(),
+            receipts,
+            write_exceptions: HashMap::new(),
+        }
     }
 
     /// The receipt journal, for the event pipeline and holds to append to.
@@ -274,12 +295,124 @@ impl Core {
 
     /// Installs identity `name` as the state says, given the time.
     fn install(&mut self, rec: &IdentityRecord, now: SystemTime) -> Result<(), EnforceError> {
-        let compiled = self.compiled(&rec.policy);
+        let compiled = self.compiled(&rec.policy).map(|c| self.with_exceptions(rec.id, c, now));
         let version = self.version(&rec.policy);
         let denied = rec.denies_all(now);
         self.kernel.set_identity(rec.id, compiled.as_deref(), version, revoked_flag(rec), rec.expires_at())?;
         self.denied.insert(rec.id, denied);
         Ok(())
+    }
+
+    /// `compiled` with the identity's write exceptions in force at `now`.
+    fn with_exceptions(&self, identity_id: u32, compiled: Arc<CompiledPolicy>, now: SystemTime) -> Arc<CompiledPolicy> {
+        let live: Vec<(String, u32)> = self
+            .write_exceptions
+            .get(&identity_id)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.until > now)
+            .map(|e| (e.path.clone(), e.rule_id))
+            .collect();
+        if live.is_empty() {
+            return compiled;
+        }
+        match compiled.with_write_exceptions(&live) {
+            Ok(c) => Arc::new(c),
+            // Checked when granted; were it to fail here, the narrower policy stands.
+            Err(e) => {
+                warn!(identity_id, error = %e, "write exceptions not installed");
+                compiled
+            }
+        }
+    }
+
+    /// A write the kernel denied under an `ask` rule (or an `ask` write default)
+    /// of identity `identity_id`, by the userspace evaluator, with the policy's hold
+    /// settings; `None` when it was not an ask, or the identity can no longer act.
+    pub fn write_ask(&self, identity_id: u32, path: &Path, now: SystemTime) -> Option<ExecAsk> {
+        let rec = self.state.identity_by_id(identity_id)?;
+        if rec.denies_all(now) {
+            return None;
+        }
+        let loaded = self.loaded.get(&rec.policy)?;
+        if loaded.policy.mode() != Mode::Enforce {
+            return None;
+        }
+        let d = evaluate_as(Some(&loaded.policy), Standing::Active, &Action::Write { path: path.to_path_buf() });
+        if d.action != ActionKind::Ask {
+            return None;
+        }
+        Some(ExecAsk {
+            identity: rec.name.clone(),
+            identity_id: rec.id,
+            owner: rec.owner.clone(),
+            policy: rec.policy.clone(),
+            policy_version: self.version(&rec.policy),
+            rule_id: d.rule_id,
+            rule: d.rule_text.unwrap_or_default(),
+            approvals: loaded.policy.approvals,
+            key_fingerprint: rec.fingerprint(),
+            policy_hash: loaded.compiled.hash.clone(),
+        })
+    }
+
+    /// Lets identity `identity_id` write exactly `path` until `until` (an approved
+    /// write request): its policy is installed again with an exact-path exception,
+    /// in one atomic swap. Refused when the path cannot be matched exactly.
+    pub fn grant_write(&mut self, identity_id: u32, path: &str, rule_id: u32, until: SystemTime, now: SystemTime) -> Result<(), OpError> {
+        let rec = self
+            .state
+            .identity_by_id(identity_id)
+            .cloned()
+            .ok_or_else(|| OpError::NotFound(format!("agentd: identity {identity_id} no longer exists")))?;
+        if let Some(c) = self.compiled(&rec.policy) {
+            c.with_write_exceptions(&[(path.to_string(), rule_id)]).map_err(|e| OpError::Invalid(format!("agentd: {e}")))?;
+        }
+        let list = self.write_exceptions.entry(identity_id).or_default();
+        list.retain(|e| e.path != path && e.until > now);
+        list.push(WriteException { path: path.to_string(), rule_id, until });
+        if let Err(e) = self.install(&rec, now) {
+            if let Some(list) = self.write_exceptions.get_mut(&identity_id) {
+                list.retain(|e| e.path != path);
+            }
+            return Err(kernel_err(format!("an exception for {path}"))(e));
+        }
+        Ok(())
+    }
+
+    /// Ends the write exceptions whose time is up, re-installing their identities.
+    /// Returns (identity, path) of each ended.
+    pub fn expire_write_exceptions(&mut self, now: SystemTime) -> Vec<(String, String)> {
+        let mut ended = Vec::new();
+        let ids: Vec<u32> = self.write_exceptions.keys().copied().collect();
+        for id in ids {
+            let Some(list) = self.write_exceptions.get_mut(&id) else { continue };
+            let (live, dead): (Vec<_>, Vec<_>) = list.drain(..).partition(|e| e.until > now);
+            *list = live;
+            if list.is_empty() {
+                self.write_exceptions.remove(&id);
+            }
+            if dead.is_empty() {
+                continue;
+            }
+            let Some(rec) = self.state.identity_by_id(id).cloned() else { continue };
+            if let Err(e) = self.install(&rec, now) {
+                // The wider policy stays until the next try: say so loudly.
+                error!(identity = %rec.name, error = %e, "could not end a write exception in the kernel; retrying");
+                self.write_exceptions.entry(id).or_default().extend(dead);
+                continue;
+            }
+            ended.extend(dead.into_iter().map(|e| (rec.name.clone(), e.path)));
+        }
+        ended
+    }
+
+    /// The write exceptions in force, as (identity id, exception).
+    pub fn write_exceptions(&self, now: SystemTime) -> Vec<(u32, WriteException)> {
+        let mut out: Vec<_> =
+            self.write_exceptions.iter().flat_map(|(id, l)| l.iter().filter(|e| e.until > now).map(|e| (*id, e.clone()))).collect();
+        out.sort_by(|a, b| (a.0, &a.1.path).cmp(&(b.0, &b.1.path)));
+        out
     }
 
     /// Makes the kernel enforce exactly what the state says: every identity's
@@ -375,6 +508,10 @@ impl Core {
         let version = previous_version.checked_add(1).ok_or_else(|| OpError::Invalid(format!("policy {name} has reached the last version number")))?;
         let compiled = Arc::new(compiled);
         let users: Vec<IdentityRecord> = self.state.identities.values().filter(|i| i.policy == name).cloned().collect();
+        // A new version of the policy ends the exceptions approved under the old one.
+        for rec in &users {
+            self.write_exceptions.remove(&rec.id);
+        }
 
         let rollback = |core: &mut Core, done: &[IdentityRecord]| {
             for rec in done {
@@ -532,6 +669,7 @@ impl Core {
         // Kernel first: the revocation must bite even if the disk is full. If the
         // state cannot be written the kernel keeps denying until the next start
         // (which re-installs what the disk says), and the caller is told.
+        self.write_exceptions.remove(&rec.id);
         self.install(&rec, now).map_err(kernel_err(format!("revoking identity {name}")))?;
         let saved = self.store.save_identity(&rec);
         // Memory follows the kernel either way, so nothing this daemon does (an

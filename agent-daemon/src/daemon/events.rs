@@ -154,10 +154,13 @@ fn lagged(n: u64) -> tonic::Status {
 
 /// Reads kernel events until the ring buffer goes away. `attribute` names an
 /// event's (identity id, policy version, rule id). Each decision that needs one
-/// (see [`decision_receipt`]) gets a receipt in `journal`.
-pub async fn pump<F>(mut reader: EventReader, hub: Hub, attribute: F, journal: Arc<Journal>)
+/// (see [`decision_receipt`]) gets a receipt in `journal`; each denial is also
+/// handed to `denied` (which turns a denied `ask` write into a request), and so is
+/// each kill.
+pub async fn pump<F, A>(mut reader: EventReader, hub: Hub, attribute: F, journal: Arc<Journal>, denied: A)
 where
     F: Fn(u32, u32, u32) -> Option<Attribution> + Send + 'static,
+    A: Fn(&pb::Event) + Send + 'static,
 {
     while let Some(ev) = reader.next().await {
         let names = attribute(ev.identity, ev.policy_version, ev.rule_id);
@@ -181,6 +184,9 @@ where
                 identity = %e.identity, kind = %e.kind, verdict = %e.verdict, op = %e.op, target = %e.target,
                 reason = %e.reason, rule = %e.rule, pid = e.pid, comm = %e.comm, mechanism = %e.mechanism, "decision"
             ),
+        }
+        if ev.verdict == verdict::DENY || ev.verdict == verdict::KILL {
+            denied(&e);
         }
         hub.publish(e);
     }

@@ -112,6 +112,117 @@ fn describe(held: &HeldExec, cgroup: &Path, ask: ExecAsk) -> HoldRequest {
     }
 }
 
+/// How long an approved (once) write request lets the agent write the file: long
+/// enough to retry what failed, short enough to be "this once".
+pub const WRITE_ONCE_WINDOW: Duration = Duration::from_secs(120);
+
+/// A write the kernel denied under an `ask` rule: nothing can hold a file write on
+/// this build, so it failed with EPERM (or, where the kernel can only kill, the
+/// process was killed), and this records it as a
+/// request a person can approve. Approval installs an exception for exactly that
+/// file and identity — for [`WRITE_ONCE_WINDOW`], or for `approve --for D` — and
+/// the agent's retry goes through. A request already waiting for the same file is
+/// not asked again.
+pub fn write_request(core: &Arc<Mutex<Core>>, holds: &Arc<Holds>, e: &pb::Event, rt: &tokio::runtime::Handle) {
+    // Only a whole, absolute path can be excepted exactly.
+    let stopped = e.verdict == "deny" || e.verdict == "kill";
+    if e.kind != "write" || !stopped || !e.target.starts_with('/') || e.target.ends_with('…') {
+        return;
+    }
+    let now = SystemTime::now();
+    let Some(ask) = core.lock().unwrap_or_else(PoisonError::into_inner).write_ask(e.identity_id, Path::new(&e.target), now) else {
+        return;
+    };
+    let settings = ask.approvals;
+    let req = HoldRequest {
+        identity: ask.identity,
+        identity_id: ask.identity_id,
+        owner: ask.owner,
+        kind: HoldKind::Write,
+        target: e.target.clone(),
+        argv: Vec::new(),
+        pid: e.pid,
+        uid: e.uid,
+        comm: e.comm.clone(),
+        executable: e.executable.clone(),
+        cgroup_path: String::new(),
+        policy: ask.policy,
+        policy_version: ask.policy_version,
+        rule_id: ask.rule_id,
+        rule: ask.rule,
+        key_fingerprint: ask.key_fingerprint,
+        policy_hash: ask.policy_hash,
+    };
+    let submitted = {
+        let mut service = holds.service();
+        if service.is_waiting(&req) {
+            return;
+        }
+        service.submit(req.clone(), &settings, now)
+    };
+    match submitted {
+        Submitted::Decided(r) => {
+            holds.record_decided(&req, &r);
+            // A grant still runs in userspace but the kernel denied: its exception
+            // was ended a moment early (or could not be installed); put it back.
+            if r.verdict == Verdict::Allow {
+                let until = holds.service().grants(now).into_iter().find(|g| g.identity_id == req.identity_id && g.kind == HoldKind::Write && g.target == req.target).map(|g| g.until);
+                if let Some(until) = until {
+                    except(core, &req, until, now);
+                }
+            }
+        }
+        Submitted::Held { id, wait } => {
+            info!(hold = %id, identity = %req.identity, target = %req.target, "write denied and asked about: approval lets the agent write this file");
+            holds.wake.notify_one();
+            let (core, holds) = (core.clone(), holds.clone());
+            rt.spawn(async move {
+                let Ok(r) = wait.await else { return };
+                if r.verdict != Verdict::Allow {
+                    return;
+                }
+                let until = match r.how {
+                    How::For(d) => r.decided_at.checked_add(d),
+                    _ => r.decided_at.checked_add(WRITE_ONCE_WINDOW),
+                }
+                .unwrap_or(r.decided_at);
+                if !matches!(r.how, How::For(_)) {
+                    if let Some(by) = r.decided_by.clone() {
+                        holds.service().add_grant(&req, until, by, r.decided_at);
+                    }
+                }
+                let _ = tokio::task::spawn_blocking(move || except(&core, &req, until, SystemTime::now())).await;
+            });
+        }
+    }
+}
+
+/// Installs the kernel exception for an approved write request.
+fn except(core: &Mutex<Core>, req: &HoldRequest, until: SystemTime, now: SystemTime) {
+    let r = core.lock().unwrap_or_else(PoisonError::into_inner).grant_write(req.identity_id, &req.target, req.rule_id, until, now);
+    match r {
+        Ok(()) => info!(identity = %req.identity, target = %req.target, until = %humantime::format_rfc3339_seconds(until), "write exception in force"),
+        Err(e) => error!(identity = %req.identity, target = %req.target, error = %e, "an approved write request could not be put in force; the file stays denied"),
+    }
+}
+
+/// Ends write exceptions as their time runs out (checked every second).
+pub async fn expire_write_exceptions(core: Arc<Mutex<Core>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let core = core.clone();
+        let ended = tokio::task::spawn_blocking(move || {
+            core.lock().unwrap_or_else(PoisonError::into_inner).expire_write_exceptions(SystemTime::now())
+        })
+        .await
+        .unwrap_or_default();
+        for (identity, path) in ended {
+            info!(identity = %identity, target = %path, "write exception ended: the file is asked about again");
+        }
+    }
+}
+
 /// Starts the exec gate on its own thread. Returns the marked mount points.
 pub fn start_exec_gate(
     core: Arc<Mutex<Core>>,

@@ -184,14 +184,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let core = Arc::new(Mutex::new(core));
 
     let hub = Hub::new();
-    let names = core.clone();
-    let pump = events::pump(reader, hub.clone(), move |id, version, rule| {
-        names.lock().unwrap_or_else(PoisonError::into_inner).attribute(id, version, rule)
-    }, journal_at_stop.clone());
-    std::thread::Builder::new()
-        .name("events".into())
-        .spawn(move || events_rt.block_on(pump))
-        .map_err(|e| DaemonError::Serve(format!("starting the event pipeline: {e}")))?;
     tokio::spawn(watch_expiry(core.clone()));
 
     // Holds: an exec a policy asks about waits in the kernel for a person.
@@ -208,6 +200,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     };
     tokio::spawn(holds::expire_holds(holds.clone()));
+    tokio::spawn(holds::expire_write_exceptions(core.clone()));
+    let names = core.clone();
+    let pump = events::pump(reader, hub.clone(), move |id, version, rule| {
+        names.lock().unwrap_or_else(PoisonError::into_inner).attribute(id, version, rule)
+    }, journal_at_stop.clone(), {
+        let (core, holds, rt) = (core.clone(), holds.clone(), tokio::runtime::Handle::current());
+        move |e: &crate::api::pb::Event| holds::write_request(&core, &holds, e, &rt)
+    });
+    std::thread::Builder::new()
+        .name("events".into())
+        .spawn(move || events_rt.block_on(pump))
+        .map_err(|e| DaemonError::Serve(format!("starting the event pipeline: {e}")))?;
+
     let connect_proxy = match holds::start_connect_proxy(core.clone(), holds.clone(), connect_holds).await {
         Ok((p4, p6)) => {
             info!(port4 = p4, port6 = p6, "connect holds active (hold proxy on loopback)");

@@ -355,7 +355,7 @@ impl Agentd for Service {
         checks.push(pb::Check {
             name: "write holds (ask)".into(),
             ok: false,
-            detail: "not built yet: a file write the policy asks about is denied".into(),
+            detail: "no hold for file writes on this build: an ask write is stopped (EPERM, or a kill where the write mechanism kills) and becomes a request in `agentctl approvals list`; approving it lets that identity write exactly that file for 2 minutes (`approve --for D`: for D), so its retry goes through".into(),
         });
         Ok(Response::new(pb::DoctorReply { kernel_release: host::kernel_release(), mechanisms: mechanisms_pb(&report), checks }))
     }

@@ -98,7 +98,7 @@ impl HoldRequest {
         (self.identity_id, self.identity.clone(), self.kind, self.target.clone())
     }
 
-    fn same_action(&self, other: &HoldRequest) -> bool {
+    pub fn same_action(&self, other: &HoldRequest) -> bool {
         self.identity_id == other.identity_id
             && self.identity == other.identity
             && self.kind == other.kind
@@ -575,6 +575,27 @@ impl HoldService {
             self.finish(other, Resolution { reason, ..resolution.clone() });
         }
         Ok(resolution)
+    }
+
+    /// Whether an action the same as `req` (identity, kind, target) is waiting.
+    pub fn is_waiting(&self, req: &HoldRequest) -> bool {
+        self.items.values().any(|i| i.pending.request.same_action(req))
+    }
+
+    /// Records a grant made outside [`HoldService::decide`]'s `--for` (an approved
+    /// write request's exception), so that `approvals list` shows it and a repeat
+    /// of the request is answered by it.
+    pub fn add_grant(&mut self, req: &HoldRequest, until: SystemTime, by: Decider, now: SystemTime) {
+        let g = Grant {
+            identity: req.identity.clone(),
+            identity_id: req.identity_id,
+            kind: req.kind,
+            target: req.target.clone(),
+            until,
+            granted_by: by,
+            granted_at: now,
+        };
+        self.grants.insert(req.grant_key(), g);
     }
 
     /// Resolves every held action at or past its deadline by its `on_timeout`,

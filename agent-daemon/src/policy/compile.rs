@@ -52,7 +52,7 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
     let egress = c.egress();
     if policy.unheld_ask() {
         c.warnings.push(format!(
-            "{}: `ask` for file writes and UDP is enforced as deny: this build holds only execs and TCP connects for a person's approval",
+            "{}: `ask` for file writes and UDP is enforced as deny at the moment of the action: this build holds only execs and TCP connects; a denied `ask` write becomes a request whose approval lets that one file be written",
             policy.file
         ));
     }

@@ -94,6 +94,38 @@ pub struct RuleInfo {
 pub type PathLookup = Option<(u8, u32)>;
 
 impl CompiledPolicy {
+    /// This policy with exceptions for `paths` (real paths, each with the id of the
+    /// `ask` rule it was asked under): each becomes an exact-path `allow` that
+    /// outranks every other write rule for exactly that path and nothing else, so
+    /// an approved write request lets that one file be written. `hash` changes with
+    /// the set, so the kernel gets a rule set of its own (swapped in atomically).
+    /// A path the kernel cannot match exactly (longer than it reads) is an error.
+    pub fn with_write_exceptions(&self, paths: &[(String, u32)]) -> Result<CompiledPolicy, String> {
+        let mut out = self.clone();
+        let mut digest = String::new();
+        for (path, rule_id) in paths {
+            let mut key = path.as_bytes().to_vec();
+            key.push(0);
+            if key.len() > agent_common::PATH_KEY_LEN || !path.starts_with('/') {
+                return Err(format!(
+                    "{path}: an exception needs an absolute path of at most {} bytes",
+                    agent_common::PATH_KEY_LEN - 1
+                ));
+            }
+            out.write.retain(|e| e.key != key);
+            out.write.push(PathEntry {
+                key,
+                value: PathRule { action: agent_common::action::ALLOW, _pad: [0; 3], rule_id: *rule_id, rank: u32::MAX },
+            });
+            digest.push_str(path);
+            digest.push('\0');
+        }
+        if !paths.is_empty() {
+            out.hash = format!("{}+exceptions:{}", self.hash, crate::state::sha256_hex(digest.as_bytes()));
+        }
+        Ok(out)
+    }
+
     /// The kernel's decision for `real` (an absolute real path) by the exec or
     /// write tables, step for step as `decide_path` in agent-ebpf does it, the exec
     /// (dev, inode) pins aside: a longest-prefix match over the first

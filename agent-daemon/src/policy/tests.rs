@@ -825,3 +825,26 @@ fn shipped_policies_decide_as_documented() {
         assert_eq!(ev(&l, a), Deny);
     }
 }
+
+#[test]
+fn a_write_exception_opens_exactly_one_path_and_outranks_every_rule() {
+    let p = ok("  write:\n    default: allow\n    rules:\n      - {path: \"/home/a/.ssh/**\", action: ask}\n      - {path: \"/home/*/.aws/*\", action: ask}\n      - {path: \"/etc/hosts\", action: ask}\n");
+    let c = compile_with(&p, &NoFiles).unwrap();
+    let w = |c: &crate::policy::compiled::CompiledPolicy, path: &str| c.path_lookup(RuleKind::Write, path.as_bytes());
+    assert_eq!(w(&c, "/home/a/.ssh/config"), Some((action::ASK, 1)));
+    let g = c
+        .with_write_exceptions(&[("/home/a/.ssh/config".into(), 1), ("/home/b/.aws/credentials".into(), 2), ("/etc/hosts".into(), 3)])
+        .unwrap();
+    // Exactly the granted paths: a prefix rule, an automaton pattern, an exact rule.
+    assert_eq!(w(&g, "/home/a/.ssh/config"), Some((action::ALLOW, 1)));
+    assert_eq!(w(&g, "/home/b/.aws/credentials"), Some((action::ALLOW, 2)));
+    assert_eq!(w(&g, "/etc/hosts"), Some((action::ALLOW, 3)));
+    for other in ["/home/a/.ssh/config2", "/home/a/.ssh/id_ed25519", "/home/a/.ssh/confi"] {
+        assert_eq!(w(&g, other), Some((action::ASK, 1)), "{other}");
+    }
+    assert_eq!(w(&g, "/home/c/.aws/credentials"), Some((action::ASK, 2)));
+    assert_ne!(g.hash, c.hash, "a new rule set for the kernel");
+    assert_eq!(c.with_write_exceptions(&[]).unwrap().hash, c.hash);
+    assert!(c.with_write_exceptions(&[(format!("/{}", "x".repeat(agent_common::PATH_KEY_LEN)), 1)]).is_err());
+    assert!(c.with_write_exceptions(&[("relative".into(), 1)]).is_err());
+}

@@ -19,6 +19,8 @@ struct FakeState {
     expires: HashMap<u32, Option<std::time::SystemTime>>,
     /// set_identity fails for this id.
     refuse: Option<u32>,
+    /// identity id → the rule tables last installed for it.
+    tables: HashMap<u32, CompiledPolicy>,
 }
 
 #[derive(Clone, Default)]
@@ -44,6 +46,10 @@ impl Kernel for Fake {
             return Err(EnforceError::Other("map full".into()));
         }
         s.expires.insert(id, expires);
+        match policy {
+            Some(p) => s.tables.insert(id, p.clone()),
+            None => s.tables.remove(&id),
+        };
         s.identities.insert(id, (policy.map(|p| p.name.clone()), version, revoked));
         Ok(())
     }
@@ -593,4 +599,44 @@ fn an_ask_carries_what_hold_receipts_need() {
     let ask = w.core.exec_ask(std::path::Path::new("/cg/agents/coder"), std::path::Path::new("/usr/bin/make"), now()).expect("an ask");
     assert_eq!(ask.key_fingerprint, rec.fingerprint());
     assert_eq!(ask.policy_hash, w.core.state().policies["coding"].meta.hash);
+}
+
+#[test]
+fn an_approved_write_request_opens_one_file_until_its_time_is_up() {
+    use agent_common::action;
+    let mut w = world();
+    let text = policy_text("p", "allow").replace("  write:\n    default: deny\n", "  write:\n    default: allow\n    rules:\n      - {path: \"/home/a/.ssh/**\", action: ask}\n");
+    let (p, c) = state::compile_policy("p.yaml", &text).unwrap();
+    w.core.apply(&text, "p.yaml", p, c, &who(), now()).unwrap();
+    let rec = w.core.create_identity(NewIdentity::new("coder", "p", "alice"), &who(), now()).unwrap();
+    let lookup = |w: &World, path: &str| w.kernel.get().tables[&rec.id].path_lookup(crate::policy::RuleKind::Write, path.as_bytes());
+    let t0 = now();
+    let ask = w.core.write_ask(rec.id, Path::new("/home/a/.ssh/config"), t0).expect("an ask write");
+    assert_eq!((ask.identity.as_str(), ask.rule_id), ("coder", 3));
+    assert!(w.core.write_ask(rec.id, Path::new("/tmp/x"), t0).is_none(), "allowed writes are no request");
+    assert_eq!(lookup(&w, "/home/a/.ssh/config"), Some((action::ASK, 3)));
+
+    let until = t0 + std::time::Duration::from_secs(60);
+    w.core.grant_write(rec.id, "/home/a/.ssh/config", 3, until, t0).unwrap();
+    assert_eq!(lookup(&w, "/home/a/.ssh/config"), Some((action::ALLOW, 3)));
+    assert_eq!(lookup(&w, "/home/a/.ssh/id_ed25519"), Some((action::ASK, 3)));
+    assert_eq!(w.core.write_exceptions(t0).len(), 1);
+    // Not yet: nothing ends.
+    assert!(w.core.expire_write_exceptions(t0 + std::time::Duration::from_secs(59)).is_empty());
+    assert_eq!(lookup(&w, "/home/a/.ssh/config"), Some((action::ALLOW, 3)));
+    // Time is up: asked about again.
+    let ended = w.core.expire_write_exceptions(until);
+    assert_eq!(ended, vec![("coder".to_string(), "/home/a/.ssh/config".to_string())]);
+    assert_eq!(lookup(&w, "/home/a/.ssh/config"), Some((action::ASK, 3)));
+    assert!(w.core.write_exceptions(until).is_empty());
+
+    // A new version of the policy ends exceptions at once.
+    w.core.grant_write(rec.id, "/home/a/.ssh/config", 3, until, t0).unwrap();
+    let (p, c) = state::compile_policy("p.yaml", &text).unwrap();
+    w.core.apply(&text, "p.yaml", p, c, &who(), t0).unwrap();
+    assert_eq!(lookup(&w, "/home/a/.ssh/config"), Some((action::ASK, 3)));
+    // A path the kernel cannot match exactly is refused, and changes nothing.
+    let long = format!("/home/a/.ssh/{}", "x".repeat(agent_common::PATH_KEY_LEN));
+    assert!(matches!(w.core.grant_write(rec.id, &long, 3, until, t0), Err(OpError::Invalid(_))));
+    assert!(w.core.write_exceptions(t0).is_empty());
 }

@@ -692,6 +692,26 @@ pub fn write_request_approved_lets_the_retry_through() {
     assert_eq!(probe(&d, &cg, &["write", &other]), stopped, "denied: still stopped");
 }
 
+/// A UDP send to an `ask` destination cannot be held (nothing holds a datagram):
+/// it fails with EPERM and becomes a request; approving it lets exactly that
+/// address and port through for the same identity, and its neighbour stays denied.
+pub fn udp_request_approved_lets_the_retry_through() {
+    let d = Daemon::start("udpreq");
+    let cg = Cgroup::new("udpreq");
+    let port = 5300 + (std::process::id() % 500) as u16;
+    let egress = format!("    default: allow\n    rules:\n      - {{cidr: 127.0.0.0/8, ports: [{port}], protocol: udp, action: ask}}\n");
+    d.identity_bound("sender", &policy("sender", ALLOW_ALL, ALLOW_ALL, &egress), &cg);
+    let (to, neighbour) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
+    assert_eq!(probe(&d, &cg, &["udp", &to]), Outcome::Errno("EPERM".into()), "an ask datagram is stopped");
+    let h = hold_on(&d, &to);
+    assert_eq!((h["kind"].as_str(), h["identity"].as_str()), (Some("udp"), Some("sender")), "{h}");
+    d.ctl_ok(&["approve", h["id"].as_str().expect("id")]);
+    assert_eq!(retry_until_ok(&d, &cg, &["udp", &to]), Outcome::Ok, "the retry after approval");
+    assert_eq!(probe(&d, &cg, &["udp", &neighbour]), Outcome::Errno("EPERM".into()), "only the approved address");
+    let r = event_where(&d, |e| e["target"] == neighbour.as_str() && e["verdict"] == "deny");
+    assert_eq!(r["protocol"], "udp", "{r}");
+}
+
 /// Runs the probe until it succeeds (an approval takes effect within moments, not
 /// before `approve` returns), at most 5 s; returns the last outcome.
 fn retry_until_ok(d: &Daemon, cg: &Cgroup, args: &[&str]) -> Outcome {

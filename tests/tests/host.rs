@@ -50,6 +50,7 @@ agentd_tests::scenario_tests!(outside_tier;
     exec_hold_approve_for_grants_repeats,
     exec_hold_on_a_filesystem_mounted_after_start,
     write_request_approved_lets_the_retry_through,
+    udp_request_approved_lets_the_retry_through,
     exec_hold_fails_closed_when_agentd_dies,
     hundred_concurrent_holds_resolve_each_to_its_own_decision,
     webhook_gets_each_hold_and_retries,

@@ -130,7 +130,7 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
             Action::Exec { .. } => "the exec waits until a person runs `agentctl approve ID` or `agentctl deny ID` (see `agentctl approvals watch`); at the policy's approvals.timeout it gets on_timeout".into(),
             a if held(a) => "the connect waits at agentd's hold proxy until a person approves it (then it reaches its destination) or denies it (then it is reset); see `agentctl approvals watch`".into(),
             Action::Write { .. } => "the write is stopped (no hold for writes on this build) and becomes a request in `agentctl approvals list`; approving it lets this identity write exactly this file for 2 minutes (`--for D`: for D), so a retry goes through".into(),
-            _ => "`ask` for UDP is enforced as deny: nothing can hold a datagram".into(),
+            _ => "the datagram is stopped (EPERM; nothing can hold one) and becomes a request in `agentctl approvals list`; approving it lets this identity send to exactly this address and port for 2 minutes (`--for D`: for D)".into(),
         });
     }
     // The evaluator answers for any valid file, but `apply` also needs the kernel to

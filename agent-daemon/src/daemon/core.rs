@@ -174,18 +174,36 @@ pub struct Core {
     denied: HashMap<u32, bool>,
     /// The signed receipt journal: every administrative change is recorded here.
     receipts: Arc<Journal>,
-    /// Approved write requests in force, per identity id (see [`Core::grant_write`]).
-    /// In memory only: a restarted agentd installs policies without them (fail closed).
-    write_exceptions: HashMap<u32, Vec<WriteException>>,
+    /// Approved requests in force, per identity id (see [`Core::grant`]). In memory
+    /// only: a restarted agentd installs policies without them (fail closed).
+    exceptions: HashMap<u32, Vec<Exception>>,
 }
 
-/// One approved write request: `path` may be written by the identity until `until`.
+/// One approved request: the identity may do exactly this until `until`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WriteException {
-    pub path: String,
-    /// The `ask` rule it was asked under (0: the write default).
+pub struct Exception {
+    pub target: Excepted,
+    /// The `ask` rule it was asked under (0: the kind's default).
     pub rule_id: u32,
     pub until: SystemTime,
+}
+
+/// What an exception lets through.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Excepted {
+    /// Writes to exactly this file.
+    Write(String),
+    /// UDP datagrams to exactly this address and port.
+    Udp(std::net::SocketAddr),
+}
+
+impl std::fmt::Display for Excepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Excepted::Write(p) => write!(f, "write {p}"),
+            Excepted::Udp(a) => write!(f, "udp {a}"),
+        }
+    }
 }
 
 /// The kernel's revoked flag for `rec`. The kernel checks a well-formed expiry
@@ -213,7 +231,7 @@ impl Core {
             history: HashMap::new(),
             denied: HashMap::new(),
             receipts,
-            write_exceptions: HashMap::new(),
+            exceptions: HashMap::new(),
         }
     }
 
@@ -303,24 +321,17 @@ impl Core {
         Ok(())
     }
 
-    /// `compiled` with the identity's write exceptions in force at `now`.
+    /// `compiled` with the identity's exceptions in force at `now`.
     fn with_exceptions(&self, identity_id: u32, compiled: Arc<CompiledPolicy>, now: SystemTime) -> Arc<CompiledPolicy> {
-        let live: Vec<(String, u32)> = self
-            .write_exceptions
-            .get(&identity_id)
-            .into_iter()
-            .flatten()
-            .filter(|e| e.until > now)
-            .map(|e| (e.path.clone(), e.rule_id))
-            .collect();
+        let live: Vec<&Exception> = self.exceptions.get(&identity_id).into_iter().flatten().filter(|e| e.until > now).collect();
         if live.is_empty() {
             return compiled;
         }
-        match compiled.with_write_exceptions(&live) {
+        match overlay(&compiled, &live) {
             Ok(c) => Arc::new(c),
             // Checked when granted; were it to fail here, the narrower policy stands.
             Err(e) => {
-                warn!(identity_id, error = %e, "write exceptions not installed");
+                warn!(identity_id, error = %e, "exceptions not installed");
                 compiled
             }
         }
@@ -356,41 +367,72 @@ impl Core {
         })
     }
 
-    /// Lets identity `identity_id` write exactly `path` until `until` (an approved
-    /// write request): its policy is installed again with an exact-path exception,
-    /// in one atomic swap. Refused when the path cannot be matched exactly.
-    pub fn grant_write(&mut self, identity_id: u32, path: &str, rule_id: u32, until: SystemTime, now: SystemTime) -> Result<(), OpError> {
+    /// A UDP send the kernel denied under an `ask` egress rule (or default); as
+    /// [`Core::write_ask`].
+    pub fn udp_ask(&self, identity_id: u32, to: std::net::SocketAddr, now: SystemTime) -> Option<ExecAsk> {
+        let rec = self.state.identity_by_id(identity_id)?;
+        if rec.denies_all(now) {
+            return None;
+        }
+        let loaded = self.loaded.get(&rec.policy)?;
+        if loaded.policy.mode() != Mode::Enforce {
+            return None;
+        }
+        let action = Action::Connect { addr: to.ip(), port: to.port(), protocol: crate::policy::Protocol::Udp };
+        let d = evaluate_as(Some(&loaded.policy), Standing::Active, &action);
+        if d.action != ActionKind::Ask {
+            return None;
+        }
+        Some(ExecAsk {
+            identity: rec.name.clone(),
+            identity_id: rec.id,
+            owner: rec.owner.clone(),
+            policy: rec.policy.clone(),
+            policy_version: self.version(&rec.policy),
+            rule_id: d.rule_id,
+            rule: d.rule_text.unwrap_or_default(),
+            approvals: loaded.policy.approvals,
+            key_fingerprint: rec.fingerprint(),
+            policy_hash: loaded.compiled.hash.clone(),
+        })
+    }
+
+    /// Lets identity `identity_id` do exactly `target` until `until` (an approved
+    /// request): its policy is installed again with the exception, in one atomic
+    /// swap. Refused when the kernel cannot express it exactly.
+    pub fn grant(&mut self, identity_id: u32, target: Excepted, rule_id: u32, until: SystemTime, now: SystemTime) -> Result<(), OpError> {
         let rec = self
             .state
             .identity_by_id(identity_id)
             .cloned()
             .ok_or_else(|| OpError::NotFound(format!("agentd: identity {identity_id} no longer exists")))?;
+        let exception = Exception { target: target.clone(), rule_id, until };
         if let Some(c) = self.compiled(&rec.policy) {
-            c.with_write_exceptions(&[(path.to_string(), rule_id)]).map_err(|e| OpError::Invalid(format!("agentd: {e}")))?;
+            overlay(&c, &[&exception]).map_err(|e| OpError::Invalid(format!("agentd: {e}")))?;
         }
-        let list = self.write_exceptions.entry(identity_id).or_default();
-        list.retain(|e| e.path != path && e.until > now);
-        list.push(WriteException { path: path.to_string(), rule_id, until });
+        let list = self.exceptions.entry(identity_id).or_default();
+        list.retain(|e| e.target != target && e.until > now);
+        list.push(exception);
         if let Err(e) = self.install(&rec, now) {
-            if let Some(list) = self.write_exceptions.get_mut(&identity_id) {
-                list.retain(|e| e.path != path);
+            if let Some(list) = self.exceptions.get_mut(&identity_id) {
+                list.retain(|e| e.target != target);
             }
-            return Err(kernel_err(format!("an exception for {path}"))(e));
+            return Err(kernel_err(format!("an exception for {target}"))(e));
         }
         Ok(())
     }
 
-    /// Ends the write exceptions whose time is up, re-installing their identities.
-    /// Returns (identity, path) of each ended.
-    pub fn expire_write_exceptions(&mut self, now: SystemTime) -> Vec<(String, String)> {
+    /// Ends the exceptions whose time is up, re-installing their identities.
+    /// Returns (identity, what was excepted) of each ended.
+    pub fn expire_exceptions(&mut self, now: SystemTime) -> Vec<(String, Excepted)> {
         let mut ended = Vec::new();
-        let ids: Vec<u32> = self.write_exceptions.keys().copied().collect();
+        let ids: Vec<u32> = self.exceptions.keys().copied().collect();
         for id in ids {
-            let Some(list) = self.write_exceptions.get_mut(&id) else { continue };
+            let Some(list) = self.exceptions.get_mut(&id) else { continue };
             let (live, dead): (Vec<_>, Vec<_>) = list.drain(..).partition(|e| e.until > now);
             *list = live;
             if list.is_empty() {
-                self.write_exceptions.remove(&id);
+                self.exceptions.remove(&id);
             }
             if dead.is_empty() {
                 continue;
@@ -399,19 +441,19 @@ impl Core {
             if let Err(e) = self.install(&rec, now) {
                 // The wider policy stays until the next try: say so loudly.
                 error!(identity = %rec.name, error = %e, "could not end a write exception in the kernel; retrying");
-                self.write_exceptions.entry(id).or_default().extend(dead);
+                self.exceptions.entry(id).or_default().extend(dead);
                 continue;
             }
-            ended.extend(dead.into_iter().map(|e| (rec.name.clone(), e.path)));
+            ended.extend(dead.into_iter().map(|e| (rec.name.clone(), e.target)));
         }
         ended
     }
 
-    /// The write exceptions in force, as (identity id, exception).
-    pub fn write_exceptions(&self, now: SystemTime) -> Vec<(u32, WriteException)> {
+    /// The exceptions in force, as (identity id, exception).
+    pub fn exceptions(&self, now: SystemTime) -> Vec<(u32, Exception)> {
         let mut out: Vec<_> =
-            self.write_exceptions.iter().flat_map(|(id, l)| l.iter().filter(|e| e.until > now).map(|e| (*id, e.clone()))).collect();
-        out.sort_by(|a, b| (a.0, &a.1.path).cmp(&(b.0, &b.1.path)));
+            self.exceptions.iter().flat_map(|(id, l)| l.iter().filter(|e| e.until > now).map(|e| (*id, e.clone()))).collect();
+        out.sort_by(|a, b| (a.0, &a.1.target).cmp(&(b.0, &b.1.target)));
         out
     }
 
@@ -510,7 +552,7 @@ impl Core {
         let users: Vec<IdentityRecord> = self.state.identities.values().filter(|i| i.policy == name).cloned().collect();
         // A new version of the policy ends the exceptions approved under the old one.
         for rec in &users {
-            self.write_exceptions.remove(&rec.id);
+            self.exceptions.remove(&rec.id);
         }
 
         let rollback = |core: &mut Core, done: &[IdentityRecord]| {
@@ -669,7 +711,7 @@ impl Core {
         // Kernel first: the revocation must bite even if the disk is full. If the
         // state cannot be written the kernel keeps denying until the next start
         // (which re-installs what the disk says), and the caller is told.
-        self.write_exceptions.remove(&rec.id);
+        self.exceptions.remove(&rec.id);
         self.install(&rec, now).map_err(kernel_err(format!("revoking identity {name}")))?;
         let saved = self.store.save_identity(&rec);
         // Memory follows the kernel either way, so nothing this daemon does (an
@@ -900,6 +942,19 @@ impl Core {
             receipts_allows: self.loaded.get(&rec.policy).is_some_and(|l| l.policy.receipts.allows),
         })
     }
+}
+
+/// `compiled` with `exceptions` added to its tables.
+fn overlay(compiled: &CompiledPolicy, exceptions: &[&Exception]) -> Result<CompiledPolicy, String> {
+    let mut writes = Vec::new();
+    let mut udp = Vec::new();
+    for e in exceptions {
+        match &e.target {
+            Excepted::Write(p) => writes.push((p.clone(), e.rule_id)),
+            Excepted::Udp(a) => udp.push((a.ip(), a.port(), e.rule_id)),
+        }
+    }
+    compiled.with_write_exceptions(&writes)?.with_udp_exceptions(&udp)
 }
 
 #[cfg(test)]

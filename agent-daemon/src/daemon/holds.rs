@@ -14,7 +14,7 @@ use std::{
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
-use super::core::{Core, ExecAsk};
+use super::core::{Core, ExecAsk, Excepted};
 use crate::{
     cgroup,
     enforce::{
@@ -112,33 +112,45 @@ fn describe(held: &HeldExec, cgroup: &Path, ask: ExecAsk) -> HoldRequest {
     }
 }
 
-/// How long an approved (once) write request lets the agent write the file: long
-/// enough to retry what failed, short enough to be "this once".
-pub const WRITE_ONCE_WINDOW: Duration = Duration::from_secs(120);
+/// How long an approved (once) request lets the agent do it: long enough to retry
+/// what failed, short enough to be "this once".
+pub const ONCE_WINDOW: Duration = Duration::from_secs(120);
 
-/// A write the kernel denied under an `ask` rule: nothing can hold a file write on
-/// this build, so it failed with EPERM (or, where the kernel can only kill, the
-/// process was killed), and this records it as a
-/// request a person can approve. Approval installs an exception for exactly that
-/// file and identity — for [`WRITE_ONCE_WINDOW`], or for `approve --for D` — and
-/// the agent's retry goes through. A request already waiting for the same file is
+/// A write or a UDP send the kernel stopped under an `ask` rule: nothing can hold
+/// those on this build, so it failed with EPERM (or, where the write mechanism can
+/// only kill, the process was killed), and this records it as a request a person
+/// can approve. Approval installs an exception for exactly that file (or address
+/// and port) and identity — for [`ONCE_WINDOW`], or for `approve --for D` — and the
+/// agent's retry goes through. A request already waiting for the same target is
 /// not asked again.
-pub fn write_request(core: &Arc<Mutex<Core>>, holds: &Arc<Holds>, e: &pb::Event, rt: &tokio::runtime::Handle) {
-    // Only a whole, absolute path can be excepted exactly.
-    let stopped = e.verdict == "deny" || e.verdict == "kill";
-    if e.kind != "write" || !stopped || !e.target.starts_with('/') || e.target.ends_with('…') {
+pub fn ask_request(core: &Arc<Mutex<Core>>, holds: &Arc<Holds>, e: &pb::Event, rt: &tokio::runtime::Handle) {
+    if e.verdict != "deny" && e.verdict != "kill" {
         return;
     }
     let now = SystemTime::now();
-    let Some(ask) = core.lock().unwrap_or_else(PoisonError::into_inner).write_ask(e.identity_id, Path::new(&e.target), now) else {
-        return;
+    let (excepted, kind) = match e.kind.as_str() {
+        // Only a whole, absolute path can be excepted exactly.
+        "write" if e.target.starts_with('/') && !e.target.ends_with('…') => (Excepted::Write(e.target.clone()), HoldKind::Write),
+        "egress" if e.protocol == "udp" => match e.target.parse::<std::net::SocketAddr>() {
+            Ok(a) => (Excepted::Udp(a), HoldKind::Udp),
+            Err(_) => return,
+        },
+        _ => return,
     };
+    let ask = {
+        let c = core.lock().unwrap_or_else(PoisonError::into_inner);
+        match &excepted {
+            Excepted::Write(p) => c.write_ask(e.identity_id, Path::new(p), now),
+            Excepted::Udp(a) => c.udp_ask(e.identity_id, *a, now),
+        }
+    };
+    let Some(ask) = ask else { return };
     let settings = ask.approvals;
     let req = HoldRequest {
         identity: ask.identity,
         identity_id: ask.identity_id,
         owner: ask.owner,
-        kind: HoldKind::Write,
+        kind,
         target: e.target.clone(),
         argv: Vec::new(),
         pid: e.pid,
@@ -163,17 +175,22 @@ pub fn write_request(core: &Arc<Mutex<Core>>, holds: &Arc<Holds>, e: &pb::Event,
     match submitted {
         Submitted::Decided(r) => {
             holds.record_decided(&req, &r);
-            // A grant still runs in userspace but the kernel denied: its exception
-            // was ended a moment early (or could not be installed); put it back.
+            // A grant still runs in userspace but the kernel stopped it: its
+            // exception ended a moment early (or could not be installed); put it back.
             if r.verdict == Verdict::Allow {
-                let until = holds.service().grants(now).into_iter().find(|g| g.identity_id == req.identity_id && g.kind == HoldKind::Write && g.target == req.target).map(|g| g.until);
+                let until = holds
+                    .service()
+                    .grants(now)
+                    .into_iter()
+                    .find(|g| g.identity_id == req.identity_id && g.kind == req.kind && g.target == req.target)
+                    .map(|g| g.until);
                 if let Some(until) = until {
-                    except(core, &req, until, now);
+                    except(core, &req, &excepted, until, now);
                 }
             }
         }
         Submitted::Held { id, wait } => {
-            info!(hold = %id, identity = %req.identity, target = %req.target, "write denied and asked about: approval lets the agent write this file");
+            info!(hold = %id, identity = %req.identity, kind = %req.kind, target = %req.target, "stopped and asked about: an approval lets the agent do exactly this");
             holds.wake.notify_one();
             let (core, holds) = (core.clone(), holds.clone());
             rt.spawn(async move {
@@ -183,7 +200,7 @@ pub fn write_request(core: &Arc<Mutex<Core>>, holds: &Arc<Holds>, e: &pb::Event,
                 }
                 let until = match r.how {
                     How::For(d) => r.decided_at.checked_add(d),
-                    _ => r.decided_at.checked_add(WRITE_ONCE_WINDOW),
+                    _ => r.decided_at.checked_add(ONCE_WINDOW),
                 }
                 .unwrap_or(r.decided_at);
                 if !matches!(r.how, How::For(_)) {
@@ -191,34 +208,34 @@ pub fn write_request(core: &Arc<Mutex<Core>>, holds: &Arc<Holds>, e: &pb::Event,
                         holds.service().add_grant(&req, until, by, r.decided_at);
                     }
                 }
-                let _ = tokio::task::spawn_blocking(move || except(&core, &req, until, SystemTime::now())).await;
+                let _ = tokio::task::spawn_blocking(move || except(&core, &req, &excepted, until, SystemTime::now())).await;
             });
         }
     }
 }
 
-/// Installs the kernel exception for an approved write request.
-fn except(core: &Mutex<Core>, req: &HoldRequest, until: SystemTime, now: SystemTime) {
-    let r = core.lock().unwrap_or_else(PoisonError::into_inner).grant_write(req.identity_id, &req.target, req.rule_id, until, now);
+/// Installs the kernel exception for an approved request.
+fn except(core: &Mutex<Core>, req: &HoldRequest, what: &Excepted, until: SystemTime, now: SystemTime) {
+    let r = core.lock().unwrap_or_else(PoisonError::into_inner).grant(req.identity_id, what.clone(), req.rule_id, until, now);
     match r {
-        Ok(()) => info!(identity = %req.identity, target = %req.target, until = %humantime::format_rfc3339_seconds(until), "write exception in force"),
-        Err(e) => error!(identity = %req.identity, target = %req.target, error = %e, "an approved write request could not be put in force; the file stays denied"),
+        Ok(()) => info!(identity = %req.identity, excepted = %what, until = %humantime::format_rfc3339_seconds(until), "exception in force"),
+        Err(e) => error!(identity = %req.identity, excepted = %what, error = %e, "an approved request could not be put in force; it stays stopped"),
     }
 }
 
-/// Ends write exceptions as their time runs out (checked every second).
-pub async fn expire_write_exceptions(core: Arc<Mutex<Core>>) {
+/// Ends exceptions as their time runs out (checked every second).
+pub async fn expire_exceptions(core: Arc<Mutex<Core>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let core = core.clone();
         let ended = tokio::task::spawn_blocking(move || {
-            core.lock().unwrap_or_else(PoisonError::into_inner).expire_write_exceptions(SystemTime::now())
+            core.lock().unwrap_or_else(PoisonError::into_inner).expire_exceptions(SystemTime::now())
         })
         .await
         .unwrap_or_default();
-        for (identity, path) in ended {
-            info!(identity = %identity, target = %path, "write exception ended: the file is asked about again");
+        for (identity, what) in ended {
+            info!(identity = %identity, excepted = %what, "exception ended: it is asked about again");
         }
     }
 }
@@ -530,7 +547,7 @@ fn receipt_kind(k: HoldKind) -> &'static str {
     match k {
         HoldKind::Exec => "exec",
         HoldKind::Write => "write",
-        HoldKind::Connect => "egress",
+        HoldKind::Connect | HoldKind::Udp => "egress",
     }
 }
 
@@ -547,7 +564,9 @@ fn hold_draft(d: Draft, r: &HoldRequest) -> Draft {
     who.cgroup = r.cgroup_path.clone();
     let mut d = d.requester(who).policy(r.policy.clone(), r.policy_version, r.policy_hash.clone()).mechanism(match r.kind {
         HoldKind::Connect => "hold-proxy",
-        _ => "fanotify",
+        HoldKind::Exec => "fanotify",
+        // Stopped by the kernel first; the approval makes an exception.
+        HoldKind::Write | HoldKind::Udp => "request",
     });
     if r.rule_id != 0 {
         d = d.rule(r.rule_id, r.rule.clone());

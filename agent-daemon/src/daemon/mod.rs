@@ -200,13 +200,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     };
     tokio::spawn(holds::expire_holds(holds.clone()));
-    tokio::spawn(holds::expire_write_exceptions(core.clone()));
+    tokio::spawn(holds::expire_exceptions(core.clone()));
     let names = core.clone();
     let pump = events::pump(reader, hub.clone(), move |id, version, rule| {
         names.lock().unwrap_or_else(PoisonError::into_inner).attribute(id, version, rule)
     }, journal_at_stop.clone(), {
         let (core, holds, rt) = (core.clone(), holds.clone(), tokio::runtime::Handle::current());
-        move |e: &crate::api::pb::Event| holds::write_request(&core, &holds, e, &rt)
+        move |e: &crate::api::pb::Event| holds::ask_request(&core, &holds, e, &rt)
     });
     std::thread::Builder::new()
         .name("events".into())

@@ -342,7 +342,7 @@ impl Agentd for Service {
                 name: "connect holds (ask)".into(),
                 ok: true,
                 detail: format!(
-                    "cgroup connect4/6 send an ask TCP connect to agentd's hold proxy (127.0.0.1:{p4}{}), spliced to its destination on approval, reset otherwise; an ask UDP send is denied",
+                    "cgroup connect4/6 send an ask TCP connect to agentd's hold proxy (127.0.0.1:{p4}{}), spliced to its destination on approval, reset otherwise; an ask UDP send is stopped (EPERM) and becomes a request whose approval lets that address and port through",
                     if *p6 == 0 { String::new() } else { format!(", [::1]:{p6}") }
                 ),
             },

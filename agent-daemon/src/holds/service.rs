@@ -38,6 +38,8 @@ pub enum HoldKind {
     Exec,
     Write,
     Connect,
+    /// A UDP send (target `ADDR:PORT`): stopped, then asked about.
+    Udp,
 }
 
 impl HoldKind {
@@ -46,6 +48,7 @@ impl HoldKind {
             HoldKind::Exec => "exec",
             HoldKind::Write => "write",
             HoldKind::Connect => "connect",
+            HoldKind::Udp => "udp",
         }
     }
 }

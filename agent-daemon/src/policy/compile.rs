@@ -52,7 +52,7 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
     let egress = c.egress();
     if policy.unheld_ask() {
         c.warnings.push(format!(
-            "{}: `ask` for file writes and UDP is enforced as deny at the moment of the action: this build holds only execs and TCP connects; a denied `ask` write becomes a request whose approval lets that one file be written",
+            "{}: `ask` for file writes and UDP is enforced as deny at the moment of the action: this build holds only execs and TCP connects; a stopped `ask` write or datagram becomes a request whose approval lets exactly that file, or address and port, through",
             policy.file
         ));
     }

@@ -94,6 +94,46 @@ pub struct RuleInfo {
 pub type PathLookup = Option<(u8, u32)>;
 
 impl CompiledPolicy {
+    /// This policy with UDP exceptions: each `(addr, port, rule id)` lets datagrams
+    /// to exactly that address and port through (and nothing else), ahead of every
+    /// rule for that address. `hash` changes with the set, as for writes. An address
+    /// whose rule list is already full is an error.
+    pub fn with_udp_exceptions(&self, targets: &[(std::net::IpAddr, u16, u32)]) -> Result<CompiledPolicy, String> {
+        use agent_common::{PortRule, MAX_PORT_RULES};
+        let mut out = self.clone();
+        let mut digest = String::new();
+        for (addr, port, rule_id) in targets {
+            let bytes = match addr {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(v6) => v6.octets(),
+            };
+            let exception = PortRule { port_lo: *port, port_hi: *port, protocol: 17, action: agent_common::action::ALLOW, _pad: [0; 2], rule_id: *rule_id };
+            // The exact entry, or a new one that starts from the longest covering
+            // entry's rules (the kernel looks up one entry per address).
+            let covering = |e: &EgressEntry| {
+                let bits = u128::from_be_bytes(e.addr);
+                let mask = if e.prefix_len == 0 { 0 } else { u128::MAX << (128 - e.prefix_len) };
+                u128::from_be_bytes(bytes) & mask == bits
+            };
+            let base = out.egress.iter().filter(|e| covering(e)).max_by_key(|e| e.prefix_len).map(|e| e.value).unwrap_or_default();
+            let count = base.count as usize;
+            if count >= MAX_PORT_RULES {
+                return Err(format!("{addr}: the kernel holds no more than {MAX_PORT_RULES} port rules per address, and this one has them all"));
+            }
+            let mut value = base;
+            value.rules.copy_within(0..count, 1);
+            value.rules[0] = exception;
+            value.count = count as u32 + 1;
+            out.egress.retain(|e| !(e.prefix_len == 128 && e.addr == bytes));
+            out.egress.push(EgressEntry { addr: bytes, prefix_len: 128, value });
+            digest.push_str(&format!("{addr}:{port}\0"));
+        }
+        if !targets.is_empty() {
+            out.hash = format!("{}+udp:{}", out.hash, crate::state::sha256_hex(digest.as_bytes()));
+        }
+        Ok(out)
+    }
+
     /// This policy with exceptions for `paths` (real paths, each with the id of the
     /// `ask` rule it was asked under): each becomes an exact-path `allow` that
     /// outranks every other write rule for exactly that path and nothing else, so

@@ -848,3 +848,42 @@ fn a_write_exception_opens_exactly_one_path_and_outranks_every_rule() {
     assert!(c.with_write_exceptions(&[(format!("/{}", "x".repeat(agent_common::PATH_KEY_LEN)), 1)]).is_err());
     assert!(c.with_write_exceptions(&[("relative".into(), 1)]).is_err());
 }
+
+#[test]
+fn a_udp_exception_lets_exactly_one_address_and_port_through() {
+    use std::net::IpAddr;
+    let p = ok("  egress:\n    default: deny\n    rules:\n      - {cidr: 10.0.0.0/8, ports: [53], protocol: udp, action: ask}\n      - {cidr: 10.0.0.0/8, ports: [443], action: allow}\n");
+    let c = compile_with(&p, &NoFiles).unwrap();
+    // The kernel's lookup: the longest covering entry, then its first matching rule.
+    let look = |c: &crate::policy::compiled::CompiledPolicy, addr: &str, port: u16, proto: u8| -> Option<(u8, u32)> {
+        let ip: IpAddr = addr.parse().unwrap();
+        let bytes = match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        let a = u128::from_be_bytes(bytes);
+        let e = c
+            .egress
+            .iter()
+            .filter(|e| e.prefix_len == 0 || a & (u128::MAX << (128 - e.prefix_len)) == u128::from_be_bytes(e.addr))
+            .max_by_key(|e| e.prefix_len)?;
+        e.value.rules[..e.value.count as usize]
+            .iter()
+            .find(|r| r.port_lo <= port && port <= r.port_hi && (r.protocol == 0 || r.protocol == proto))
+            .map(|r| (r.action, r.rule_id))
+    };
+    assert_eq!(look(&c, "10.1.2.3", 53, 17), Some((action::ASK, 1)));
+    let g = c.with_udp_exceptions(&[("10.1.2.3".parse().unwrap(), 53, 1)]).unwrap();
+    assert_eq!(look(&g, "10.1.2.3", 53, 17), Some((action::ALLOW, 1)));
+    // Neighbours keep their answers: another address, another port, TCP.
+    assert_eq!(look(&g, "10.1.2.4", 53, 17), Some((action::ASK, 1)));
+    assert_eq!(look(&g, "10.1.2.3", 54, 17), None);
+    assert_eq!(look(&g, "10.1.2.3", 53, 6), None);
+    assert_eq!(look(&g, "10.1.2.3", 443, 6), Some((action::ALLOW, 2)), "the covering rules are kept");
+    assert_ne!(g.hash, c.hash);
+    // An address outside every rule gets an entry of its own.
+    let g = c.with_udp_exceptions(&[("192.0.2.1".parse().unwrap(), 5353, 0)]).unwrap();
+    assert_eq!(look(&g, "192.0.2.1", 5353, 17), Some((action::ALLOW, 0)));
+    assert_eq!(look(&g, "192.0.2.1", 5354, 17), None);
+    assert_eq!(look(&g, "[::1]".trim_matches(['[', ']']), 5353, 17), None);
+}

@@ -617,26 +617,26 @@ fn an_approved_write_request_opens_one_file_until_its_time_is_up() {
     assert_eq!(lookup(&w, "/home/a/.ssh/config"), Some((action::ASK, 3)));
 
     let until = t0 + std::time::Duration::from_secs(60);
-    w.core.grant_write(rec.id, "/home/a/.ssh/config", 3, until, t0).unwrap();
+    w.core.grant(rec.id, Excepted::Write("/home/a/.ssh/config".into()), 3, until, t0).unwrap();
     assert_eq!(lookup(&w, "/home/a/.ssh/config"), Some((action::ALLOW, 3)));
     assert_eq!(lookup(&w, "/home/a/.ssh/id_ed25519"), Some((action::ASK, 3)));
-    assert_eq!(w.core.write_exceptions(t0).len(), 1);
+    assert_eq!(w.core.exceptions(t0).len(), 1);
     // Not yet: nothing ends.
-    assert!(w.core.expire_write_exceptions(t0 + std::time::Duration::from_secs(59)).is_empty());
+    assert!(w.core.expire_exceptions(t0 + std::time::Duration::from_secs(59)).is_empty());
     assert_eq!(lookup(&w, "/home/a/.ssh/config"), Some((action::ALLOW, 3)));
     // Time is up: asked about again.
-    let ended = w.core.expire_write_exceptions(until);
-    assert_eq!(ended, vec![("coder".to_string(), "/home/a/.ssh/config".to_string())]);
+    let ended = w.core.expire_exceptions(until);
+    assert_eq!(ended, vec![("coder".to_string(), Excepted::Write("/home/a/.ssh/config".into()))]);
     assert_eq!(lookup(&w, "/home/a/.ssh/config"), Some((action::ASK, 3)));
-    assert!(w.core.write_exceptions(until).is_empty());
+    assert!(w.core.exceptions(until).is_empty());
 
     // A new version of the policy ends exceptions at once.
-    w.core.grant_write(rec.id, "/home/a/.ssh/config", 3, until, t0).unwrap();
+    w.core.grant(rec.id, Excepted::Write("/home/a/.ssh/config".into()), 3, until, t0).unwrap();
     let (p, c) = state::compile_policy("p.yaml", &text).unwrap();
     w.core.apply(&text, "p.yaml", p, c, &who(), t0).unwrap();
     assert_eq!(lookup(&w, "/home/a/.ssh/config"), Some((action::ASK, 3)));
     // A path the kernel cannot match exactly is refused, and changes nothing.
     let long = format!("/home/a/.ssh/{}", "x".repeat(agent_common::PATH_KEY_LEN));
-    assert!(matches!(w.core.grant_write(rec.id, &long, 3, until, t0), Err(OpError::Invalid(_))));
-    assert!(w.core.write_exceptions(t0).is_empty());
+    assert!(matches!(w.core.grant(rec.id, Excepted::Write(long.clone()), 3, until, t0), Err(OpError::Invalid(_))));
+    assert!(w.core.exceptions(t0).is_empty());
 }

@@ -247,8 +247,9 @@ EXAMPLES:
         /// The receipt's seq, or its id (or a unique prefix of 8+ hex characters).
         #[arg(value_name = "ID|SEQ", value_parser = Selector::parse)]
         receipt: Selector,
-        #[command(flatten)]
-        json: JsonFlag,
+        /// Print the receipt's own JSON (docs/receipts.md) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Receipts exactly as stored, one per line, with their seals: what `verify` checks.
     #[command(after_help = "\
@@ -333,8 +334,9 @@ pub struct ReceiptsListArgs {
     /// At most N receipts, the newest (1 to 1000).
     #[arg(long, value_name = "N", default_value = "100", value_parser = receipts::parse_limit)]
     pub limit: u32,
-    #[command(flatten)]
-    pub json: JsonFlag,
+    /// Print an array of the receipts' own JSON (docs/receipts.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -661,7 +663,7 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
             receipts::verify(&file, &public_key, any_start, json.json)
         }
         Command::Receipts(ReceiptsCmd::List(args)) => receipts::list(&socket, args).await.map(ok),
-        Command::Receipts(ReceiptsCmd::Show { receipt, json }) => receipts::show(&socket, &receipt, json.json).await.map(ok),
+        Command::Receipts(ReceiptsCmd::Show { receipt, json }) => receipts::show(&socket, &receipt, json).await.map(ok),
         Command::Receipts(ReceiptsCmd::Export { since, until, output }) => {
             receipts::export(&socket, since, until, output.as_deref()).await.map(ok)
         }
@@ -874,8 +876,8 @@ mod tests {
                 Command::Events(a) => a.json.json,
                 Command::Policy(PolicyCmd::Test(a)) => a.json,
                 Command::Policy(PolicyCmd::Diff(a)) => a.json,
-                Command::Receipts(ReceiptsCmd::List(a)) => a.json.json,
-                Command::Receipts(ReceiptsCmd::Show { json, .. }) => json.json,
+                Command::Receipts(ReceiptsCmd::List(a)) => a.json,
+                Command::Receipts(ReceiptsCmd::Show { json, .. }) => json,
                 Command::Receipts(ReceiptsCmd::Key(ReceiptsKeyCmd::Show(f) | ReceiptsKeyCmd::Rotate(f))) => f.json,
                 other => panic!("{other:?}"),
             };

@@ -84,7 +84,7 @@ pub async fn list(socket: &Path, a: ReceiptsListArgs) -> Result<(), CliError> {
             query::MAX_LIMIT
         );
     }
-    if a.json.json {
+    if a.json {
         return output::json(&receipts);
     }
     if receipts.is_empty() {

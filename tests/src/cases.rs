@@ -1020,9 +1020,9 @@ fn receipts_json(d: &Daemon, args: &[&str]) -> serde_json::Value {
 
 /// `receipts list ARGS --json` once some receipt in it satisfies `want` (kernel
 /// decisions reach the journal through the event pipeline, asynchronously);
-/// panics with the last list after 10 s.
+/// panics with the last list after 30 s (the VM's emulated CPU is slow).
 fn receipts_until(d: &Daemon, args: &[&str], want: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut full = vec!["list", "--limit", "1000"];
     full.extend_from_slice(args);
     loop {
@@ -1030,7 +1030,7 @@ fn receipts_until(d: &Daemon, args: &[&str], want: impl Fn(&serde_json::Value) -
         if list.iter().any(&want) {
             return list;
         }
-        assert!(std::time::Instant::now() < deadline, "expected receipt not listed within 10 s; `receipts {full:?}`: {list:?}");
+        assert!(std::time::Instant::now() < deadline, "expected receipt not listed within 30 s; `receipts {full:?}`: {list:?}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

@@ -297,8 +297,10 @@ fn key_show_text(r: &pb::ReceiptsKeyShowReply) -> String {
         pairs.push(("first_key_file", if first.public_key.is_empty() { format!("{} (missing)", first.public_key_path) } else { first.public_key_path.clone() }));
     }
     let mut out = key_values(&pairs);
+    // Retention may have deleted the start of the chain: the export then starts later.
+    let any_start = if r.first_seq > 1 { " --any-start" } else { "" };
     out.push_str(&format!(
-        "\n\nverify an export offline:\n  agentctl receipts export -o export.jsonl\n  agentctl receipts verify export.jsonl --public-key {}",
+        "\n\nverify an export offline:\n  agentctl receipts export -o export.jsonl\n  agentctl receipts verify export.jsonl --public-key {}{any_start}",
         if first.public_key_path.is_empty() { current.public_key_path.as_str() } else { first.public_key_path.as_str() }
     ));
     out
@@ -528,10 +530,13 @@ mod tests {
         assert!(s.starts_with("key_id:          k1\npublic_key:      abab"), "{s}");
         assert!(!s.contains("first_key_id"), "{s}");
         assert!(s.ends_with("agentctl receipts verify export.jsonl --public-key /s/keys/k1.pub"), "{s}");
-        let rotated = pb::ReceiptsKeyShowReply { current: Some(key("k2")), ..same };
+        let rotated = pb::ReceiptsKeyShowReply { current: Some(key("k2")), ..same.clone() };
         let s = key_show_text(&rotated);
         assert!(s.contains("first_key_id:    k1 (sealed seq 1,"), "{s}");
         assert!(s.ends_with("--public-key /s/keys/k1.pub"), "{s}");
+        // Retention deleted the start: the export needs --any-start.
+        let trimmed = pb::ReceiptsKeyShowReply { first_seq: 5000, ..same };
+        assert!(key_show_text(&trimmed).ends_with("--public-key /s/keys/k1.pub --any-start"));
     }
 
     #[test]

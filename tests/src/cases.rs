@@ -1081,3 +1081,308 @@ pub fn a_bad_configuration_stops_agentd_with_its_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("agentd.yaml:") && err.contains("colour"), "{err}");
 }
+
+// ----- receipts: the signed record, read back through the API ----------------------
+
+/// `agentctl receipts ARGS --json`, parsed (an array of receipts for `list`).
+fn receipts_json(d: &Daemon, args: &[&str]) -> serde_json::Value {
+    let mut full = vec!["receipts"];
+    full.extend_from_slice(args);
+    full.push("--json");
+    let text = d.ctl_ok(&full);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("agentctl {full:?} is not JSON ({e}): {text}"))
+}
+
+/// `receipts list ARGS --json` once some receipt in it satisfies `want` (kernel
+/// decisions reach the journal through the event pipeline, asynchronously);
+/// panics with the last list after 30 s (the VM's emulated CPU is slow).
+fn receipts_until(d: &Daemon, args: &[&str], want: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut full = vec!["list", "--limit", "1000"];
+    full.extend_from_slice(args);
+    loop {
+        let list = receipts_json(d, &full).as_array().cloned().expect("receipts list --json is an array");
+        if list.iter().any(&want) {
+            return list;
+        }
+        assert!(std::time::Instant::now() < deadline, "expected receipt not listed within 30 s; `receipts {full:?}`: {list:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `receipts export -o FILE` into the daemon's test directory; returns the file.
+fn export_receipts(d: &Daemon, name: &str) -> PathBuf {
+    let file = d.dir.join(name);
+    d.ctl_ok(&["receipts", "export", "-o", file.to_str().expect("utf-8")]);
+    file
+}
+
+/// `receipts verify FILE --public-key KEY --json`: (exit code, report).
+fn verify_receipts(d: &Daemon, file: &std::path::Path, key: &std::path::Path, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut args = vec!["receipts", "verify", file.to_str().expect("utf-8"), "--public-key", key.to_str().expect("utf-8"), "--json"];
+    args.extend_from_slice(extra);
+    let out = d.ctl(&args);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("verify --json ({e}): {out:?}"));
+    (out.status.code(), report)
+}
+
+/// The node's current public key (`receipts key show --json`), written to a file
+/// as a verifier would keep it.
+fn public_key_file(d: &Daemon, name: &str) -> (PathBuf, serde_json::Value) {
+    let shown = receipts_json(d, &["key", "show"]);
+    let hex = shown["current"]["public_key"].as_str().expect("current.public_key").to_string();
+    assert_eq!(hex.len(), 64, "{shown}");
+    let file = d.dir.join(name);
+    fs::write(&file, format!("{hex}\n")).expect("write the public key");
+    (file, shown)
+}
+
+/// A denied exec, write and connect in a bound cgroup are each recorded with the
+/// rule that denied them, the process and cgroup that tried, and the policy's
+/// name, version and hash; the export verifies with the public key from `key
+/// show`, and a single changed byte makes verification fail at that receipt.
+pub fn receipts_record_denials_and_an_export_verifies() {
+    let d = Daemon::start("rdeny");
+    let files = Scratch::new("rdeny");
+    let tool = files.path("denied-tool");
+    fs::copy(&d.bins.probe, &tool).expect("copy probe");
+    let deny = files.path("deny");
+    fs::create_dir_all(&deny).expect("deny dir");
+    let cg = Cgroup::new("rdeny");
+    let exec = format!("    default: allow\n    rules:\n      - {{path: {tool}, action: deny}}\n");
+    let write = format!("    default: allow\n    rules:\n      - {{path: \"{deny}/**\", action: deny}}\n");
+    let egress = "    default: allow\n    rules:\n      - {cidr: 127.0.0.1/32, ports: [9], action: deny}\n";
+    d.identity_bound("rdeny", &policy("rdeny", &exec, &write, egress), &cg);
+    let shown: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["policy", "show", "rdeny", "--json"])).expect("policy show");
+    let hash = shown["policy"]["hash"].as_str().expect("policy hash").to_string();
+    let ident: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["identity", "show", "rdeny", "--json"])).expect("identity show");
+    let fingerprint = ident["identity"]["fingerprint"].as_str().expect("fingerprint").to_string();
+
+    // (kind, probe arguments, target, rule id, what the kernel does to it)
+    let target_file = format!("{deny}/f");
+    let cases = [
+        ("exec", vec!["exec", tool.as_str(), "sleep", "0"], tool.clone(), 1, d.denied("exec")),
+        ("write", vec!["write", target_file.as_str()], target_file.clone(), 2, d.denied("write")),
+        ("egress", vec!["connect", "127.0.0.1:9"], "127.0.0.1:9".to_string(), 3, Outcome::Errno("EPERM".into())),
+    ];
+    let mut seqs = Vec::new();
+    for (kind, args, target, rule_id, want) in &cases {
+        let child = cg.spawn(&d.bins.probe, args);
+        let pid = u64::from(child.id());
+        assert_eq!(finished(child), *want, "{kind}");
+        let verdict = if *want == Outcome::Errno("EPERM".into()) { "deny" } else { "kill" };
+        let is_it = |r: &serde_json::Value| r["action"]["kind"] == *kind && r["requester"]["pid"] == pid;
+        let list = receipts_until(&d, &["--verdict", verdict, "--identity", "rdeny"], is_it);
+        let r = list.into_iter().find(is_it).expect("found above");
+        assert_eq!((r["type"].as_str(), r["decision"]["result"].as_str()), (Some("decision"), Some(verdict)), "{r}");
+        assert_eq!(r["outcome"], if verdict == "deny" { "blocked" } else { "killed" }, "{r}");
+        assert_eq!(r["action"]["target"], target.as_str(), "{r}");
+        assert_eq!(r["decision"]["rule_id"], *rule_id, "{r}");
+        assert!(r["decision"]["rule"].as_str().is_some_and(|t| t.contains("action: deny")), "the rule as written: {r}");
+        assert_eq!(r["decision"]["reason"], "rule", "{r}");
+        assert_eq!((r["decision"]["policy"].as_str(), r["decision"]["policy_version"].as_u64()), (Some("rdeny"), Some(1)), "{r}");
+        assert_eq!(r["decision"]["policy_hash"], hash.as_str(), "{r}");
+        assert_eq!(r["requester"]["identity"], "rdeny", "{r}");
+        assert_eq!(r["requester"]["key_fingerprint"], fingerprint.as_str(), "{r}");
+        assert_eq!(r["requester"]["cgroup_id"], cg.id(), "{r}");
+        // The same receipt, asked for by seq.
+        let seq = r["seq"].as_u64().expect("seq");
+        assert_eq!(receipts_json(&d, &["show", &seq.to_string()]), r, "show {seq}");
+        seqs.push(seq);
+    }
+    // Bad filters are refused with the choices, before agentd is asked.
+    let out = d.ctl(&["receipts", "list", "--verdict", "denied"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one of: allow, deny, kill"), "{out:?}");
+
+    let export = export_receipts(&d, "export.jsonl");
+    let (key, shown_key) = public_key_file(&d, "node.pub");
+    let (code, report) = verify_receipts(&d, &export, &key, &[]);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!((report["ok"].as_bool(), report["first_seq"].as_u64()), (Some(true), Some(1)), "{report}");
+    assert!(report["last_seq"].as_u64().is_some_and(|l| l >= seqs[2]), "{report}");
+    // The .pub file agentd names is the same key.
+    let path = std::path::PathBuf::from(shown_key["current"]["public_key_path"].as_str().expect("public_key_path"));
+    assert_eq!(verify_receipts(&d, &export, &path, &[]).0, Some(0));
+
+    // One byte of the exec receipt changed: verification fails, naming it.
+    let text = fs::read_to_string(&export).expect("read export");
+    let (line_no, line) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains(&format!("\"seq\":{},", seqs[0])))
+        .expect("the exec receipt is in the export");
+    let at = line.find("denied-tool").expect("the target in the line") + "denied-".len();
+    let mut bytes = text.clone().into_bytes();
+    let offset = text.lines().take(line_no).map(|l| l.len() + 1).sum::<usize>() + at;
+    assert_eq!(bytes[offset], b't');
+    bytes[offset] = b'T';
+    let tampered = d.dir.join("tampered.jsonl");
+    fs::write(&tampered, &bytes).expect("write");
+    let (code, report) = verify_receipts(&d, &tampered, &key, &[]);
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["failure"]["seq"], seqs[0], "{report}");
+    assert_eq!(report["failure"]["line"], line_no + 1, "{report}");
+    assert!(report["failure"]["problem"].as_str().is_some_and(|p| p.contains("is not the receipt's hash")), "{report}");
+    let out = d.ctl(&["receipts", "verify", tampered.to_str().expect("utf-8"), "--public-key", key.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("FAILED at line {} (seq {})", line_no + 1, seqs[0])), "{out:?}");
+}
+
+/// After `receipts key rotate` the receipts are sealed by the new key, and an
+/// export verifies across the rotation with the first public key alone; the
+/// rotation receipt names who asked. An agent may read receipts but not rotate.
+pub fn receipts_verify_across_a_key_rotation() {
+    let d = Daemon::start("rrotate");
+    let cg = Cgroup::new("rrotate");
+    let egress = "    default: allow\n    rules:\n      - {cidr: 127.0.0.1/32, ports: [9], action: deny}\n";
+    d.identity_bound("rrotate", &policy("rrotate", ALLOW_ALL, ALLOW_ALL, egress), &cg);
+    let (first_key, before) = public_key_file(&d, "first.pub");
+    let old_id = before["current"]["key_id"].as_str().expect("key id").to_string();
+    assert_eq!(before["first"]["key_id"], old_id.as_str(), "not rotated yet: {before}");
+    assert_eq!(probe(&d, &cg, &["connect", "127.0.0.1:9"]), Outcome::Errno("EPERM".into()));
+
+    let socket = d.socket.to_str().expect("utf-8").to_string();
+    let own = cg.run(&d.bins.agentctl, &["--socket", &socket, "receipts", "key", "rotate"]);
+    assert_eq!(own.status.code(), Some(1), "{own:?}");
+    assert!(String::from_utf8_lossy(&own.stderr).contains("agents cannot change their own enforcement"), "{own:?}");
+    let read = cg.run(&d.bins.agentctl, &["--socket", &socket, "receipts", "list", "--limit", "1"]);
+    assert!(read.status.success(), "reading receipts is allowed to every caller: {read:?}");
+
+    let rotated = receipts_json(&d, &["key", "rotate"]);
+    let new_id = rotated["key"]["key_id"].as_str().expect("new key id").to_string();
+    let rot_seq = rotated["seq"].as_u64().expect("rotation seq");
+    assert_eq!(rotated["old_key_id"], old_id.as_str(), "{rotated}");
+    assert_ne!(new_id, old_id);
+    assert_eq!(probe(&d, &cg, &["connect", "127.0.0.1:9"]), Outcome::Errno("EPERM".into()));
+    receipts_until(&d, &["--identity", "rrotate", "--verdict", "deny"], |r| r["seq"].as_u64().is_some_and(|s| s > rot_seq));
+
+    let rot = receipts_json(&d, &["show", &rot_seq.to_string()]);
+    assert_eq!(rot["type"], "key-rotation", "{rot}");
+    assert_eq!((rot["action"]["parameters"]["old_key_id"].as_str(), rot["action"]["parameters"]["new_key_id"].as_str()), (Some(old_id.as_str()), Some(new_id.as_str())), "{rot}");
+    assert_eq!(rot["seal"]["key_id"], old_id.as_str(), "sealed by the old key: {rot}");
+    assert_eq!((rot["requester"]["uid"].as_u64(), rot["requester"]["owner"].as_str()), (Some(0), Some("root")), "who asked: {rot}");
+    assert!(rot["requester"]["pid"].as_u64().is_some_and(|p| p > 0), "{rot}");
+    let listed = receipts_json(&d, &["list", "--type", "key-rotation"]);
+    assert_eq!(listed.as_array().map(|a| a.iter().map(|r| r["seq"].as_u64()).collect::<Vec<_>>()), Some(vec![Some(rot_seq)]), "{listed}");
+
+    let after = receipts_json(&d, &["key", "show"]);
+    assert_eq!((after["current"]["key_id"].as_str(), after["first"]["key_id"].as_str()), (Some(new_id.as_str()), Some(old_id.as_str())), "{after}");
+    let export = export_receipts(&d, "export.jsonl");
+    let (code, report) = verify_receipts(&d, &export, &first_key, &[]);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["key_ids"], serde_json::json!([old_id, new_id]), "{report}");
+    assert!(report["last_seq"].as_u64().is_some_and(|l| l > rot_seq), "{report}");
+    // The new key alone does not vouch for the start of the chain.
+    let (new_key, _) = public_key_file(&d, "new.pub");
+    let (code, report) = verify_receipts(&d, &export, &new_key, &[]);
+    assert_eq!((code, report["failure"]["line"].as_u64()), (Some(1), Some(1)), "{report}");
+    assert!(report["failure"]["problem"].as_str().is_some_and(|p| p.contains("sealed by key")), "{report}");
+}
+
+/// agentd SIGKILLed while receipts are being written: after a restart on the same
+/// state, every receipt acknowledged before the kill (listed, exported, or below
+/// the durable seq `status` reported) is still there, byte for byte, and the
+/// whole journal verifies.
+pub fn receipts_acknowledged_before_a_sigkill_survive_it() {
+    let mut d = Daemon::start("rcrash");
+    let cg = Cgroup::new("rcrash");
+    let egress = "    default: allow\n    rules:\n      - {cidr: 127.0.0.1/32, ports: [9], action: deny}\n";
+    d.identity_bound("rcrash", &policy("rcrash", ALLOW_ALL, ALLOW_ALL, egress), &cg);
+    // A steady stream of denials, each a receipt, about 1000 a second: the journal
+    // seals a batch every 50 ms, so the kill lands while receipts wait or are
+    // being written, and the export stays small enough to verify quickly.
+    let mut workload = cg.spawn(&d.bins.probe, &["paced", "127.0.0.1:9", "1000"]);
+    receipts_until(&d, &["--identity", "rcrash"], |r| r["seq"].as_u64().is_some_and(|s| s > 200));
+
+    let listed = receipts_json(&d, &["list", "--identity", "rcrash", "--limit", "1000"]);
+    let listed = listed.as_array().cloned().expect("array");
+    let before = fs::read(export_receipts(&d, "before.jsonl")).expect("read export");
+    let status: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["status", "--json"])).expect("status");
+    let durable = status["receipts"]["durable_seq"].as_u64().expect("status receipts.durable_seq");
+    let exported_last = before.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count() as u64;
+    assert!(durable >= exported_last && exported_last > 200, "durable {durable}, exported {exported_last}");
+    d.kill9();
+    // The workload goes on while agentd is down (the kernel still denies, and
+    // keeps the events for the next agentd), then stops.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(workload.stdin.take());
+    let out = workload.wait_with_output().expect("paced");
+    let counts = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(counts.starts_with("ok 0 failed "), "every paced connect was denied: {counts}");
+    d.restart();
+    // Whether the kill tore a write (the journal then cuts the tail and says so).
+    let torn = d.log_text().contains("cut a damaged tail");
+
+    let after = fs::read(export_receipts(&d, "after.jsonl")).expect("read export");
+    assert!(after.starts_with(&before), "the export taken before the kill is not a prefix of the one after it");
+    let after_lines: Vec<serde_json::Value> = after
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("an exported line is JSON"))
+        .collect();
+    assert!(after_lines.len() as u64 >= durable, "{} receipts after the restart, {durable} were durable before the kill", after_lines.len());
+    for r in &listed {
+        let seq = r["seq"].as_u64().expect("seq") as usize;
+        assert_eq!(&after_lines[seq - 1], r, "receipt {seq}, listed before the kill, is not the same after it");
+    }
+    let (key, _) = public_key_file(&d, "node.pub");
+    let export = d.dir.join("after.jsonl");
+    let (code, report) = verify_receipts(&d, &export, &key, &[]);
+    assert_eq!(code, Some(0), "{report}");
+    println!(
+        "receipts: {exported_last} exported before the kill, {durable} durable, {} after the restart; torn tail cut: {torn}; paced: {}",
+        after_lines.len(),
+        counts.trim()
+    );
+    // Recording goes on after the restart.
+    assert_eq!(probe(&d, &cg, &["connect", "127.0.0.1:9"]), Outcome::Errno("EPERM".into()));
+    let last = after_lines.len() as u64;
+    receipts_until(&d, &["--identity", "rcrash"], |r| r["seq"].as_u64().is_some_and(|s| s > last));
+}
+
+/// A held exec that a person approves leaves three receipts: the hold (who tried
+/// what, under which rule), the approval (who decided, when, how) and the
+/// outcome (approved), in that order.
+pub fn receipts_name_who_approved_a_held_exec() {
+    let d = Daemon::start("rhold");
+    let files = Scratch::new("rhold");
+    let tool = tool_in(&d, &files);
+    let cg = Cgroup::new("rhold");
+    d.identity_bound("rhold", &ask_policy("rhold", &tool, "60s"), &cg);
+    let child = cg.spawn(&d.bins.probe, &["exec", &tool, "sleep", "0"]);
+    let pid = u64::from(child.id());
+    let id = hold_on(&d, &tool)["id"].as_str().expect("hold id").to_string();
+    let asked = std::time::SystemTime::now();
+    d.ctl_ok(&["approve", &id]);
+    let answered = std::time::SystemTime::now();
+    assert_eq!(finished(child), Outcome::Ok, "approved: the program ran");
+
+    let list = receipts_json(&d, &["list", "--identity", "rhold"]);
+    let of = |t: &str| -> serde_json::Value {
+        let found: Vec<_> = list.as_array().expect("array").iter().filter(|r| r["type"] == t && r["action"]["parameters"]["hold_id"] == id.as_str()).cloned().collect();
+        assert_eq!(found.len(), 1, "one {t} receipt for hold {id}: {list}");
+        found[0].clone()
+    };
+    let (hold, approval, outcome) = (of("hold"), of("approval"), of("hold-outcome"));
+    assert_eq!((hold["action"]["kind"].as_str(), hold["action"]["target"].as_str()), (Some("exec"), Some(tool.as_str())), "{hold}");
+    assert_eq!((hold["decision"]["result"].as_str(), hold["outcome"].as_str()), (Some("hold"), Some("pending")), "{hold}");
+    assert_eq!(hold["decision"]["rule_id"], 1, "{hold}");
+    assert_eq!((hold["requester"]["pid"].as_u64(), hold["requester"]["identity"].as_str()), (Some(pid), Some("rhold")), "{hold}");
+    assert_eq!(hold["action"]["parameters"]["argv"], serde_json::json!([tool, "sleep", "0"]), "{hold}");
+
+    for r in [&approval, &outcome] {
+        let a = &r["approval"];
+        assert_eq!((a["decided_by"].as_str(), a["decided_by_uid"].as_u64(), a["how"].as_str()), (Some("root"), Some(0), Some("once")), "{r}");
+        let at = humantime::parse_rfc3339(a["decided_at"].as_str().expect("decided_at")).expect("RFC 3339");
+        assert!(asked <= at && at <= answered, "decided at {at:?}, between {asked:?} and {answered:?}: {r}");
+        assert_eq!((r["decision"]["result"].as_str(), r["outcome"].as_str()), (Some("allow"), Some("approved")), "{r}");
+    }
+    let seq = |r: &serde_json::Value| r["seq"].as_u64().expect("seq");
+    assert!(seq(&hold) < seq(&approval) && seq(&approval) < seq(&outcome), "hold, approval, outcome in that order");
+    let shown = d.ctl_ok(&["receipts", "show", &seq(&approval).to_string()]);
+    for line in ["approval.decided_by:", "approval.decided_at:", "approval.how:", "seal.signature:"] {
+        assert!(shown.lines().any(|l| l.starts_with(line)), "{line} in:\n{shown}");
+    }
+    assert!(shown.lines().any(|l| l.starts_with("approval.decided_by:") && l.ends_with(" root")), "{shown}");
+}

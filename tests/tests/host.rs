@@ -58,6 +58,10 @@ agentd_tests::scenario_tests!(outside_tier;
     a_bad_configuration_stops_agentd_with_its_line,
     connect_hold_carries_data_after_approval_and_resets_after_deny,
     connect_hold_fails_closed_when_agentd_dies,
+    receipts_record_denials_and_an_export_verifies,
+    receipts_verify_across_a_key_rotation,
+    receipts_acknowledged_before_a_sigkill_survive_it,
+    receipts_name_who_approved_a_held_exec,
     // Host only: needs script(1) for a terminal.
     approvals_watch_prompts_in_a_terminal,
 );

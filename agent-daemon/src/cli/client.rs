@@ -18,6 +18,9 @@ use crate::api::pb::{self, agentd_client::AgentdClient};
 /// a CLI that hangs forever is worse than one that says so.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The largest reply agentctl accepts: 1000 receipts with long argv fit.
+const MAX_REPLY: usize = 64 << 20;
+
 /// A connection to agentd.
 pub struct Client {
     rpc: AgentdClient<Channel>,
@@ -50,7 +53,9 @@ impl Client {
             }))
             .await
             .map_err(|e| classify_transport(socket, &e))?;
-        Ok(Client { rpc: AgentdClient::new(channel), socket: socket.to_path_buf() })
+        // A list of receipts can be larger than tonic's default limit of 4 MiB.
+        let rpc = AgentdClient::new(channel).max_decoding_message_size(MAX_REPLY);
+        Ok(Client { rpc, socket: socket.to_path_buf() })
     }
 
     pub async fn status(&mut self) -> Result<pb::StatusReply, CliError> {
@@ -137,6 +142,34 @@ impl Client {
             Ok(r) => Ok(r.into_inner()),
             Err(s) => Err(CliError::rpc(s, &self.socket)),
         }
+    }
+
+    pub async fn receipts_list(&mut self, req: pb::ReceiptsListRequest) -> Result<pb::ReceiptsListReply, CliError> {
+        let fut = self.rpc.receipts_list(req);
+        unary(&self.socket, fut).await
+    }
+
+    pub async fn receipts_show(&mut self, req: pb::ReceiptsShowRequest) -> Result<pb::ReceiptsShowReply, CliError> {
+        let fut = self.rpc.receipts_show(req);
+        unary(&self.socket, fut).await
+    }
+
+    /// The export stream. No deadline: a long journal takes as long as it takes.
+    pub async fn receipts_export(&mut self, since: String, until: String) -> Result<tonic::Streaming<pb::ReceiptsExportChunk>, CliError> {
+        match self.rpc.receipts_export(pb::ReceiptsExportRequest { since, until }).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(CliError::rpc(s, &self.socket)),
+        }
+    }
+
+    pub async fn receipts_key_show(&mut self) -> Result<pb::ReceiptsKeyShowReply, CliError> {
+        let fut = self.rpc.receipts_key_show(pb::ReceiptsKeyShowRequest {});
+        unary(&self.socket, fut).await
+    }
+
+    pub async fn receipts_key_rotate(&mut self) -> Result<pb::ReceiptsKeyRotateReply, CliError> {
+        let fut = self.rpc.receipts_key_rotate(pb::ReceiptsKeyRotateRequest {});
+        unary(&self.socket, fut).await
     }
 
     pub async fn events(&mut self, follow: bool, last: u32) -> Result<tonic::Streaming<pb::Event>, CliError> {

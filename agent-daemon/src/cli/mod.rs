@@ -25,6 +25,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
+use crate::receipts::query::{self, Selector};
+
 pub use error::{CliError, EXIT_FAILURE, EXIT_USAGE};
 
 // The one place agentctl names the cgroup module (resolving CGROUP arguments, the
@@ -161,17 +163,22 @@ EXAMPLES:
   agentctl approvals watch
   agentctl approve 3f9a2c1b --for 10m")]
     Approvals(ApprovalsCmd),
-    /// Check receipts offline: signatures, the hash chain, seq gaps (no daemon needed).
+    /// Signed receipts of every decision and change: list, show, export, verify offline.
     #[command(
         subcommand,
         after_help = "\
-The format, and how to verify an export without agentd, are in docs/receipts.md.
-This build has the receipt library and this verifier; the daemon does not write
-receipts yet.
+agentd records a receipt for every kernel deny, kill, would-deny and audit, every hold
+and its approval and outcome, and every policy apply, bind, unbind, identity create and
+revoke and key rotation, naming who asked. Receipts are chained and sealed in batches
+by the node's Ed25519 key; `verify` checks an export with the public key alone. The
+format is in docs/receipts.md.
 
 EXAMPLES:
-  agentctl receipts verify export.jsonl --public-key node.pub
-  agentctl receipts verify tail.jsonl --public-key node.pub --any-start --json"
+  agentctl receipts list --verdict deny --since 1h
+  agentctl receipts show 42
+  agentctl receipts export -o export.jsonl
+  agentctl receipts key show
+  agentctl receipts verify export.jsonl --public-key /var/lib/agentd/receipts/keys/<hex>.pub"
     )]
     Receipts(ReceiptsCmd),
     /// Let a held action happen: once, or for a while (same identity, same target).
@@ -211,6 +218,68 @@ EXAMPLES:
 
 #[derive(Subcommand, Debug)]
 pub enum ReceiptsCmd {
+    /// The newest receipts that match: what was done, by whom, what was decided, by which rule.
+    #[command(after_help = "\
+Every filter given must match. WHEN is an RFC 3339 time (2026-01-01T12:00:00Z, or with an
+offset) or a duration ago (90s, 10m, 2h, 1d). Shows the newest --limit matches, oldest
+first; a note on stderr says when more matched (`receipts export` has them all). Before
+reading, agentd makes every receipt appended so far durable, so what is shown is on disk.
+
+--json prints an array of the receipts themselves (the fields of docs/receipts.md).
+
+EXAMPLES:
+  agentctl receipts list
+  agentctl receipts list --identity coder --verdict deny --since 1h
+  agentctl receipts list --action exec --since 2026-01-01T00:00:00Z --until 2026-01-02T00:00:00Z
+  agentctl receipts list --type key-rotation --json | jq '.[].requester'")]
+    List(ReceiptsListArgs),
+    /// One receipt, every field: by seq, or by id (or its first 8 or more characters).
+    #[command(after_help = "\
+A number is a seq; anything else is an id or a unique prefix of one. Shows every member,
+including who approved a held action (approval.decided_by, decided_at, how) and the seal
+(key, batch, Merkle root, inclusion proof, signature). --json prints the receipt itself.
+
+EXAMPLES:
+  agentctl receipts show 42
+  agentctl receipts show 4abb333e
+  agentctl receipts show 42 --json | jq .approval")]
+    Show {
+        /// The receipt's seq, or its id (or a unique prefix of 8+ hex characters).
+        #[arg(value_name = "ID|SEQ", value_parser = Selector::parse)]
+        receipt: Selector,
+        /// Print the receipt's own JSON (docs/receipts.md) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Receipts exactly as stored, one per line, with their seals: what `verify` checks.
+    #[command(after_help = "\
+Writes every receipt kept (to stdout, or to FILE with -o), each line byte for byte as
+agentd stored and sealed it. With --since/--until, the contiguous run of the chain from
+the first receipt at or after --since up to the first at or after --until, so it still
+verifies (`verify --any-start`, with the key that sealed its first receipt). Before
+reading, agentd makes every receipt appended so far durable.
+
+EXAMPLES:
+  agentctl receipts export -o export.jsonl
+  agentctl receipts export --since 1d | gzip > receipts-today.jsonl.gz
+  agentctl receipts export -o export.jsonl && agentctl receipts verify export.jsonl --public-key node.pub")]
+    Export {
+        /// From the first receipt at or after WHEN (RFC 3339, or a duration ago: 1h, 1d).
+        #[arg(long, value_name = "WHEN", value_parser = receipts::parse_since)]
+        since: Option<std::time::SystemTime>,
+        /// Up to the first receipt at or after WHEN.
+        #[arg(long, value_name = "WHEN", value_parser = receipts::parse_until)]
+        until: Option<std::time::SystemTime>,
+        /// Write to FILE instead of stdout (removed again if the export fails).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// The node's receipt signing key: show it, or rotate it.
+    #[command(subcommand, after_help = "\
+EXAMPLES:
+  agentctl receipts key show
+  agentctl receipts key rotate")]
+    Key(ReceiptsKeyCmd),
     /// Verify an export (one receipt per line) with only the node's public key.
     #[command(after_help = "\
 Checks every line: canonical encoding, id = hash, the inclusion proof to its batch's
@@ -238,6 +307,61 @@ EXAMPLES:
         #[command(flatten)]
         json: JsonFlag,
     },
+}
+
+/// `receipts list`: filters, a limit, and the output form.
+#[derive(Args, Debug)]
+pub struct ReceiptsListArgs {
+    /// Receipts of this agent identity (requester.identity).
+    #[arg(long, value_name = "NAME")]
+    pub identity: Option<String>,
+    /// Of this action kind: exec, write, egress, raw-socket, or an administrative one
+    /// (policy-apply, bind, unbind, identity-create, identity-revoke, key-rotation).
+    #[arg(long, value_name = "KIND", value_parser = query::parse_action_kind)]
+    pub action: Option<String>,
+    /// With this decision: allow, deny, kill, audit, would-deny, hold, ok, refused.
+    #[arg(long, value_name = "VERDICT", value_parser = query::parse_verdict)]
+    pub verdict: Option<crate::receipts::Verdict>,
+    /// Of this receipt type: decision, hold, hold-outcome, approval, policy-apply, bind, ...
+    #[arg(long = "type", value_name = "TYPE", value_parser = query::parse_receipt_type)]
+    pub receipt_type: Option<crate::receipts::ReceiptType>,
+    /// Decided at or after WHEN (RFC 3339, or a duration ago: 10m, 2h, 1d).
+    #[arg(long, value_name = "WHEN", value_parser = receipts::parse_since)]
+    pub since: Option<std::time::SystemTime>,
+    /// Decided before WHEN (RFC 3339, or a duration ago).
+    #[arg(long, value_name = "WHEN", value_parser = receipts::parse_until)]
+    pub until: Option<std::time::SystemTime>,
+    /// At most N receipts, the newest (1 to 1000).
+    #[arg(long, value_name = "N", default_value = "100", value_parser = receipts::parse_limit)]
+    pub limit: u32,
+    /// Print an array of the receipts' own JSON (docs/receipts.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReceiptsKeyCmd {
+    /// The key that seals receipts now, its public key file, and the first key of the chain.
+    #[command(after_help = "\
+The public key file (64 hex characters) is what `agentctl receipts verify --public-key`
+takes. After a rotation, a whole export verifies with the key that sealed its first
+receipt (shown as first_key_id); the rotation receipts inside it hand over to each newer
+key.
+
+EXAMPLES:
+  agentctl receipts key show
+  agentctl receipts key show --json | jq -r .current.public_key > node.pub")]
+    Show(JsonFlag),
+    /// Replace the signing key: a key-rotation receipt, sealed by the old key, names the new one.
+    #[command(after_help = "\
+The rotation receipt records who asked (from the socket's peer credentials). Only root and
+members of the socket's group, outside any bound cgroup, may rotate. Receipts after it are
+sealed by the new key; exports that start before it still verify with the old public key.
+
+EXAMPLES:
+  agentctl receipts key rotate
+  agentctl receipts key rotate --json")]
+    Rotate(JsonFlag),
 }
 
 #[derive(Subcommand, Debug)]
@@ -538,6 +662,13 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Receipts(ReceiptsCmd::Verify { file, public_key, any_start, json }) => {
             receipts::verify(&file, &public_key, any_start, json.json)
         }
+        Command::Receipts(ReceiptsCmd::List(args)) => receipts::list(&socket, args).await.map(ok),
+        Command::Receipts(ReceiptsCmd::Show { receipt, json }) => receipts::show(&socket, &receipt, json).await.map(ok),
+        Command::Receipts(ReceiptsCmd::Export { since, until, output }) => {
+            receipts::export(&socket, since, until, output.as_deref()).await.map(ok)
+        }
+        Command::Receipts(ReceiptsCmd::Key(ReceiptsKeyCmd::Show(f))) => receipts::key_show(&socket, f.json).await.map(ok),
+        Command::Receipts(ReceiptsCmd::Key(ReceiptsKeyCmd::Rotate(f))) => receipts::key_rotate(&socket, f.json).await.map(ok),
         Command::Policy(PolicyCmd::Validate { files }) => policy::validate(&files).map(ok),
         Command::Policy(PolicyCmd::Apply { file, json }) => policy::apply(&socket, &file, json.json).await.map(ok),
         Command::Policy(PolicyCmd::List(f)) => policy::list(&socket, f.json).await.map(ok),
@@ -724,6 +855,10 @@ mod tests {
             &["events", "--follow", "--json"],
             &["policy", "test", "p.yaml", "--exec", "/x", "--json"],
             &["policy", "diff", "a.yaml", "b", "--json"],
+            &["receipts", "list", "--json"],
+            &["receipts", "show", "42", "--json"],
+            &["receipts", "key", "show", "--json"],
+            &["receipts", "key", "rotate", "--json"],
         ] {
             let cli = parse(args);
             let json = match cli.command {
@@ -741,6 +876,9 @@ mod tests {
                 Command::Events(a) => a.json.json,
                 Command::Policy(PolicyCmd::Test(a)) => a.json,
                 Command::Policy(PolicyCmd::Diff(a)) => a.json,
+                Command::Receipts(ReceiptsCmd::List(a)) => a.json,
+                Command::Receipts(ReceiptsCmd::Show { json, .. }) => json,
+                Command::Receipts(ReceiptsCmd::Key(ReceiptsKeyCmd::Show(f) | ReceiptsKeyCmd::Rotate(f))) => f.json,
                 other => panic!("{other:?}"),
             };
             assert!(json, "{args:?}");
@@ -806,6 +944,57 @@ mod tests {
         }
         assert_eq!(usage_error(&["policy", "diff", "a.yaml"]).exit_code(), 2);
         assert_eq!(usage_error(&["policy", "diff", "a", "b", "c"]).exit_code(), 2);
+    }
+
+    #[test]
+    fn receipts_commands_parse_their_filters() {
+        match parse(&["receipts", "list", "--identity", "coder", "--action", "exec", "--verdict", "would-deny", "--type", "decision", "--since", "2h", "--until", "2026-01-01T02:00:00+02:00", "--limit", "7"]).command {
+            Command::Receipts(ReceiptsCmd::List(a)) => {
+                assert_eq!((a.identity.as_deref(), a.action.as_deref(), a.limit), (Some("coder"), Some("exec"), 7));
+                assert_eq!((a.verdict, a.receipt_type), (Some(crate::receipts::Verdict::WouldDeny), Some(crate::receipts::ReceiptType::Decision)));
+                let ago = std::time::SystemTime::now().duration_since(a.since.unwrap()).unwrap();
+                assert!(ago >= std::time::Duration::from_secs(7200) && ago < std::time::Duration::from_secs(7260), "{ago:?}");
+                assert_eq!(a.until, Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600)));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["receipts", "list"]).command {
+            Command::Receipts(ReceiptsCmd::List(a)) => assert_eq!((a.limit, a.since, a.verdict), (100, None, None)),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["receipts", "show", "4ABB333E"]).command {
+            Command::Receipts(ReceiptsCmd::Show { receipt, .. }) => assert_eq!(receipt, Selector::Id("4abb333e".into())),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["receipts", "export", "--since", "1d", "-o", "out.jsonl"]).command {
+            Command::Receipts(ReceiptsCmd::Export { since, until, output }) => {
+                assert!(since.is_some() && until.is_none());
+                assert_eq!(output, Some(PathBuf::from("out.jsonl")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(&["receipts", "export"]).command, Command::Receipts(ReceiptsCmd::Export { output: None, .. })));
+        assert!(matches!(parse(&["receipts", "key", "rotate"]).command, Command::Receipts(ReceiptsCmd::Key(ReceiptsKeyCmd::Rotate(_)))));
+    }
+
+    #[test]
+    fn bad_receipt_filters_are_usage_errors_that_say_why() {
+        for (args, says) in [
+            (&["receipts", "list", "--verdict", "denied"][..], "unknown verdict \"denied\"; one of: allow, deny"),
+            (&["receipts", "list", "--action", "connect"], "connects and sends are `egress`"),
+            (&["receipts", "list", "--type", "holds"], "unknown receipt type"),
+            (&["receipts", "list", "--since", "yesterday"], "is neither an RFC 3339 time"),
+            (&["receipts", "list", "--limit", "0"], "at least 1"),
+            (&["receipts", "list", "--limit", "5000"], "agentctl receipts export"),
+            (&["receipts", "export", "--until", "later"], "duration ago"),
+            (&["receipts", "show", "0"], "neither a seq"),
+            (&["receipts", "show", "xyz"], "neither a seq"),
+            (&["receipts", "show"], "ID|SEQ"),
+        ] {
+            let e = usage_error(args);
+            assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+            assert!(e.to_string().contains(says), "{args:?}: {e}");
+        }
     }
 
     #[test]

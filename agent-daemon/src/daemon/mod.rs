@@ -10,6 +10,7 @@
 //! - [`server`]: the gRPC service
 //! - [`peer`]: who is calling, and the rule that agents cannot change their own enforcement
 //! - [`events`]: kernel events to `agentctl events`
+//! - [`receipts`]: the receipts API (list, show, export, the node key)
 //! - [`host`]: pseudo filesystems and `doctor` checks
 //! - [`config`]: the configuration file (receipt retention, receipt sinks)
 
@@ -21,6 +22,7 @@ pub mod events;
 pub mod holds;
 pub mod host;
 pub mod peer;
+pub mod receipts;
 pub mod server;
 
 use std::{
@@ -245,6 +247,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             sinks: sinks.clone(),
         },
         holds.clone(),
+        journal_at_stop.clone(),
     );
     info!(socket = %config.socket.display(), "serving agentctl");
 

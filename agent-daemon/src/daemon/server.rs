@@ -17,6 +17,7 @@ use super::{
     events::{EventStream, Hub},
     host,
     peer::{self, Peer},
+    receipts as receipts_api,
 };
 use crate::{
     api::pb::{self, agentd_server::Agentd},
@@ -24,7 +25,7 @@ use crate::{
     enforce::MechanismReport,
     holds::{Decider, Decision, HoldError, HoldEvent},
     identity::{keys, IdentityRecord, NewIdentity},
-    receipts::Requester,
+    receipts::{Journal, Requester},
     state::{self, BindingRecord, PolicyRecord},
 };
 
@@ -54,6 +55,8 @@ pub struct Service {
     hub: Hub,
     info: Arc<Info>,
     holds: Arc<Holds>,
+    /// The journal the core records into, read here without the core's lock.
+    receipts: Arc<Journal>,
 }
 
 impl From<OpError> for Status {
@@ -70,8 +73,8 @@ impl From<OpError> for Status {
 }
 
 impl Service {
-    pub fn new(core: Arc<Mutex<Core>>, hub: Hub, info: Info, holds: Arc<Holds>) -> Service {
-        Service { core, hub, info: Arc::new(info), holds }
+    pub fn new(core: Arc<Mutex<Core>>, hub: Hub, info: Info, holds: Arc<Holds>, receipts: Arc<Journal>) -> Service {
+        Service { core, hub, info: Arc::new(info), holds, receipts }
     }
 
     /// A person's decision on a hold, from an authorized caller (root or the
@@ -104,6 +107,20 @@ impl Service {
         tokio::task::spawn_blocking(move || f(&mut core.lock().unwrap_or_else(PoisonError::into_inner)))
             .await
             .map_err(|e| Status::internal(format!("agentd: internal error: {e}")))
+    }
+
+    /// Runs `f` on the receipt journal off the async workers, and without the
+    /// core's lock: reading segment files and waiting for an fsync must stall
+    /// neither the event pipeline nor other requests.
+    async fn with_journal<R, F>(&self, f: F) -> Result<R, Status>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Journal) -> Result<R, Status> + Send + 'static,
+    {
+        let journal = self.receipts.clone();
+        tokio::task::spawn_blocking(move || f(&journal))
+            .await
+            .map_err(|e| Status::internal(format!("agentd: internal error: {e}")))?
     }
 
     /// Refuses a change unless the caller is root or in the socket's group, and is
@@ -604,6 +621,47 @@ impl Agentd for Service {
     async fn events(&self, req: Request<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
         let r = req.into_inner();
         Ok(Response::new(self.hub.subscribe(r.follow, r.last as usize)))
+    }
+
+    async fn receipts_list(&self, req: Request<pb::ReceiptsListRequest>) -> Result<Response<pb::ReceiptsListReply>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(self.with_journal(move |j| receipts_api::list(j, &r, SystemTime::now())).await?))
+    }
+
+    async fn receipts_show(&self, req: Request<pb::ReceiptsShowRequest>) -> Result<Response<pb::ReceiptsShowReply>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(self.with_journal(move |j| receipts_api::show(j, &r)).await?))
+    }
+
+    type ReceiptsExportStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ReceiptsExportChunk, Status>> + Send>>;
+
+    async fn receipts_export(&self, req: Request<pb::ReceiptsExportRequest>) -> Result<Response<Self::ReceiptsExportStream>, Status> {
+        // A bad time is the request's error, before any line is sent.
+        let span = receipts_api::export_span(req.get_ref(), SystemTime::now())?;
+        let journal = self.receipts.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let sent = receipts_api::export(&journal, span, |chunk| tx.blocking_send(Ok(chunk)).is_ok());
+            if let Err(status) = sent {
+                let _ = tx.blocking_send(Err(status));
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn receipts_key_show(&self, _req: Request<pb::ReceiptsKeyShowRequest>) -> Result<Response<pb::ReceiptsKeyShowReply>, Status> {
+        Ok(Response::new(self.with_journal(receipts_api::key_show).await?))
+    }
+
+    async fn receipts_key_rotate(&self, req: Request<pb::ReceiptsKeyRotateRequest>) -> Result<Response<pb::ReceiptsKeyRotateReply>, Status> {
+        // A new signing key changes what vouches for every later receipt: only
+        // those who may change enforcement may ask, and the receipt names them.
+        let (peer, _) = self.authorize_change(&req).await?;
+        let by = requester(&peer);
+        let reply = self.with_journal(move |j| receipts_api::rotate(j, by)).await?;
+        let new = reply.key.clone().unwrap_or_default();
+        warn!(old = %reply.old_key_id, new = %new.key_id, seq = reply.seq, uid = peer.uid, "receipt signing key rotated");
+        Ok(Response::new(reply))
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`key`]: the node's signing key, its file, its id, and rotation.
 //! - [`store`]: the journal: chaining, batching, segment files, crash recovery.
 //! - [`verify`]: offline verification of an export, naming the first bad receipt.
+//! - [`query`]: what people ask of the journal (list, show, export), and its answers.
 //! - [`bench`]: how many receipts per second this machine makes durable.
 //! - [`sinks`]: copies of receipts for a JSONL file, syslog (RFC 5424) and Splunk HEC.
 //!
@@ -22,6 +23,7 @@ pub mod draft;
 pub mod encode;
 pub mod key;
 pub mod model;
+pub mod query;
 pub mod seal;
 pub mod sinks;
 pub mod store;
@@ -30,7 +32,7 @@ pub mod verify;
 pub use draft::Draft;
 pub use key::NodeKey;
 pub use model::{Action, Approval, Decision, Receipt, ReceiptType, Requester, Seal, Verdict};
-pub use store::{Filter, Journal, JournalOptions, Stored, StoreError};
+pub use store::{Filter, Journal, JournalOptions, Rotation, Stored, StoreError};
 pub use verify::{verify_file, verify_lines, Report, VerifyOptions};
 
 #[cfg(test)]

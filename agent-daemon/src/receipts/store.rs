@@ -39,7 +39,7 @@ use super::{
     draft::Draft,
     encode::{self, push_hex, Body, EncodeError},
     key::{KeyError, NextKey, NodeKey},
-    model::{Receipt, ReceiptType, Seal, Verdict},
+    model::{Receipt, ReceiptType, Requester, Seal, Verdict},
     seal as merkle,
     sinks::{Record, Severity},
     verify::{parse_line, split_lines},
@@ -148,6 +148,15 @@ impl Filter {
             && self.receipt_type.is_none_or(|t| t == r.kind)
             && time_ok()
     }
+}
+
+/// A key rotation that is durable (see [`Journal::rotate_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// The seq of the key-rotation receipt, the last one the old key sealed.
+    pub seq: u64,
+    pub old_key_id: String,
+    pub new_key_id: String,
 }
 
 /// A stored receipt and its line exactly as stored (what an export writes, without
@@ -395,21 +404,27 @@ impl Journal {
         self.lock().key_id.clone()
     }
 
+    /// The directory of the node key (`node.key`, and `keys/` with every public key
+    /// this journal has sealed with, see [`super::key::public_path`]).
+    pub fn key_dir(&self) -> &Path {
+        &self.key_dir
+    }
+
     /// Replaces the node key: appends a key-rotation receipt (naming the old and new
-    /// key id and the new public key) sealed by the old key, as the last receipt of
-    /// its batch; receipts after it are sealed by the new key. Returns when the
-    /// rotation is durable, with the new key id.
-    pub fn rotate_key(&self) -> Result<String, StoreError> {
+    /// key id and the new public key, and `by`, who asked) sealed by the old key, as
+    /// the last receipt of its batch; receipts after it are sealed by the new key.
+    /// Returns when the rotation is durable.
+    pub fn rotate_key(&self, by: Requester) -> Result<Rotation, StoreError> {
         let _one = self.rotating.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.key_id();
         let next = super::key::prepare_rotation(&self.key_dir)?;
         let new_id = next.key_id().to_string();
-        let draft = Draft::key_rotation(&old, &new_id, &next.public_hex());
+        let draft = Draft::key_rotation(&old, &new_id, &next.public_hex()).requester(by);
         // If this fails nothing refers to the new key, and the next open removes
         // `node.key.next`.
-        self.append_inner(draft, Some(next))?;
+        let seq = self.append_inner(draft, Some(next))?;
         self.flush()?;
-        Ok(new_id)
+        Ok(Rotation { seq, old_key_id: old, new_key_id: new_id })
     }
 
     /// Every durable receipt, oldest first.

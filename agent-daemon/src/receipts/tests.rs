@@ -128,7 +128,7 @@ fn rich_export(dir: &Path) -> (Vec<String>, VerifyingKey) {
     for i in 0..4 {
         j.append(draft(i)).unwrap();
     }
-    j.rotate_key().unwrap();
+    j.rotate_key(Requester::default()).unwrap();
     for i in 4..8 {
         j.append(draft(i)).unwrap();
     }
@@ -243,12 +243,15 @@ fn a_rotated_key_chain_verifies_from_the_first_public_key() {
         let j = open(d.path(), opts(4));
         let first_id = j.key_id();
         j.append(draft(0)).unwrap();
-        let second_id = j.rotate_key().unwrap();
+        let second_id = j.rotate_key(Requester::default()).unwrap().new_key_id;
         assert_ne!(second_id, first_id);
         assert_eq!(j.key_id(), second_id);
         j.append(draft(1)).unwrap();
         j.append(draft(2)).unwrap();
-        let third_id = j.rotate_key().unwrap();
+        let by = Requester::person("alice", 1000, 4242, "/usr/bin/agentctl");
+        let third = j.rotate_key(by).unwrap();
+        assert_eq!((third.seq, third.old_key_id.as_str()), (5, second_id.as_str()), "{third:?}");
+        let third_id = third.new_key_id;
         j.append(draft(3)).unwrap();
         j.close().unwrap();
         assert_eq!(NodeKey::load(d.path()).unwrap().key_id(), third_id, "node.key is the newest key");
@@ -274,6 +277,11 @@ fn a_rotated_key_chain_verifies_from_the_first_public_key() {
     assert_eq!(rot.action.parameters["new_key_id"], r.key_ids[1]);
     let after: Receipt = serde_json::from_str(&lines[2]).unwrap();
     assert_eq!(after.seal.unwrap().key_id, r.key_ids[1]);
+    // The second rotation names who asked for it (the first was asked by nobody).
+    let rot2: Receipt = serde_json::from_str(&lines[4]).unwrap();
+    assert_eq!(rot2.kind, ReceiptType::KeyRotation);
+    assert_eq!((rot2.requester.owner.as_str(), rot2.requester.uid, rot2.requester.pid), ("alice", Some(1000), Some(4242)));
+    assert_eq!(rot.requester, Requester::default());
 
     // The newest key alone does not vouch for the start of the chain...
     let newest = NodeKey::load(d.path()).unwrap().public_key();
@@ -404,7 +412,7 @@ fn a_rotation_cut_short_by_a_crash_is_finished_or_abandoned() {
     let old_key = fs::read(dir.join("node.key")).unwrap();
     let new_id = {
         let j = open(dir, opts(4));
-        j.rotate_key().unwrap()
+        j.rotate_key(Requester::default()).unwrap().new_key_id
     };
     fs::rename(dir.join("node.key"), dir.join("node.key.next")).unwrap();
     fs::write(dir.join("node.key"), &old_key).unwrap();

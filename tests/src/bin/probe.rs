@@ -135,6 +135,30 @@ fn run(args: &[String]) -> ! {
             println!("allowed_ok {} allowed_failed {} denied_ok {} denied_failed {}", n[0], n[1], n[2], n[3]);
             exit(0)
         }
+        // paced ADDR:PORT PER_SEC — UDP connect(2) to ADDR about PER_SEC times a
+        // second until stdin closes; prints `ok N failed N`. A steady stream of
+        // decisions (and receipts) at a rate the test chooses, unlike `hammer`,
+        // whose volume would make every later step slow.
+        "paced" => {
+            let addr: SocketAddr = a(1).parse().unwrap_or_else(|_| usage());
+            let per_sec: u64 = a(2).parse().ok().filter(|n| *n > 0).unwrap_or_else(|| usage());
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = done.clone();
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let s = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap_or_else(|e| fail(e));
+            let (start, mut n) = (std::time::Instant::now(), [0u64; 2]);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                n[usize::from(s.connect(addr).is_err())] += 1;
+                // Ahead of the pace: wait for it.
+                let due = start + Duration::from_micros((n[0] + n[1]) * 1_000_000 / per_sec);
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            }
+            println!("ok {} failed {}", n[0], n[1]);
+            exit(0)
+        }
         // join CGROUP_DIR ACTION... — move into the cgroup, then do ACTION, so the
         // action is the only thing the cgroup's policy judges (no exec of probe).
         "join" => {
@@ -292,7 +316,7 @@ fn errno_name(n: i32) -> &'static str {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: probe connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH | rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | io-uring | unlink32 PATH | exec PATH [ARGS] | hammer ALLOWED DENIED MILLIS | join CGROUP ACTION... | tcp-try ADDR:PORT | udp-connect ADDR:PORT | tcp-talk ADDR:PORT MSG | sleep SECS"
+        "usage: probe connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH | rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | io-uring | unlink32 PATH | exec PATH [ARGS] | hammer ALLOWED DENIED MILLIS | paced ADDR:PORT PER_SEC | join CGROUP ACTION... | tcp-try ADDR:PORT | udp-connect ADDR:PORT | tcp-talk ADDR:PORT MSG | sleep SECS"
     );
     exit(2)
 }

@@ -610,7 +610,7 @@ fn attach_all(
             exec.unavailable.push(("BPF LSM bprm_check_security".into(), why));
             exec.unavailable.push((
                 "fanotify FAN_OPEN_EXEC_PERM".into(),
-                "not implemented yet (it needs the daemon alive; the kernel programs do not)".into(),
+                "not used as the exec check: a fanotify deny needs agentd alive and the kernel programs do not (fanotify holds `ask` execs: see `exec holds` under checks)".into(),
             ));
             attach_raw_tp(ebpf, "tp_sched_process_exec", "sched_process_exec", links_dir)?;
             exec.active = "raw tracepoint sched_process_exec + SIGKILL".into();
@@ -634,7 +634,7 @@ fn attach_all(
             write.unavailable.push(("BPF LSM file_open and path hooks".into(), why));
             write.unavailable.push((
                 "fanotify FAN_OPEN_PERM".into(),
-                "not implemented yet (it needs the daemon alive; the kernel programs do not)".into(),
+                "not implemented (a fanotify deny needs agentd alive; the kernel programs do not)".into(),
             ));
             attach_raw_tp(ebpf, "tp_sys_enter", "sys_enter", links_dir)?;
             attach_raw_tp(ebpf, "tp_sys_exit", "sys_exit", links_dir)?;

@@ -89,6 +89,8 @@ pub mod op {
     pub const SOCKET: u8 = 13;
     /// A syscall the fallback tier cannot judge (io_uring, 32-bit compat).
     pub const SYSCALL: u8 = 14;
+    /// A write (or shared mapping) through an already open file.
+    pub const WRITE: u8 = 15;
 }
 
 /// Why the decision came out as it did.
@@ -113,6 +115,9 @@ pub mod reason {
     /// The identity's expiry time has passed (checked by the kernel itself, so it
     /// holds while the daemon is down): everything is denied.
     pub const EXPIRED: u8 = 8;
+    /// A write through a file whose `ask` hold was never approved (agentd died
+    /// while it was held, and the kernel let the open go on): refused.
+    pub const NOT_APPROVED: u8 = 9;
 }
 
 /// Bits of [`IdentityConfig::flags`].
@@ -293,6 +298,52 @@ pub struct ExecApproval {
     pub ino: u64,
     /// CLOCK_BOOTTIME, as `bpf_ktime_get_boot_ns`.
     pub expires_boot_ns: u64,
+}
+
+/// A write open held for approval (value of `WRITE_HOLDS`, keyed by the opening
+/// thread's tid, and of `WRITE_HELD_FILES`, keyed by the `struct file *`).
+///
+/// With BPF LSM, `file_open` runs *before* fanotify's `FAN_OPEN_PERM` event, so it
+/// cannot wait for the answer: for an `ask` it lets the open go on into the hold
+/// and records the file as [`write_hold::PENDING`]. agentd, answering the held
+/// open, finds the entry by tid, sets it to [`write_hold::APPROVED`] before it
+/// lets the open go on, or denies the open. Every later way to change the file's
+/// contents (`file_permission` for write, shared `mmap`, truncate) checks the
+/// file's entry: pending means not approved, EPERM. So an open the daemon never
+/// answered (killed mid-hold: the kernel then lets held opens go on) cannot write.
+///
+/// Without BPF LSM the opened file is judged at `sys_exit`, after the hold: the
+/// entry is then an [`write_hold::INTENT`] written at `sys_enter` (so agentd
+/// knows which held opens to look at), which agentd turns into `APPROVED` with
+/// the file's `dev`/`ino`; the exit check lets an `ask` through only with it and
+/// deletes it, and kills the task otherwise.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteHold {
+    /// The `struct file *` (BPF LSM only; 0 on the fallback tier).
+    pub file: u64,
+    pub ino: u64,
+    /// CLOCK_BOOTTIME; an `APPROVED` intent is void after it (fallback tier).
+    pub expires_boot_ns: u64,
+    /// The kernel's `s_dev` encoding, as in [`ExecInodeKey`].
+    pub dev: u32,
+    /// `write_hold::*`
+    pub state: u32,
+    pub identity: u32,
+    pub rule_id: u32,
+}
+
+/// States of a [`WriteHold`].
+pub mod write_hold {
+    /// Fallback tier: a bound task is in an open with write flags.
+    pub const INTENT: u32 = 1;
+    /// BPF LSM: `file_open` let an `ask` open into the hold; not approved.
+    pub const PENDING: u32 = 2;
+    /// agentd approved it.
+    pub const APPROVED: u32 = 3;
+    /// Approved, and counted as an allow of its rule (BPF LSM: at the first
+    /// change through the file).
+    pub const COUNTED: u32 = 4;
 }
 
 /// A TCP connect an `ask` rule sent to agentd's hold proxy instead of its
@@ -476,6 +527,7 @@ mod pod {
     unsafe impl aya::Pod for EgressRules {}
     unsafe impl aya::Pod for ExecInodeKey {}
     unsafe impl aya::Pod for ExecApproval {}
+    unsafe impl aya::Pod for WriteHold {}
     unsafe impl aya::Pod for HeldConnect {}
     unsafe impl aya::Pod for HoldProxy {}
     unsafe impl aya::Pod for HitKey {}

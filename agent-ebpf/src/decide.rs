@@ -31,10 +31,10 @@ pub struct Decision {
     pub report: bool,
     /// `verdict::*` when reported with `block == false` (audit, would-deny).
     pub soft_verdict: u8,
-    /// An exec or egress `ask` in enforce mode: blocked unless the caller holds it
-    /// (an exec with the daemon's approval, `exec::settle_ask`; a TCP connect sent
-    /// to the hold proxy, `egress::hold`); not counted yet, as the caller decides
-    /// which way it goes.
+    /// An `ask` in enforce mode: blocked unless the caller holds it (an exec with
+    /// the daemon's approval, `exec::settle_ask`; a write open, `write::settle_ask`;
+    /// a TCP connect sent to the hold proxy, `egress::hold`); not counted yet, as
+    /// the caller decides which way it goes.
     pub ask: bool,
     pub reason: u8,
     pub rule_id: u32,
@@ -87,9 +87,10 @@ pub fn from_action(cfg: &IdentityConfig, kind: u8, act: u8, reason: u8, rule_id:
             },
             HIT_AUDIT,
         ),
-        // An exec ask is held by the daemon (fanotify) before this check runs; the
-        // caller allows it only with the daemon's approval, and counts it then.
-        action::ASK if !monitor && (kind == kind::EXEC || kind == kind::EGRESS) => {
+        // An exec or write ask is held by the daemon (fanotify), a TCP connect
+        // ask by its proxy; the caller allows it only with the daemon's approval
+        // (or refuses it where it cannot be held), and counts it then.
+        action::ASK if !monitor && (kind == kind::EXEC || kind == kind::EGRESS || kind == kind::WRITE) => {
             return Decision { ask: true, ..Decision::deny(reason, rule_id, v) };
         }
         // DENY, other ASKs (no hold for them yet: deny) and anything unknown.

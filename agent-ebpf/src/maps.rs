@@ -4,7 +4,7 @@
 
 use agent_common::{
     AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, GlobKey, GlobState, HeldConnect, HitKey, HoldProxy, Hits,
-    IdentityConfig, KernelOffsets, PathKey, PathRule, COUNTERS_LEN, GLOB_STATES_MAX, PATH_KEY_LEN,
+    IdentityConfig, KernelOffsets, PathKey, PathRule, WriteHold, COUNTERS_LEN, GLOB_STATES_MAX, PATH_KEY_LEN,
 };
 use aya_ebpf::{
     macros::map,
@@ -32,6 +32,22 @@ pub static EXEC_INODES: HashMap<ExecInodeKey, PathRule> = HashMap::pinned(16384,
 /// One-shot approvals of held execs, by tgid (see `ExecApproval`).
 #[map]
 pub static EXEC_APPROVALS: HashMap<u32, ExecApproval> = HashMap::pinned(4096, 0);
+
+/// Write opens in (or through) a hold, by the opening thread's tid (see
+/// `WriteHold`). LRU: an entry whose open never reached the exit check is
+/// replaced rather than kept.
+#[map]
+pub static WRITE_HOLDS: LruHashMap<u32, WriteHold> = LruHashMap::pinned(8192, 0);
+
+/// Files BPF LSM `file_open` let into a write hold, by `struct file *`, until the
+/// file is freed: pending ones cannot be written (see `WriteHold`).
+#[map]
+pub static WRITE_HELD_FILES: HashMap<u64, WriteHold> = HashMap::pinned(8192, 0);
+
+/// Filesystems (`s_dev`) agentd holds write opens on (its `FAN_OPEN_PERM` marks).
+/// An `ask` open of a file elsewhere cannot be held: it is denied (a request).
+#[map]
+pub static WRITE_HOLD_DEVS: HashMap<u32, u32> = HashMap::pinned(1024, 0);
 
 /// Where agentd's hold proxy listens (see `HoldProxy`).
 #[map]

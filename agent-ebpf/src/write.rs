@@ -13,22 +13,30 @@
 //! (the kernel's object); path syscalls at entry on the user string anchored at
 //! the cwd or dirfd, failing closed on `.`/`..` components.
 
-use agent_common::{counter, kind, mechanism, op, verdict, KernelOffsets};
+use agent_common::{counter, kind, mechanism, op, reason, verdict, write_hold, IdentityConfig, KernelOffsets, WriteHold};
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_send_signal},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_send_signal},
     macros::{lsm, raw_tracepoint},
     programs::{LsmContext, RawTracePointContext},
+    EbpfContext as _,
 };
 
 use crate::{
     attribution::{current_subject, Subject},
-    decide::{bump, decide_path, identity_config, report, unresolved, Decision, Target},
-    maps::{Scratch, PROBE_TGID, SCRATCH, WRITE_RULES},
+    decide::{
+        bump, count_hit, decide_path, identity_config, report, unresolved, Decision, Target, HIT_ALLOW, HIT_DENY,
+    },
+    maps::{Scratch, PROBE_TGID, SCRATCH, WRITE_HELD_FILES, WRITE_HOLDS, WRITE_HOLD_DEVS, WRITE_RULES},
     vfs::{offsets, read_u32, read_u64, resolve_dentry, resolve_file, resolve_path, resolve_user, Resolved, Unresolved},
     EPERM, SIGKILL,
 };
 
 const FMODE_WRITE: u32 = 0x2;
+const MAY_WRITE: i32 = 0x2;
+const MAY_APPEND: i32 = 0x8;
+const MAP_SHARED: u64 = 0x1;
+const O_WRONLY: u64 = 0o1;
+const O_RDWR: u64 = 0o2;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 const AT_FDCWD: i64 = -100;
@@ -62,15 +70,116 @@ fn resolve(s: &mut Scratch, o: &KernelOffsets, obj: Object) -> Result<Resolved, 
     }
 }
 
+/// What becomes of an `ask`: whether this hook can hold it, and how an approval
+/// is found (see `agent_common::WriteHold`).
+#[derive(Clone, Copy)]
+enum Settle {
+    /// Nothing holds this operation: deny it (agentd makes it a request).
+    Refuse,
+    /// BPF LSM `file_open` of this `struct file *`: into agentd's hold, pending.
+    Hold(u64),
+    /// BPF LSM `path_truncate` of this `struct path *`: allowed if it is the
+    /// `f_path` of a file whose hold was approved (`O_TRUNC`, `ftruncate`).
+    Truncate(u64),
+    /// Fallback `sys_exit` of an open of this `struct file *`: allowed with
+    /// agentd's approval of this thread's open of this very file.
+    Exit(u64),
+}
+
+/// Argument `n` of an LSM hook as a plain number. The verifier types a pointer
+/// argument by its BTF type and refuses subtracting from it or using it as a map
+/// key; read through `bpf_probe_read_kernel` it is just the address.
 #[inline(always)]
-fn resolve_with_offsets(s: &mut Scratch, obj: Object) -> Result<Resolved, Unresolved> {
-    let o = offsets()?;
-    resolve(s, o, obj)
+fn raw_arg(ctx: &LsmContext, n: usize) -> u64 {
+    let p = (ctx.as_ptr() as *const u64).wrapping_add(n);
+    // SAFETY: reads the hook's own argument array, which is always readable.
+    unsafe { bpf_probe_read_kernel(p) }.unwrap_or(0)
+}
+
+/// (dev, inode) of a `struct file *`, `dev` in the kernel's `s_dev` encoding.
+#[inline(always)]
+fn file_dev_ino(o: &KernelOffsets, file: u64) -> Option<(u32, u64)> {
+    let inode = read_u64(file + o.file_f_inode as u64).ok()?;
+    let ino = read_u64(inode + o.inode_i_ino as u64).ok()?;
+    let sb = read_u64(inode + o.inode_i_sb as u64).ok()?;
+    let dev = read_u32(sb + o.super_block_s_dev as u64).ok()?;
+    Some((dev, ino))
+}
+
+#[inline(always)]
+fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// Drops what this thread's last open left in `WRITE_HOLDS` (looked up first: a
+/// delete of a missing key costs more than a lookup, and most opens have none).
+#[inline(always)]
+fn forget_write_hold() {
+    let tid = current_tid();
+    // SAFETY: only tested for presence.
+    if unsafe { WRITE_HOLDS.get(&tid) }.is_some() {
+        let _ = WRITE_HOLDS.remove(&tid);
+    }
+}
+
+/// Settles an `ask` write: held, approved, or denied (and counted so).
+#[inline(always)]
+fn settle_ask(cfg: &IdentityConfig, subject: &Subject, o: &KernelOffsets, d: Decision, how: Settle) -> Decision {
+    let approved = Decision { block: false, report: true, soft_verdict: verdict::APPROVED, ask: false, ..d };
+    match how {
+        Settle::Refuse => {}
+        Settle::Hold(file) => {
+            if let Some((dev, ino)) = file_dev_ino(o, file) {
+                // SAFETY: only tested for presence.
+                if unsafe { WRITE_HOLD_DEVS.get(&dev) }.is_some() {
+                    let h = WriteHold {
+                        file,
+                        ino,
+                        expires_boot_ns: 0,
+                        dev,
+                        state: write_hold::PENDING,
+                        identity: subject.identity,
+                        rule_id: d.rule_id,
+                    };
+                    if WRITE_HELD_FILES.insert(&file, &h, 0).is_ok() {
+                        if WRITE_HOLDS.insert(&current_tid(), &h, 0).is_ok() {
+                            return Decision { block: false, report: true, soft_verdict: verdict::HELD, ask: false, ..d };
+                        }
+                        let _ = WRITE_HELD_FILES.remove(&file);
+                    }
+                }
+            }
+        }
+        Settle::Truncate(path) => {
+            let file = path.wrapping_sub(o.file_f_path as u64);
+            if approved_file(file) {
+                return approved;
+            }
+        }
+        Settle::Exit(file) => {
+            let tid = current_tid();
+            // SAFETY: helper without arguments; the map value is read at once.
+            let now = unsafe { bpf_ktime_get_boot_ns() };
+            let ok = match (unsafe { WRITE_HOLDS.get(&tid) }, file_dev_ino(o, file)) {
+                (Some(h), Some((dev, ino))) => {
+                    h.state == write_hold::APPROVED && h.dev == dev && h.ino == ino && now < h.expires_boot_ns
+                }
+                _ => false,
+            };
+            let _ = WRITE_HOLDS.remove(&tid);
+            if ok {
+                count_hit(cfg.ruleset, kind::WRITE, d.rule_id, HIT_ALLOW);
+                return approved;
+            }
+        }
+    }
+    count_hit(cfg.ruleset, kind::WRITE, d.rule_id, HIT_DENY);
+    Decision { ask: false, ..d }
 }
 
 /// Decides a write to `obj` by the bound current task.
 #[inline(always)]
-fn judge(subject: &Subject, obj: Object, op: u8, mech: u8, hard: u8) -> Decision {
+fn judge(subject: &Subject, obj: Object, op: u8, mech: u8, hard: u8, how: Settle) -> Decision {
     // The per-CPU scratch always exists; if it somehow did not, fail closed.
     let Some(s) = SCRATCH.get_ptr_mut(0) else { return Decision::fail_closed() };
     // SAFETY: per-CPU scratch, exclusively ours until the program returns.
@@ -80,17 +189,25 @@ fn judge(subject: &Subject, obj: Object, op: u8, mech: u8, hard: u8) -> Decision
             report(s, subject, &d, &Target::path(kind::WRITE, op, mech, None), hard);
             d
         }
-        Ok(cfg) => match resolve_with_offsets(s, obj) {
-            Ok(r) => {
-                let d = decide_path(s, &WRITE_RULES, kind::WRITE, cfg, cfg.write_default, cfg.write_glob, r);
-                report(s, subject, &d, &Target::path(kind::WRITE, op, mech, Some(r)), hard);
-                d
-            }
+        Ok(cfg) => match offsets() {
             Err(why) => {
                 let d = unresolved(cfg.policy_version, why);
                 report(s, subject, &d, &Target::path(kind::WRITE, op, mech, None), hard);
                 d
             }
+            Ok(o) => match resolve(s, o, obj) {
+                Ok(r) => {
+                    let d = decide_path(s, &WRITE_RULES, kind::WRITE, cfg, cfg.write_default, cfg.write_glob, r);
+                    let d = if d.ask { settle_ask(cfg, subject, o, d, how) } else { d };
+                    report(s, subject, &d, &Target::path(kind::WRITE, op, mech, Some(r)), hard);
+                    d
+                }
+                Err(why) => {
+                    let d = unresolved(cfg.policy_version, why);
+                    report(s, subject, &d, &Target::path(kind::WRITE, op, mech, None), hard);
+                    d
+                }
+            },
         },
     };
     d
@@ -98,8 +215,13 @@ fn judge(subject: &Subject, obj: Object, op: u8, mech: u8, hard: u8) -> Decision
 
 #[inline(always)]
 fn lsm_verdict(obj: Object, op: u8) -> i32 {
+    lsm_verdict_settled(obj, op, Settle::Refuse)
+}
+
+#[inline(always)]
+fn lsm_verdict_settled(obj: Object, op: u8, how: Settle) -> i32 {
     let Some(subject) = current_subject() else { return 0 };
-    if judge(&subject, obj, op, mechanism::LSM, verdict::DENY).block { -EPERM } else { 0 }
+    if judge(&subject, obj, op, mechanism::LSM, verdict::DENY, how).block { -EPERM } else { 0 }
 }
 
 /// Two objects (rename: source and destination): blocked if either is. Written as
@@ -137,8 +259,126 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     };
     match read_u32(file + o.file_f_mode as u64) {
         Ok(mode) if mode & FMODE_WRITE == 0 => 0,
-        _ => lsm_verdict(Object::File(file), op::OPEN),
+        _ => {
+            let Some(subject) = current_subject() else { return 0 };
+            let d = judge(&subject, Object::File(file), op::OPEN, mechanism::LSM, verdict::DENY, Settle::Hold(raw_arg(&ctx, 0)));
+            if d.block {
+                return -EPERM;
+            }
+            if d.soft_verdict != verdict::HELD {
+                // This thread's open is not held: whatever an earlier open of it
+                // left in WRITE_HOLDS must not be taken for this one.
+                forget_write_hold();
+            }
+            0
+        }
     }
+}
+
+/// Whether `file` went into a write hold and was approved. The first time,
+/// the approval is counted as an allow of its rule.
+#[inline(always)]
+fn approved_file(file: u64) -> bool {
+    let Some(h) = WRITE_HELD_FILES.get_ptr_mut(&file) else { return false };
+    // SAFETY: a live map value; a racing update of `state` can only count twice.
+    let h = unsafe { &mut *h };
+    match h.state {
+        write_hold::COUNTED => true,
+        write_hold::APPROVED => {
+            if let Ok(cfg) = identity_config(h.identity) {
+                count_hit(cfg.ruleset, kind::WRITE, h.rule_id, HIT_ALLOW);
+            }
+            h.state = write_hold::COUNTED;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Whether `file` went into a write hold that was never approved.
+#[inline(always)]
+fn held_unapproved(file: u64) -> Option<WriteHold> {
+    // SAFETY: the value is copied out at once.
+    let h = unsafe { WRITE_HELD_FILES.get(&file) }.copied()?;
+    if approved_file(file) { None } else { Some(h) }
+}
+
+/// Refuses a change through a file whose hold was never approved, and reports it
+/// (when the task doing it is bound; a descriptor passed to another process is
+/// refused all the same).
+#[inline(always)]
+fn refuse_unapproved(file: u64, h: WriteHold, op: u8) -> i32 {
+    bump(counter::DENY_WRITE);
+    if let Some(subject) = current_subject() {
+        if let Some(s) = SCRATCH.get_ptr_mut(0) {
+            // SAFETY: per-CPU scratch, exclusively ours until the program returns.
+            let s = unsafe { &mut *s };
+            let version = match identity_config(subject.identity) {
+                Ok(cfg) => cfg.policy_version,
+                Err(d) => d.policy_version,
+            };
+            let d = Decision { rule_id: h.rule_id, ..Decision::deny_for(reason::NOT_APPROVED, version) };
+            let path = offsets().ok().and_then(|o| resolve(s, o, Object::File(file)).ok());
+            // The denial was counted above; report() counts blocks, so hand it a
+            // non-blocking copy that still reports as a denial.
+            let shown = Decision { block: false, soft_verdict: verdict::DENY, ..d };
+            report(s, &subject, &shown, &Target::path(kind::WRITE, op, mechanism::LSM, path), verdict::DENY);
+        }
+    }
+    -EPERM
+}
+
+#[lsm(hook = "file_permission")]
+
+#[inline(always)]
+pub fn lsm_file_permission(ctx: LsmContext) -> i32 {
+    // file_permission(struct file *file, int mask); arg 2: previous verdict.
+    let (mask, prev): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    if prev != 0 {
+        return prev;
+    }
+    if mask & (MAY_WRITE | MAY_APPEND) == 0 {
+        return 0;
+    }
+    let file = raw_arg(&ctx, 0);
+    match held_unapproved(file) {
+        Some(h) => refuse_unapproved(file, h, op::WRITE),
+        None => 0,
+    }
+}
+
+#[lsm(hook = "mmap_file")]
+
+#[inline(always)]
+pub fn lsm_mmap_file(ctx: LsmContext) -> i32 {
+    // mmap_file(struct file *file, unsigned long reqprot, unsigned long prot,
+    // unsigned long flags); arg 4: previous verdict. Any shared mapping of an
+    // unapproved file is refused: a read-only one could be mprotect'ed writable.
+    let (flags, prev): (u64, i32) = (ctx.arg(3), ctx.arg(4));
+    let file = raw_arg(&ctx, 0);
+    if prev != 0 {
+        return prev;
+    }
+    if file == 0 || flags & MAP_SHARED == 0 {
+        return 0;
+    }
+    match held_unapproved(file) {
+        Some(h) => refuse_unapproved(file, h, op::WRITE),
+        None => 0,
+    }
+}
+
+#[lsm(hook = "file_free_security")]
+
+#[inline(always)]
+pub fn lsm_file_free_security(ctx: LsmContext) -> i32 {
+    // file_free_security(struct file *file): the file is going; so is its hold.
+    let file = raw_arg(&ctx, 0);
+    // SAFETY: only tested for presence.
+    if unsafe { WRITE_HELD_FILES.get(&file) }.is_some() {
+        let _ = WRITE_HELD_FILES.remove(&file);
+    }
+    0
 }
 
 #[lsm(hook = "path_truncate")]
@@ -150,7 +390,7 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    lsm_verdict(Object::Path(path), op::TRUNCATE)
+    lsm_verdict_settled(Object::Path(path), op::TRUNCATE, Settle::Truncate(raw_arg(&ctx, 0)))
 }
 
 macro_rules! dir_dentry_hook {
@@ -345,7 +585,36 @@ fn kill_if_blocked(d: Decision) {
 
 #[inline(always)]
 fn judge_user(subject: &Subject, o: &KernelOffsets, dfd: u64, ptr: u64, op: u8) -> Decision {
-    judge(subject, Object::User { ptr, base: at_base(o, dfd) }, op, mechanism::TRACEPOINT, verdict::KILL)
+    judge(subject, Object::User { ptr, base: at_base(o, dfd) }, op, mechanism::TRACEPOINT, verdict::KILL, Settle::Refuse)
+}
+
+/// The open flags of open syscall `id` (openat2's are in user memory: used only
+/// to tell whether to hold, never to allow; the exit check judges the file).
+#[inline(always)]
+fn open_flags(regs: u64, id: u64) -> u64 {
+    match id {
+        nr::OPEN => arg(regs, 1),
+        nr::OPENAT => arg(regs, 2),
+        nr::CREAT => O_CREAT | O_TRUNC | O_WRONLY,
+        nr::OPENAT2 => {
+            let how = arg(regs, 2);
+            // SAFETY: probe read of user memory; failure reads as no flags.
+            unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64) }.unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+/// Fallback tier: a bound task is opening a file to write it. Recorded so agentd,
+/// seeing the open held by fanotify, knows to judge it (see `WriteHold`).
+#[inline(always)]
+fn note_write_intent(regs: u64, id: u64) {
+    if open_flags(regs, id) & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) == 0 {
+        return;
+    }
+    let Some(subject) = current_subject() else { return };
+    let h = WriteHold { state: write_hold::INTENT, identity: subject.identity, ..WriteHold::default() };
+    let _ = WRITE_HOLDS.insert(&current_tid(), &h, 0);
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -356,6 +625,10 @@ pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
     let id: u64 = ctx.arg(1);
     if id == nr::IO_URING_SETUP || id & nr::X32_BIT != 0 || is_compat() {
         refuse_unjudgeable();
+        return 0;
+    }
+    if matches!(id, nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT) {
+        note_write_intent(ctx.arg(0), id);
         return 0;
     }
     let cwd_fd = AT_FDCWD as u64;
@@ -416,7 +689,7 @@ pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
     let [a_fd, a_path, b_fd, b_path, op] = opaque(s, [a_fd, a_path, b_fd, b_path, op as u64]);
     let op = op as u8;
     let Ok(o) = offsets() else {
-        kill_if_blocked(judge(&subject, Object::Unknown, op, mechanism::TRACEPOINT, verdict::KILL));
+        kill_if_blocked(judge(&subject, Object::Unknown, op, mechanism::TRACEPOINT, verdict::KILL, Settle::Refuse));
         return 0;
     };
     let d = judge_user(&subject, o, a_fd, a_path, op);
@@ -436,37 +709,36 @@ pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
 pub fn tp_sys_exit(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long ret)
     let ret: i64 = ctx.arg(1);
-    if ret < 0 {
-        return 0;
-    }
     let regs: u64 = ctx.arg(0);
     let id = read_u64(regs + REG_ORIG_AX).unwrap_or(u64::MAX);
+    if !matches!(id, nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT) {
+        return 0;
+    }
+    if ret < 0 {
+        // A failed open leaves no intent behind.
+        forget_write_hold();
+        return 0;
+    }
     // Open flags live in a register, not user memory (openat2's struct open_how is
     // the exception: read it from user memory, it is only used to widen the check).
-    let flags = match id {
-        nr::OPEN => arg(regs, 1),
-        nr::OPENAT => arg(regs, 2),
-        nr::CREAT => O_CREAT | O_TRUNC,
-        nr::OPENAT2 => {
-            let how = arg(regs, 2);
-            // SAFETY: probe read of user memory; failure reads as no flags.
-            unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64) }.unwrap_or(0)
-        }
-        _ => return 0,
-    };
+    let flags = open_flags(regs, id);
     let Some(subject) = current_subject() else { return 0 };
     let Ok(o) = offsets() else {
-        kill_if_blocked(judge(&subject, Object::Unknown, op::OPEN, mechanism::TRACEPOINT, verdict::KILL));
+        kill_if_blocked(judge(&subject, Object::Unknown, op::OPEN, mechanism::TRACEPOINT, verdict::KILL, Settle::Refuse));
         return 0;
     };
     let Some(file) = fd_file(o, ret as u64) else {
-        kill_if_blocked(judge(&subject, Object::Unknown, op::OPEN, mechanism::TRACEPOINT, verdict::KILL));
+        kill_if_blocked(judge(&subject, Object::Unknown, op::OPEN, mechanism::TRACEPOINT, verdict::KILL, Settle::Refuse));
         return 0;
     };
     let mode = read_u32(file + o.file_f_mode as u64).unwrap_or(FMODE_WRITE);
     if mode & FMODE_WRITE == 0 && flags & (O_CREAT | O_TRUNC) == 0 {
+        forget_write_hold();
         return 0;
     }
-    kill_if_blocked(judge(&subject, Object::File(file), op::OPEN, mechanism::TRACEPOINT, verdict::KILL));
+    // An `ask` is let through only with agentd's approval of this very open
+    // (settle_ask, which also clears this thread's entry); anything else kills.
+    kill_if_blocked(judge(&subject, Object::File(file), op::OPEN, mechanism::TRACEPOINT, verdict::KILL, Settle::Exit(file)));
+    forget_write_hold();
     0
 }

@@ -129,7 +129,7 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
         notes.push(match &action {
             Action::Exec { .. } => "the exec waits until a person runs `agentctl approve ID` or `agentctl deny ID` (see `agentctl approvals watch`); at the policy's approvals.timeout it gets on_timeout".into(),
             a if held(a) => "the connect waits at agentd's hold proxy until a person approves it (then it reaches its destination) or denies it (then it is reset); see `agentctl approvals watch`".into(),
-            Action::Write { .. } => "the write is stopped (no hold for writes on this build) and becomes a request in `agentctl approvals list`; approving it lets this identity write exactly this file for 2 minutes (`--for D`: for D), so a retry goes through".into(),
+            Action::Write { .. } => "an open of an existing file for writing waits in the kernel for a person (`agentctl approvals list`; approve, or deny: EPERM; denied at the deadline); creating, renaming, linking, removing or truncating it by path is stopped and becomes a request, whose approval lets this identity write exactly this file for 2 minutes (`--for D`: for D), so a retry goes through".into(),
             _ => "the datagram is stopped (EPERM; nothing can hold one) and becomes a request in `agentctl approvals list`; approving it lets this identity send to exactly this address and port for 2 minutes (`--for D`: for D)".into(),
         });
     }

@@ -177,6 +177,9 @@ pub struct Core {
     /// Approved requests in force, per identity id (see [`Core::grant`]). In memory
     /// only: a restarted agentd installs policies without them (fail closed).
     exceptions: HashMap<u32, Vec<Exception>>,
+    /// Told, after each change to what the kernel enforces, whether any policy
+    /// asks about writes (the write gate's marks are only kept while one does).
+    write_gate: Option<Box<dyn Fn(bool) + Send>>,
 }
 
 /// One approved request: the identity may do exactly this until `until`.
@@ -232,7 +235,44 @@ impl Core {
             denied: HashMap::new(),
             receipts,
             exceptions: HashMap::new(),
+            write_gate: None,
         }
+    }
+
+    /// Whether a loaded policy asks about writes (a rule or the default), in
+    /// enforce mode.
+    pub fn asks_about_writes(&self) -> bool {
+        self.loaded.values().any(|l| {
+            let w = &l.policy.write;
+            l.policy.mode() == Mode::Enforce
+                && (w.default == ActionKind::Ask || w.rules.iter().any(|r| r.action == ActionKind::Ask))
+        })
+    }
+
+    fn tell_write_gate(&self) {
+        if let Some(gate) = &self.write_gate {
+            gate(self.asks_about_writes());
+        }
+    }
+
+    /// Sets who is told whether any policy asks about writes, and tells it now.
+    pub fn set_write_gate(&mut self, gate: Box<dyn Fn(bool) + Send>) {
+        gate(self.asks_about_writes());
+        self.write_gate = Some(gate);
+    }
+
+    /// A write open the kernel let into a hold (or, on the fallback tier, that a
+    /// bound task is making): whether it is an `ask` of identity `identity_id`'s
+    /// policy as installed — with its exceptions, which the kernel lets through
+    /// without a hold.
+    pub fn write_hold_ask(&self, identity_id: u32, path: &Path, now: SystemTime) -> Option<ExecAsk> {
+        let excepted = self.exceptions.get(&identity_id).into_iter().flatten().any(|e| {
+            e.until > now && e.target == Excepted::Write(path.to_string_lossy().into_owned())
+        });
+        if excepted {
+            return None;
+        }
+        self.write_ask(identity_id, path, now)
     }
 
     /// The receipt journal, for the event pipeline and holds to append to.
@@ -318,6 +358,7 @@ impl Core {
         let denied = rec.denies_all(now);
         self.kernel.set_identity(rec.id, compiled.as_deref(), version, revoked_flag(rec), rec.expires_at())?;
         self.denied.insert(rec.id, denied);
+        self.tell_write_gate();
         Ok(())
     }
 
@@ -593,6 +634,7 @@ impl Core {
         for rec in &users {
             self.denied.insert(rec.id, rec.denies_all(now));
         }
+        self.tell_write_gate();
         // After memory is updated: the policy is in force whether or not the receipt is written.
         self.record(Draft::policy_apply(name.clone(), version, hash).requester(by.clone()).at(now), &format!("policy {name} v{version}"))?;
         Ok(Applied { name, version, identities: users.into_iter().map(|u| u.name).collect() })

@@ -320,6 +320,7 @@ pub fn convert(ev: &Event, boot_offset: Duration, names: Option<Attribution>, ex
                 (op::SENDMSG, "sendmsg"),
                 (op::SOCKET, "socket"),
                 (op::SYSCALL, "syscall"),
+                (op::WRITE, "write"),
             ],
         ),
         reason: name(
@@ -333,6 +334,7 @@ pub fn convert(ev: &Event, boot_offset: Duration, names: Option<Attribution>, ex
                 (reason::RAW_SOCKET, "raw-socket"),
                 (reason::UNSUPPORTED_SYSCALL, "unsupported-syscall"),
                 (reason::EXPIRED, "expired"),
+                (reason::NOT_APPROVED, "not-approved"),
             ],
         ),
         rule_id: ev.rule_id,

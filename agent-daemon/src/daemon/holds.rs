@@ -18,8 +18,8 @@ use super::core::{Core, ExecAsk, Excepted};
 use crate::{
     cgroup,
     enforce::{
-        fanotify::{blocked_exec_argv, blocked_exec_file, ExecGate, HeldExec},
-        ConnectHolds, ExecApprovals,
+        fanotify::{blocked_exec_argv, blocked_exec_file, ExecGate, HeldOpen, WriteGate, WriteSwitch},
+        ConnectHolds, ExecApprovals, WriteHolds,
     },
     api::pb,
     holds::{webhook, Grant, HoldEvent, HoldKind, HoldRequest, HoldService, How, Pending, Resolution, Submitted, Verdict},
@@ -59,10 +59,10 @@ impl Holds {
     }
 
     /// Answers a held exec as `resolution` says.
-    fn answer(&self, held: HeldExec, resolution: &Resolution) {
+    fn answer(&self, held: HeldOpen, resolution: &Resolution) {
         if resolution.verdict == Verdict::Allow {
             let written = self.approvals.lock().unwrap_or_else(PoisonError::into_inner).approve(
-                held.tgid,
+                held.pid,
                 held.dev,
                 held.ino,
                 APPROVAL_TTL,
@@ -72,7 +72,7 @@ impl Holds {
                 Err(e) => {
                     // Without the kernel's entry the exec check would refuse it
                     // anyway; say so and fail the exec cleanly instead.
-                    warn!(tgid = held.tgid, error = %e, "approved exec could not be recorded in the kernel; denying it");
+                    warn!(tgid = held.pid, error = %e, "approved exec could not be recorded in the kernel; denying it");
                     held.deny();
                 }
             }
@@ -83,8 +83,12 @@ impl Holds {
 }
 
 /// What the kernel tells us about the process that exec'd, for the person deciding.
-fn describe(held: &HeldExec, cgroup: &Path, ask: ExecAsk) -> HoldRequest {
-    let pid = held.tgid;
+fn describe(held: &HeldOpen, cgroup: &Path, ask: ExecAsk) -> HoldRequest {
+    describe_as(held, cgroup, ask, HoldKind::Exec, blocked_exec_argv(held.pid))
+}
+
+fn describe_as(held: &HeldOpen, cgroup: &Path, ask: ExecAsk, kind: HoldKind, argv: Vec<String>) -> HoldRequest {
+    let pid = held.pid;
     let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
     let uid = read("status")
         .lines()
@@ -95,9 +99,9 @@ fn describe(held: &HeldExec, cgroup: &Path, ask: ExecAsk) -> HoldRequest {
         identity: ask.identity,
         identity_id: ask.identity_id,
         owner: ask.owner,
-        kind: HoldKind::Exec,
+        kind,
         target: held.path.to_string_lossy().into_owned(),
-        argv: blocked_exec_argv(pid),
+        argv,
         pid,
         uid,
         comm: read("comm").trim_end().to_string(),
@@ -267,15 +271,15 @@ pub fn start_exec_gate(
     Ok(marked)
 }
 
-fn on_exec(core: &Mutex<Core>, holds: &Arc<Holds>, mount: &Path, rt: &tokio::runtime::Handle, held: HeldExec) {
+fn on_exec(core: &Mutex<Core>, holds: &Arc<Holds>, mount: &Path, rt: &tokio::runtime::Handle, held: HeldOpen) {
     // Most execs are not ours: answer those at once.
-    let Some(cg) = process_cgroup(mount, held.tgid) else {
+    let Some(cg) = process_cgroup(mount, held.pid) else {
         held.allow();
         return;
     };
     // The ELF (or script) interpreter the kernel opens for the program: the exec
     // check judges the program, not it, so it is never held.
-    if blocked_exec_file(held.tgid).is_some_and(|f| f != (held.dev, held.ino)) {
+    if blocked_exec_file(held.pid).is_some_and(|f| f != (held.dev, held.ino)) {
         held.allow();
         return;
     }
@@ -295,7 +299,7 @@ fn on_exec(core: &Mutex<Core>, holds: &Arc<Holds>, mount: &Path, rt: &tokio::run
             holds.answer(held, &r)
         }
         Submitted::Held { id, wait } => {
-            info!(hold = %id, tgid = held.tgid, target = %held.path.display(), "exec held for approval");
+            info!(hold = %id, tgid = held.pid, target = %held.path.display(), "exec held for approval");
             holds.wake.notify_one();
             let holds = holds.clone();
             rt.spawn(async move {
@@ -307,6 +311,166 @@ fn on_exec(core: &Mutex<Core>, holds: &Arc<Holds>, mount: &Path, rt: &tokio::run
             });
         }
     }
+}
+
+/// Starts the write gate: its event thread and its mount watcher. Returns the
+/// gate's switch (for `doctor`) and what to tell whether any policy asks about
+/// writes, which turns the marks on and off (for [`Core::set_write_gate`]).
+pub fn start_write_gate(
+    core: Arc<Mutex<Core>>,
+    holds: Arc<Holds>,
+    maps: WriteHolds,
+    cgroup_mount: PathBuf,
+    rt: tokio::runtime::Handle,
+) -> Result<(WriteSwitch, Box<dyn Fn(bool) + Send>), crate::enforce::EnforceError> {
+    let gate = WriteGate::open()?;
+    let switch = gate.switch();
+    let maps = Arc::new(Mutex::new(maps));
+    {
+        let maps = maps.clone();
+        if let Err(e) = switch.watch_mounts(move |devs| set_devs(&maps, devs)) {
+            warn!(error = %e, "filesystems mounted from now on are not held: an ask write on one is denied (a request)");
+        }
+    }
+    {
+        let maps = maps.clone();
+        std::thread::Builder::new()
+            .name("write-holds".into())
+            .spawn(move || {
+                let err = gate.run(|held| on_write_open(&core, &holds, &maps, &cgroup_mount, &rt, held));
+                warn!(error = %err, "write hold thread stopped; ask writes are now refused without a hold");
+            })
+            .map_err(|e| crate::enforce::EnforceError::kernel("starting the write hold thread", e))?;
+    }
+    let (s, m) = (switch.clone(), maps);
+    let on_change: Box<dyn Fn(bool) + Send> = Box::new(move |on| {
+        if let Some(devs) = s.set(on) {
+            set_devs(&m, &devs);
+        }
+    });
+    Ok((switch, on_change))
+}
+
+fn set_devs(maps: &Mutex<WriteHolds>, devs: &std::collections::BTreeSet<u32>) {
+    if let Err(e) = maps.lock().unwrap_or_else(PoisonError::into_inner).set_devs(devs) {
+        error!(error = %e, "could not tell the kernel which filesystems hold writes; ask writes there are refused (requests)");
+    }
+}
+
+/// One open on a marked filesystem. Runs on the gate's thread, which every open
+/// there waits for, so it answers at once unless the kernel recorded this thread
+/// as in a write open of a bound identity; those go to a blocking task (judging
+/// takes the core lock, whose holder may itself be opening a file).
+fn on_write_open(
+    core: &Arc<Mutex<Core>>,
+    holds: &Arc<Holds>,
+    maps: &Arc<Mutex<WriteHolds>>,
+    mount: &Path,
+    rt: &tokio::runtime::Handle,
+    held: HeldOpen,
+) {
+    let h = maps.lock().unwrap_or_else(PoisonError::into_inner).lookup(held.pid);
+    let Some(h) = h else {
+        held.allow();
+        return;
+    };
+    // BPF LSM recorded the very file it let into the hold; another file is some
+    // other open of this thread (the kernel's own checks judge it).
+    let lsm = h.file != 0;
+    if matches!(h.state, agent_common::write_hold::APPROVED | agent_common::write_hold::COUNTED) || (lsm && (h.dev, h.ino) != (held.dev, held.ino)) {
+        held.allow();
+        return;
+    }
+    let (core, holds, maps, mount) = (core.clone(), holds.clone(), maps.clone(), mount.to_path_buf());
+    let rt2 = rt.clone();
+    rt.spawn_blocking(move || judge_write_open(&core, &holds, &maps, &mount, &rt2, held, h));
+}
+
+/// How long an approval of a held write open stays usable on the fallback tier
+/// (the exit check runs microseconds after the open is let go on).
+const WRITE_APPROVAL_TTL: Duration = Duration::from_secs(10);
+
+fn judge_write_open(
+    core: &Mutex<Core>,
+    holds: &Arc<Holds>,
+    maps: &Arc<Mutex<WriteHolds>>,
+    mount: &Path,
+    rt: &tokio::runtime::Handle,
+    held: HeldOpen,
+    h: agent_common::WriteHold,
+) {
+    let now = SystemTime::now();
+    let ask = core.lock().unwrap_or_else(PoisonError::into_inner).write_hold_ask(h.identity, &held.path, now);
+    let Some(ask) = ask else {
+        if h.file != 0 {
+            // The kernel said ask and userspace (policy re-applied meanwhile) does
+            // not: nobody can approve it, so it is denied.
+            maps.lock().unwrap_or_else(PoisonError::into_inner).forget(held.pid);
+            held.deny();
+        } else {
+            // Fallback tier: not an ask; the exit check decides alone.
+            held.allow();
+        }
+        return;
+    };
+    let cg = process_cgroup(mount, held.pid).unwrap_or_default();
+    let settings = ask.approvals;
+    let mut req = describe_as(&held, &cg, ask, HoldKind::Write, Vec::new());
+    // The thread is what the kernel holds; the request names its process.
+    if let Some(tgid) = thread_group(held.pid) {
+        req.pid = tgid;
+    }
+    let submitted = holds.service().submit(req.clone(), &settings, now);
+    match submitted {
+        Submitted::Decided(r) => {
+            holds.record_decided(&req, &r);
+            answer_write(maps, held, h, &r);
+        }
+        Submitted::Held { id, wait } => {
+            info!(hold = %id, tid = held.pid, target = %held.path.display(), "write open held for approval");
+            holds.wake.notify_one();
+            let maps = maps.clone();
+            rt.spawn(async move {
+                match wait.await {
+                    Ok(r) => answer_write(&maps, held, h, &r),
+                    Err(_) => {
+                        maps.lock().unwrap_or_else(PoisonError::into_inner).forget(held.pid);
+                        held.deny();
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Answers a held write open: an approval is written into the kernel first (the
+/// kernel's checks let an `ask` through only with it), then the open goes on.
+fn answer_write(maps: &Mutex<WriteHolds>, held: HeldOpen, h: agent_common::WriteHold, r: &Resolution) {
+    let mut m = maps.lock().unwrap_or_else(PoisonError::into_inner);
+    if r.verdict == Verdict::Allow {
+        match m.approve(held.pid, h, held.dev, held.ino, WRITE_APPROVAL_TTL) {
+            Ok(()) => {
+                drop(m);
+                held.allow();
+            }
+            Err(e) => {
+                warn!(tid = held.pid, error = %e, "approved write could not be recorded in the kernel; denying it");
+                m.forget(held.pid);
+                drop(m);
+                held.deny();
+            }
+        }
+    } else {
+        m.forget(held.pid);
+        drop(m);
+        held.deny();
+    }
+}
+
+/// The thread group (process) of thread `tid`.
+fn thread_group(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// The cgroup directory of process `tgid` (None if it is gone).

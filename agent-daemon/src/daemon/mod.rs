@@ -162,6 +162,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let exec_approvals = enforcer.exec_approvals().map_err(DaemonError::Load)?;
     let connect_holds = enforcer.connect_holds().map_err(DaemonError::Load)?;
+    let enforcer_write_holds = enforcer.write_holds();
     let mut connect_holds_at_stop = enforcer.connect_holds().map_err(DaemonError::Load)?;
 
     // Before the kernel is changed: no receipts, no agentd (fail closed).
@@ -198,6 +199,21 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         // Without the gate an exec ask still fails closed: the kernel finds no approval.
         Err(e) => {
             warn!(error = %e, "exec holds unavailable: an exec the policy asks about is denied without a hold");
+            Err(e.to_string())
+        }
+    };
+    // Write holds: an open for writing a policy asks about waits the same way.
+    let write_holds = match enforcer_write_holds.map(|maps| {
+        holds::start_write_gate(core.clone(), holds.clone(), maps, cgroup_mount.clone(), tokio::runtime::Handle::current())
+    }) {
+        Ok(Ok((switch, on_change))) => {
+            core.lock().unwrap_or_else(PoisonError::into_inner).set_write_gate(on_change);
+            info!("write holds ready (fanotify FAN_OPEN_PERM while a policy asks about writes)");
+            Ok(switch)
+        }
+        // Without the gate an ask write fails closed: the kernel refuses it (a request).
+        Ok(Err(e)) | Err(e) => {
+            warn!(error = %e, "write holds unavailable: a write the policy asks about is refused and becomes a request");
             Err(e.to_string())
         }
     };
@@ -243,6 +259,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             own_cgroup,
             started,
             exec_holds,
+            write_holds,
             connect_proxy,
             sinks: sinks.clone(),
         },

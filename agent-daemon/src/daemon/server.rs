@@ -42,6 +42,9 @@ pub struct Info {
     pub started: Instant,
     /// The exec hold: how many filesystems fanotify marks, or why it is off.
     pub exec_holds: Result<usize, String>,
+    /// The write gate's switch (its marks are on only while a policy asks about
+    /// writes), or why there is none.
+    pub write_holds: Result<crate::enforce::fanotify::WriteSwitch, String>,
     /// The connect hold proxy's loopback ports (IPv4, IPv6; 0: none), or why it is off.
     pub connect_proxy: Result<(u16, u16), String>,
     /// The receipt sinks, for their counters.
@@ -369,10 +372,34 @@ impl Agentd for Service {
                 detail: format!("unavailable ({e}): a connect the policy asks about is denied"),
             },
         });
-        checks.push(pb::Check {
-            name: "write holds (ask)".into(),
-            ok: false,
-            detail: "no hold for file writes on this build: an ask write is stopped (EPERM, or a kill where the write mechanism kills) and becomes a request in `agentctl approvals list`; approving it lets that identity write exactly that file for 2 minutes (`approve --for D`: for D), so its retry goes through".into(),
+        let write_check = report.kinds.iter().find(|k| k.kind == "write").map(|k| (k.active.clone(), k.effect.clone())).unwrap_or_default();
+        let after_hold = if write_check.1 == "kill" {
+            "the exit check kills the opener unless agentd approved it (so a hold fails closed if agentd dies)"
+        } else {
+            "BPF LSM refuses every write, shared mapping and truncate through the file until agentd approves it (so a hold fails closed if agentd dies)"
+        };
+        let others = "creating, truncating by path, renaming, linking or removing an ask file is stopped (EPERM, or a kill) and becomes a request in `agentctl approvals list`, whose approval lets that identity write exactly that file for 2 minutes (`approve --for D`: for D)";
+        checks.push(match &self.info.write_holds {
+            Ok(switch) => {
+                let marked = switch.marked();
+                pb::Check {
+                    name: "write holds (ask)".into(),
+                    ok: true,
+                    detail: format!(
+                        "an open for writing of an existing ask file waits in fanotify FAN_OPEN_PERM ({}); {after_hold}; {others}",
+                        if marked.is_empty() {
+                            "marks are placed when a policy asks about writes; none does now".to_string()
+                        } else {
+                            format!("marked on {} filesystems while a policy asks about writes", marked.len())
+                        }
+                    ),
+                }
+            }
+            Err(e) => pb::Check {
+                name: "write holds (ask)".into(),
+                ok: false,
+                detail: format!("unavailable ({e}): no write is held; {others}"),
+            },
         });
         Ok(Response::new(pb::DoctorReply { kernel_release: host::kernel_release(), mechanisms: mechanisms_pb(&report), checks }))
     }

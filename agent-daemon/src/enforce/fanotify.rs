@@ -1,6 +1,8 @@
-//! The exec hold: a fanotify group with `FAN_OPEN_EXEC_PERM` marks on every real
-//! filesystem, so an `execve` waits in the kernel (at the open of the binary) until
-//! agentd answers. Only the answering is here; who is held and for how long is the
+//! The exec and write holds. The exec hold: a fanotify group with
+//! `FAN_OPEN_EXEC_PERM` marks on every real filesystem, so an `execve` waits in the
+//! kernel (at the open of the binary) until agentd answers. The write hold
+//! ([`WriteGate`]): a second group, `FAN_OPEN_PERM`, marked only while a policy
+//! asks about writes. Only the answering is here; who is held and for how long is the
 //! hold service's business.
 //!
 //! What the kernel guarantees and what it does not: it has no timeout for a
@@ -25,7 +27,7 @@ use std::{
         unix::fs::MetadataExt as _,
     },
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -52,21 +54,23 @@ pub struct ExecGate {
     pub marked: Vec<PathBuf>,
 }
 
-/// One held exec: the process is blocked in `execve` until this is answered.
-/// Dropping it unanswered denies it (EPERM), so no path forgets a process.
-pub struct HeldExec {
+/// One held open (of a binary being exec'd, or of a file opened to write): the
+/// process is blocked in `execve` or `open` until this is answered. Dropping it
+/// unanswered denies it (EPERM), so no path forgets a process.
+pub struct HeldOpen {
     fan: Arc<Fanotify>,
     event: Option<FanotifyEvent>,
-    /// The process (thread group) that is exec'ing.
-    pub tgid: u32,
-    /// The binary as the kernel opened it (`/proc/self/fd/N`), symlinks resolved.
+    /// Who is opening: the thread group for exec holds, the thread for write
+    /// holds (their group reports thread ids, `FAN_REPORT_TID`).
+    pub pid: u32,
+    /// The file as the kernel opened it (`/proc/self/fd/N`), symlinks resolved.
     pub path: PathBuf,
-    /// The binary's device, in the kernel's encoding (major << 20 | minor), and inode.
+    /// The file's device, in the kernel's encoding (major << 20 | minor), and inode.
     pub dev: u32,
     pub ino: u64,
 }
 
-impl HeldExec {
+impl HeldOpen {
     pub fn allow(mut self) {
         self.answer(Response::FAN_ALLOW);
     }
@@ -81,15 +85,15 @@ impl HeldExec {
                 if let Err(e) = self.fan.write_response(FanotifyResponse::new(fd, r)) {
                     // ENOENT: the process died while held. Anything else leaves it
                     // waiting until agentd exits, when the kernel lets it go on to
-                    // the exec check, which denies an unapproved ask.
-                    warn!(tgid = self.tgid, error = %e, "could not answer a held exec");
+                    // its own check, which refuses an unapproved ask.
+                    warn!(pid = self.pid, error = %e, "could not answer a held open");
                 }
             }
         }
     }
 }
 
-impl Drop for HeldExec {
+impl Drop for HeldOpen {
     fn drop(&mut self) {
         self.answer(Response::FAN_DENY);
     }
@@ -100,10 +104,19 @@ fn kernel_dev(st_dev: u64) -> u32 {
     (major << 20) | (minor & 0xf_ffff)
 }
 
-/// Marks, for exec holds, every filesystem in `mountinfo` that is not a pseudo
-/// filesystem and whose device is not in `seen` (which it adds to); returns the
-/// mount points marked.
-fn mark_new(fan: &Fanotify, mountinfo: &str, seen: &mut BTreeSet<u64>) -> Vec<PathBuf> {
+/// A filesystem mark made by [`mark_new`].
+pub struct Marked {
+    pub point: PathBuf,
+    /// `st_dev` of the mount point.
+    pub dev: u64,
+    /// Marked as a whole filesystem (every mount of it), not only this mount.
+    pub whole: bool,
+}
+
+/// Marks, for `mask`, every filesystem in `mountinfo` that is not a pseudo
+/// filesystem and whose device is not in `seen` (which it adds to); returns what
+/// it marked.
+fn mark_new(fan: &Fanotify, mask: MaskFlags, mountinfo: &str, seen: &mut BTreeSet<u64>) -> Vec<Marked> {
     let mut marked = Vec::new();
     for m in crate::cgroup::parse_mountinfo(mountinfo) {
         let (point, fstype) = (m.mount_point, m.fs_type);
@@ -116,16 +129,84 @@ fn mark_new(fan: &Fanotify, mountinfo: &str, seen: &mut BTreeSet<u64>) -> Vec<Pa
         }
         // The whole filesystem where the kernel allows it (every mount of it,
         // bind mounts included); else this mount.
-        let whole = fan.mark(MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM, MaskFlags::FAN_OPEN_EXEC_PERM, None, Some(&point));
-        let r = whole.or_else(|_| {
-            fan.mark(MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT, MaskFlags::FAN_OPEN_EXEC_PERM, None, Some(&point))
-        });
+        let whole = fan.mark(MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM, mask, None, Some(&point));
+        let r = match whole {
+            Ok(()) => Ok(true),
+            Err(_) => fan.mark(MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT, mask, None, Some(&point)).map(|()| false),
+        };
         match r {
-            Ok(()) => marked.push(point),
-            Err(e) => warn!(mount = %point.display(), fstype = %fstype, error = %e, "cannot hold execs from this filesystem; an ask exec from it is denied"),
+            Ok(whole) => marked.push(Marked { point, dev: meta.dev(), whole }),
+            Err(e) => warn!(mount = %point.display(), fstype = %fstype, error = %e, "cannot hold opens on this filesystem; an ask on it is denied"),
         }
     }
     marked
+}
+
+/// Reads a group's events for ever, handing each to `handle`; agentd's own
+/// opens (`own`) are allowed at once.
+fn run_group(fan: &Arc<Fanotify>, own: impl Fn(u32) -> bool, mut handle: impl FnMut(HeldOpen)) -> EnforceError {
+    loop {
+        let events = match fan.read_events() {
+            Ok(ev) => ev,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return EnforceError::kernel("reading fanotify events", e),
+        };
+        for ev in events {
+            if !ev.check_version() {
+                return EnforceError::Other("fanotify event version mismatch".into());
+            }
+            let Some(fd) = ev.fd() else {
+                // FAN_NOFD: queue overflow. Cannot happen with an unlimited
+                // queue; nothing to answer.
+                continue;
+            };
+            let pid = ev.pid() as u32;
+            let raw = fd.as_raw_fd();
+            let path = fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
+            let meta = nix::sys::stat::fstat(raw).ok();
+            let (dev, ino) = meta.map_or((0, 0), |m| (kernel_dev(m.st_dev), m.st_ino));
+            let held = HeldOpen { fan: fan.clone(), event: Some(ev), pid, path, dev, ino };
+            if own(pid) {
+                held.allow();
+                continue;
+            }
+            handle(held);
+        }
+    }
+}
+
+/// Calls `on_change` with the mount table each time it changes, on a thread of
+/// its own, for as long as agentd runs (the kernel flags `/proc/self/mountinfo`
+/// with POLLPRI on every change).
+fn watch_mount_table(name: &str, mut on_change: impl FnMut(&str) + Send + 'static) -> Result<(), EnforceError> {
+    let table = fs::File::open("/proc/self/mountinfo").map_err(|e| EnforceError::kernel("opening /proc/self/mountinfo", e))?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || loop {
+            let mut fds = [PollFd::new(table.as_fd(), PollFlags::POLLPRI)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!(error = %e, "cannot watch the mount table; filesystems mounted from now on are not held (asks on them are denied)");
+                    return;
+                }
+            }
+            let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else { continue };
+            on_change(&mountinfo);
+        })
+        .map_err(|e| EnforceError::kernel("starting the mount watcher", e))?;
+    Ok(())
+}
+
+/// Drops from `seen` the devices no longer mounted: a number may come back as
+/// another filesystem (tmpfs numbers are reused), which must then be marked.
+fn forget_unmounted(seen: &mut BTreeSet<u64>, mountinfo: &str) {
+    let mounted: BTreeSet<u64> = crate::cgroup::parse_mountinfo(mountinfo)
+        .iter()
+        .filter_map(|m| fs::metadata(&m.mount_point).ok().map(|meta| meta.dev()))
+        .collect();
+    seen.retain(|d| mounted.contains(d));
 }
 
 impl ExecGate {
@@ -140,7 +221,8 @@ impl ExecGate {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| EnforceError::kernel("reading /proc/self/mountinfo", e))?;
         let mut seen = BTreeSet::new();
-        let marked = mark_new(&fan, &mountinfo, &mut seen);
+        let marked: Vec<PathBuf> =
+            mark_new(&fan, MaskFlags::FAN_OPEN_EXEC_PERM, &mountinfo, &mut seen).into_iter().map(|m| m.point).collect();
         if marked.is_empty() {
             return Err(EnforceError::Other("fanotify could mark no filesystem for exec holds".into()));
         }
@@ -148,79 +230,151 @@ impl ExecGate {
         Ok(ExecGate { fan: Arc::new(fan), seen, marked })
     }
 
-    /// Marks filesystems as they are mounted, on a thread of its own, for as long
-    /// as agentd runs: it polls `/proc/self/mountinfo`, which the kernel flags on
-    /// every change to the mount table.
+    /// Marks filesystems as they are mounted, for as long as agentd runs.
     pub fn watch_mounts(&self) -> Result<(), EnforceError> {
-        let table = fs::File::open("/proc/self/mountinfo").map_err(|e| EnforceError::kernel("opening /proc/self/mountinfo", e))?;
         let fan = self.fan.clone();
         let mut seen = self.seen.clone();
-        std::thread::Builder::new()
-            .name("exec-mounts".into())
-            .spawn(move || loop {
-                let mut fds = [PollFd::new(table.as_fd(), PollFlags::POLLPRI)];
-                match poll(&mut fds, PollTimeout::NONE) {
-                    Ok(_) => {}
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => {
-                        warn!(error = %e, "cannot watch the mount table; filesystems mounted from now on are not held (ask execs from them are denied)");
-                        return;
-                    }
-                }
-                let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else { continue };
-                // A device number that is no longer mounted may come back as another
-                // filesystem (tmpfs numbers are reused): forget it, so that is marked.
-                let mounted: BTreeSet<u64> = crate::cgroup::parse_mountinfo(&mountinfo)
-                    .iter()
-                    .filter_map(|m| fs::metadata(&m.mount_point).ok().map(|meta| meta.dev()))
-                    .collect();
-                seen.retain(|d| mounted.contains(d));
-                for point in mark_new(&fan, &mountinfo, &mut seen) {
-                    info!(mount = %point.display(), "exec holds: marked a filesystem mounted after start");
-                }
-            })
-            .map_err(|e| EnforceError::kernel("starting the mount watcher", e))?;
-        Ok(())
+        watch_mount_table("exec-mounts", move |mountinfo| {
+            forget_unmounted(&mut seen, mountinfo);
+            for m in mark_new(&fan, MaskFlags::FAN_OPEN_EXEC_PERM, mountinfo, &mut seen) {
+                info!(mount = %m.point.display(), "exec holds: marked a filesystem mounted after start");
+            }
+        })
     }
 
     /// Reads events for ever (on its own thread), handing each exec to `handle`,
     /// which must answer it (or drop it, which denies) — promptly for processes
     /// that are not held: every exec on the machine waits for this answer.
-    pub fn run(self, mut handle: impl FnMut(HeldExec)) -> EnforceError {
+    pub fn run(self, handle: impl FnMut(HeldOpen)) -> EnforceError {
         let own = std::process::id();
-        loop {
-            let events = match self.fan.read_events() {
-                Ok(ev) => ev,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return EnforceError::kernel("reading fanotify events", e),
-            };
-            for ev in events {
-                if !ev.check_version() {
-                    return EnforceError::Other("fanotify event version mismatch".into());
-                }
-                let Some(fd) = ev.fd() else {
-                    // FAN_NOFD: queue overflow. Cannot happen with an unlimited
-                    // queue; nothing to answer.
-                    continue;
-                };
-                let tgid = ev.pid() as u32;
-                let raw = fd.as_raw_fd();
-                let path = fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
-                let meta = nix::sys::stat::fstat(raw).ok();
-                let (dev, ino) = meta.map_or((0, 0), |m| (kernel_dev(m.st_dev), m.st_ino));
-                let held = HeldExec { fan: self.fan.clone(), event: Some(ev), tgid, path, dev, ino };
-                if tgid == own {
-                    held.allow();
-                    continue;
-                }
-                handle(held);
-            }
-        }
+        run_group(&self.fan, |pid| pid == own, handle)
     }
 
     /// The group's file descriptor number (for logs).
     pub fn fd(&self) -> i32 {
         self.fan.as_fd().as_raw_fd()
+    }
+}
+
+/// The write hold: a fanotify group with `FAN_OPEN_PERM` marks, in place only
+/// while some policy asks about writes (every open on a marked filesystem waits
+/// for agentd's answer, so they are not kept when nothing needs them). Which opens
+/// are held the kernel says (`WRITE_HOLDS`, see `agent_common::WriteHold`): agentd
+/// answers every other open at once, from one map lookup.
+///
+/// The devices of the filesystems marked as a whole go into `WRITE_HOLD_DEVS`;
+/// an `ask` open of a file anywhere else is denied by the kernel (and becomes a
+/// request) rather than let into a hold nobody would see.
+pub struct WriteGate {
+    fan: Arc<Fanotify>,
+    marks: Arc<Mutex<WriteMarks>>,
+}
+
+#[derive(Default)]
+struct WriteMarks {
+    active: bool,
+    seen: BTreeSet<u64>,
+    /// Kernel-encoded devices of the filesystems marked whole.
+    devs: BTreeSet<u32>,
+    points: Vec<PathBuf>,
+}
+
+impl WriteMarks {
+    fn add(&mut self, fan: &Fanotify, mountinfo: &str) {
+        for m in mark_new(fan, MaskFlags::FAN_OPEN_PERM, mountinfo, &mut self.seen) {
+            if m.whole {
+                self.devs.insert(kernel_dev(m.dev));
+            }
+            self.points.push(m.point);
+        }
+    }
+}
+
+impl WriteGate {
+    /// Creates the group, with no marks yet. Needs CAP_SYS_ADMIN.
+    pub fn open() -> Result<WriteGate, EnforceError> {
+        let fan = Fanotify::init(
+            InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_UNLIMITED_QUEUE | InitFlags::FAN_REPORT_TID,
+            EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
+        )
+        .map_err(|e| EnforceError::kernel("fanotify_init(FAN_CLASS_CONTENT | FAN_REPORT_TID)", e))?;
+        Ok(WriteGate { fan: Arc::new(fan), marks: Arc::new(Mutex::new(WriteMarks::default())) })
+    }
+
+    /// A handle that turns the marks on and off.
+    pub fn switch(&self) -> WriteSwitch {
+        WriteSwitch { fan: self.fan.clone(), marks: self.marks.clone() }
+    }
+
+    /// Reads events for ever (on its own thread); as [`ExecGate::run`], but every
+    /// open on the marked filesystems comes here: `handle` must answer the ones
+    /// that are not held without waiting for anything.
+    pub fn run(self, handle: impl FnMut(HeldOpen)) -> EnforceError {
+        run_group(&self.fan, |_| false, handle)
+    }
+}
+
+/// Turns the write gate's marks on or off, and keeps them on filesystems mounted
+/// while it is on.
+#[derive(Clone)]
+pub struct WriteSwitch {
+    fan: Arc<Fanotify>,
+    marks: Arc<Mutex<WriteMarks>>,
+}
+
+impl std::fmt::Debug for WriteSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteSwitch").field("marked", &self.marked()).finish()
+    }
+}
+
+impl WriteSwitch {
+    /// Marks every filesystem (`on`) or removes every mark; returns the devices
+    /// now held, for `WRITE_HOLD_DEVS`, or `None` when nothing changed.
+    pub fn set(&self, on: bool) -> Option<BTreeSet<u32>> {
+        let mut m = self.marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.active == on {
+            return None;
+        }
+        if on {
+            let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            m.add(&self.fan, &mountinfo);
+            m.active = true;
+            info!(filesystems = m.points.len(), "write holds: fanotify FAN_OPEN_PERM marks in place (a policy asks about writes)");
+        } else {
+            for kind in [MarkFlags::FAN_MARK_FILESYSTEM, MarkFlags::FAN_MARK_MOUNT] {
+                if let Err(e) = self.fan.mark::<str>(MarkFlags::FAN_MARK_FLUSH | kind, MaskFlags::empty(), None, None) {
+                    warn!(error = %e, "could not remove write-hold marks");
+                }
+            }
+            *m = WriteMarks::default();
+            info!("write holds: marks removed (no policy asks about writes)");
+        }
+        Some(m.devs.clone())
+    }
+
+    /// Whether the marks are in place, and on which mount points.
+    pub fn marked(&self) -> Vec<PathBuf> {
+        self.marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).points.clone()
+    }
+
+    /// Marks filesystems mounted while the marks are on; `devs` gets each new set
+    /// of held devices.
+    pub fn watch_mounts(&self, mut devs: impl FnMut(&BTreeSet<u32>) + Send + 'static) -> Result<(), EnforceError> {
+        let (fan, marks) = (self.fan.clone(), self.marks.clone());
+        watch_mount_table("write-mounts", move |mountinfo| {
+            let mut m = marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !m.active {
+                return;
+            }
+            forget_unmounted(&mut m.seen, mountinfo);
+            let before = m.devs.len();
+            m.add(&fan, mountinfo);
+            if m.devs.len() != before {
+                info!("write holds: marked a filesystem mounted after start");
+                devs(&m.devs);
+            }
+        })
     }
 }
 

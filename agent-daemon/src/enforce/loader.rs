@@ -15,8 +15,8 @@ use std::{
 };
 
 use agent_common::{
-    counter, identity_flags, AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, GlobKey, GlobState, HeldConnect,
-    HitKey, HoldProxy, Hits, IdentityConfig, KernelOffsets, PathKey, PathRule, COUNTERS_LEN, PATH_KEY_LEN,
+    counter, identity_flags, write_hold, AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, GlobKey, GlobState, HeldConnect,
+    HitKey, HoldProxy, Hits, IdentityConfig, KernelOffsets, PathKey, PathRule, WriteHold, COUNTERS_LEN, PATH_KEY_LEN,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -62,6 +62,11 @@ const LSM_WRITE: &[(&str, &str)] = &[
     ("lsm_path_link", "path_link"),
     // lsm_path_rename4 or lsm_path_rename5, by the kernel's hook signature.
     ("lsm_path_rename", "path_rename"),
+    // What keeps a write open that went into a hold from writing until agentd
+    // approved it (see agent_common::WriteHold).
+    ("lsm_file_permission", "file_permission"),
+    ("lsm_mmap_file", "mmap_file"),
+    ("lsm_file_free_security", "file_free_security"),
 ];
 const LSM_EGRESS: &[(&str, &str)] = &[("lsm_socket_connect", "socket_connect")];
 
@@ -113,6 +118,54 @@ impl ExecApprovals {
     /// Drops an approval that was not used (the exec was denied after all).
     pub fn forget(&mut self, tgid: u32) {
         let _ = self.map.remove(&tgid);
+    }
+}
+
+/// The write gate's view of the kernel (see `agent_common::WriteHold`): which
+/// opens are held, how an approval is recorded, which filesystems can hold.
+pub struct WriteHolds {
+    holds: HashMap<MapData, u32, WriteHold>,
+    files: HashMap<MapData, u64, WriteHold>,
+    devs: HashMap<MapData, u32, u32>,
+}
+
+impl WriteHolds {
+    /// The write open thread `tid` is in, if the kernel recorded one.
+    pub fn lookup(&self, tid: u32) -> Option<WriteHold> {
+        self.holds.get(&tid, 0).ok()
+    }
+
+    /// Records the approval of `tid`'s held open of (`dev`, `ino`), as `h` (what
+    /// [`WriteHolds::lookup`] returned) says it must be: on the held file (BPF
+    /// LSM), or on the thread's intent for the exit check, usable within `ttl`.
+    pub fn approve(&mut self, tid: u32, h: WriteHold, dev: u32, ino: u64, ttl: std::time::Duration) -> Result<(), EnforceError> {
+        let approved = WriteHold { state: write_hold::APPROVED, ..h };
+        if h.file != 0 {
+            // BPF_EXIST: a file that is gone (its task died) stays gone.
+            self.files.insert(h.file, approved, 2).map_err(kerr("writing WRITE_HELD_FILES"))?;
+            let _ = self.holds.remove(&tid);
+            Ok(())
+        } else {
+            let v = WriteHold { dev, ino, expires_boot_ns: boot_deadline(SystemTime::now() + ttl), ..approved };
+            self.holds.insert(tid, v, 0).map_err(kerr("writing WRITE_HOLDS"))
+        }
+    }
+
+    /// Forgets `tid`'s held open (denied, or not ours to hold).
+    pub fn forget(&mut self, tid: u32) {
+        let _ = self.holds.remove(&tid);
+    }
+
+    /// The filesystems (`s_dev`) whose opens are held from now on.
+    pub fn set_devs(&mut self, devs: &std::collections::BTreeSet<u32>) -> Result<(), EnforceError> {
+        let old: Vec<u32> = self.devs.keys().filter_map(Result::ok).collect();
+        for d in devs {
+            self.devs.insert(*d, 1, 0).map_err(kerr("writing WRITE_HOLD_DEVS"))?;
+        }
+        for d in old.into_iter().filter(|d| !devs.contains(d)) {
+            let _ = self.devs.remove(&d);
+        }
+        Ok(())
     }
 }
 
@@ -247,6 +300,15 @@ impl Enforcer {
     /// approving never waits for whoever holds the enforcer).
     pub fn exec_approvals(&self) -> Result<ExecApprovals, EnforceError> {
         Ok(ExecApprovals { map: pinned(&self.maps_dir, "EXEC_APPROVALS")? })
+    }
+
+    /// Handles on the write-hold maps, for the write gate.
+    pub fn write_holds(&self) -> Result<WriteHolds, EnforceError> {
+        Ok(WriteHolds {
+            holds: pinned(&self.maps_dir, "WRITE_HOLDS")?,
+            files: pinned(&self.maps_dir, "WRITE_HELD_FILES")?,
+            devs: pinned(&self.maps_dir, "WRITE_HOLD_DEVS")?,
+        })
     }
 
     /// Handles on the connect-hold maps, for the hold proxy.
@@ -626,15 +688,15 @@ fn attach_all(
             if let Some(link) = file_open_link.take() {
                 pin_link(link, links_dir, LSM_WRITE[0].0)?;
             }
-            write.active = "BPF LSM file_open + path_{truncate,unlink,rmdir,mkdir,mknod,symlink,link,rename}".into();
+            write.active = "BPF LSM file_open + path_{truncate,unlink,rmdir,mkdir,mknod,symlink,link,rename} (+ file_permission, mmap_file for held opens)".into();
             write.effect = "deny".into();
         }
         Err(why) => {
             drop(file_open_link.take()); // detaches the probe's file_open
             write.unavailable.push(("BPF LSM file_open and path hooks".into(), why));
             write.unavailable.push((
-                "fanotify FAN_OPEN_PERM".into(),
-                "not implemented (a fanotify deny needs agentd alive; the kernel programs do not)".into(),
+                "fanotify FAN_OPEN_PERM as the write check".into(),
+                "not used as the check (a fanotify deny needs agentd alive; the kernel programs do not); it holds ask opens".into(),
             ));
             attach_raw_tp(ebpf, "tp_sys_enter", "sys_enter", links_dir)?;
             attach_raw_tp(ebpf, "tp_sys_exit", "sys_exit", links_dir)?;

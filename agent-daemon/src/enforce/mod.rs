@@ -13,7 +13,7 @@ mod probe;
 
 use std::path::PathBuf;
 
-pub use loader::{ConnectHolds, Enforcer, EventReader, ExecApprovals};
+pub use loader::{ConnectHolds, Enforcer, EventReader, ExecApprovals, WriteHolds};
 pub use probe::{KindReport, MechanismReport};
 
 /// Where the enforcer keeps its kernel objects.

@@ -52,7 +52,7 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
     let egress = c.egress();
     if policy.unheld_ask() {
         c.warnings.push(format!(
-            "{}: `ask` for file writes and UDP is enforced as deny at the moment of the action: this build holds only execs and TCP connects; a stopped `ask` write or datagram becomes a request whose approval lets exactly that file, or address and port, through",
+            "{}: of `ask` writes, only an open of an existing file is held; creating, renaming, linking, removing or truncating by path an `ask` file, and a UDP send to an `ask` destination, are stopped at once and become requests whose approval lets exactly that file, or address and port, through",
             policy.file
         ));
     }

@@ -735,7 +735,7 @@ fn host_rules_and_ask_compile_to_warnings() {
         "{}",
         c.warnings[0]
     );
-    assert!(c.warnings[1].contains("`ask` for file writes and UDP is enforced as deny"), "{}", c.warnings[1]);
+    assert!(c.warnings[1].contains("of `ask` writes, only an open of an existing file is held"), "{}", c.warnings[1]);
     // An ask by name under an allowing default would become an allow: refused.
     let p = ok("  egress:\n    default: allow\n    rules:\n      - {host: \"*.example.com\", action: ask}\n");
     let e = compile_with(&p, &NoFiles).unwrap_err();

@@ -640,3 +640,34 @@ fn an_approved_write_request_opens_one_file_until_its_time_is_up() {
     assert!(matches!(w.core.grant(rec.id, Excepted::Write(long.clone()), 3, until, t0), Err(OpError::Invalid(_))));
     assert!(w.core.exceptions(t0).is_empty());
 }
+
+#[test]
+fn the_write_gate_is_on_only_while_a_policy_asks_about_writes() {
+    let mut w = world();
+    let told = Arc::new(Mutex::new(Vec::<bool>::new()));
+    let t = told.clone();
+    w.core.set_write_gate(Box::new(move |on| t.lock().unwrap().push(on)));
+    assert_eq!(told.lock().unwrap().last(), Some(&false), "told at once: nothing asks");
+    w.apply("plain", "allow").unwrap();
+    assert_eq!(told.lock().unwrap().last(), Some(&false), "a policy whose writes are deny or allow");
+    let asks = policy_text("p", "allow").replace("  write:\n    default: deny\n", "  write:\n    default: allow\n    rules:\n      - {path: \"/home/a/.ssh/**\", action: ask}\n");
+    let (p, c) = state::compile_policy("p.yaml", &asks).unwrap();
+    w.core.apply(&asks, "p.yaml", p, c, &who(), now()).unwrap();
+    assert_eq!(told.lock().unwrap().last(), Some(&true), "applying a write ask turns the gate on");
+    let rec = w.core.create_identity(NewIdentity::new("coder", "p", "alice"), &who(), now()).unwrap();
+
+    // A held open is an ask unless an exception lets that very file through.
+    let t0 = now();
+    let path = Path::new("/home/a/.ssh/config");
+    assert_eq!(w.core.write_hold_ask(rec.id, path, t0).map(|a| a.rule_id), Some(3));
+    w.core.grant(rec.id, Excepted::Write("/home/a/.ssh/config".into()), 3, t0 + std::time::Duration::from_secs(60), t0).unwrap();
+    assert!(w.core.write_hold_ask(rec.id, path, t0).is_none(), "excepted: the kernel lets it through, nothing to hold");
+    assert!(w.core.write_hold_ask(rec.id, Path::new("/home/a/.ssh/id_ed25519"), t0).is_some(), "only that file");
+
+    // Monitor mode asks nobody: the gate goes off.
+    let monitor = asks.replace("mode: enforce", "mode: monitor");
+    let (p, c) = state::compile_policy("p.yaml", &monitor).unwrap();
+    w.core.apply(&monitor, "p.yaml", p, c, &who(), now()).unwrap();
+    assert_eq!(told.lock().unwrap().last(), Some(&false), "no enforced write ask left");
+    assert!(w.core.write_hold_ask(rec.id, path, now()).is_none());
+}

@@ -650,8 +650,8 @@ pub fn exec_hold_times_out_denied() {
     assert!(pending(&d).is_empty());
 }
 
-/// A write under an `ask` rule cannot be held on this build: it is stopped (EPERM
-/// under BPF LSM, a kill where the kernel can only kill) and becomes a request.
+/// Creating a file under an `ask` rule cannot be held under BPF LSM (`path_mknod`
+/// decides before any hold can exist): it is stopped (EPERM) and becomes a request.
 /// Approving it lets the same identity write exactly that file (its retry goes
 /// through, its neighbour is still stopped); `approve --for` does so until the
 /// time is up, and then the file is asked about again.
@@ -686,10 +686,88 @@ pub fn write_request_approved_lets_the_retry_through() {
     let listed: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["approvals", "list", "--json"])).expect("list");
     assert!(listed["grants"].as_array().is_some_and(|g| g.iter().any(|g| g["target"] == other.as_str())), "{listed}");
     std::thread::sleep(std::time::Duration::from_secs(3).saturating_sub(granted.elapsed()) + std::time::Duration::from_millis(2500));
-    assert_eq!(probe(&d, &cg, &["write", &other]), stopped, "after --for ran out");
+    // The file exists now, so the next write opens an existing file: after the
+    // grant ran out that is held again (not stopped), and denied.
+    let child = cg.spawn(&d.bins.probe, &["write", &other]);
     let again = hold_on(&d, &other);
     d.ctl_ok(&["deny", again["id"].as_str().expect("id")]);
-    assert_eq!(probe(&d, &cg, &["write", &other]), stopped, "denied: still stopped");
+    assert_eq!(finished(child), Outcome::Errno("EPERM".into()), "after --for ran out: held, denied");
+}
+
+/// A policy whose writes under `dir` are `ask`, decided within `timeout`.
+fn write_ask_policy(name: &str, dir: &str, timeout: &str) -> String {
+    let write = format!("    default: allow\n    rules:\n      - {{path: \"{dir}/**\", action: ask}}\n");
+    policy(name, ALLOW_ALL, &write, ALLOW_ALL).replace(
+        "spec:\n",
+        &format!("spec:\n  approvals:\n    timeout: {timeout}\n    on_timeout: deny\n    max_pending: 8\n"),
+    )
+}
+
+/// An existing file under an `ask` rule, and a bound cgroup whose policy asks.
+fn write_hold_setup(d: &Daemon, name: &str, timeout: &str) -> (Scratch, Cgroup, String) {
+    let files = Scratch::new(name);
+    fs::create_dir_all(files.path("secret")).expect("dir");
+    let file = files.path("secret/notes.txt");
+    fs::write(&file, "original\n").expect("file");
+    let cg = Cgroup::new(name);
+    d.identity_bound(name, &write_ask_policy(name, &files.path("secret"), timeout), &cg);
+    (files, cg, file)
+}
+
+/// An open for writing of an existing file the policy asks about waits in the
+/// kernel — the process sleeps, the file is untouched — until a person decides:
+/// after `approve` the write goes through; approval is once, so the next open is
+/// held again, and after `deny` it fails with EPERM and the file is unchanged.
+pub fn write_hold_waits_for_approval() {
+    let d = Daemon::start("writehold");
+    // Long enough for a person (the test) to answer the first two on an emulated
+    // CPU; short enough to wait out for the third.
+    let (_files, cg, file) = write_hold_setup(&d, "writehold", "8s");
+    let child = cg.spawn(&d.bins.probe, &["append", &file]);
+    let h = hold_on(&d, &file);
+    assert_eq!((h["identity"].as_str(), h["kind"].as_str(), h["rule_id"].as_u64()), (Some("writehold"), Some("write"), Some(1)), "{h}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let state = proc_state(child.id());
+    assert!(state == "D" || state == "S", "the held process waits in the kernel, state {state}");
+    assert_eq!(fs::read_to_string(&file).expect("read"), "original\n", "nothing written while held");
+    d.ctl_ok(&["approve", h["id"].as_str().expect("id")]);
+    assert_eq!(finished(child), Outcome::Ok, "approved: the write went through");
+    assert_eq!(fs::read_to_string(&file).expect("read"), "original\nappended by probe\n");
+
+    // Once means once; and a truncating open is held the same way.
+    let child = cg.spawn(&d.bins.probe, &["write", &file]);
+    let id = hold_on(&d, &file)["id"].as_str().expect("hold id").to_string();
+    d.ctl_ok(&["deny", &id, "--reason", "not that file"]);
+    assert_eq!(finished(child), Outcome::Errno("EPERM".into()), "denied: the open fails");
+    assert_eq!(fs::read_to_string(&file).expect("read"), "original\nappended by probe\n", "denied: unchanged");
+
+    // Nobody answers: denied at the deadline.
+    let child = cg.spawn(&d.bins.probe, &["append", &file]);
+    let h = hold_on(&d, &file);
+    let deadline = humantime::parse_rfc3339(h["deadline"].as_str().expect("deadline")).expect("RFC 3339 deadline");
+    assert_eq!(finished(child), Outcome::Errno("EPERM".into()), "timed out: denied");
+    let late = std::time::SystemTime::now().duration_since(deadline);
+    println!("write hold resolved {late:?} after its deadline");
+    assert!(late.is_ok(), "resolved before its deadline");
+    assert_eq!(fs::read_to_string(&file).expect("read"), "original\nappended by probe\n", "timed out: unchanged");
+}
+
+/// agentd killed while a write open is held: the kernel lets the held open go on
+/// when the fanotify descriptor closes, and finds no approval — BPF LSM refuses
+/// the write through it (EPERM), the fallback kills the opener at the open's exit.
+/// The file is never written.
+pub fn write_hold_fails_closed_when_agentd_dies() {
+    let mut d = Daemon::start("writeholdkill");
+    let (_files, cg, file) = write_hold_setup(&d, "writeholdkill", "60s");
+    let want = d.denied("write");
+    let child = cg.spawn(&d.bins.probe, &["append", &file]);
+    hold_on(&d, &file);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let state = proc_state(child.id());
+    assert!(state == "D" || state == "S", "held (waiting in the kernel), not stopped: state {state}");
+    d.kill9();
+    assert_eq!(finished(child), want, "a held write never happens without a decision");
+    assert_eq!(fs::read_to_string(&file).expect("read"), "original\n", "the file is unchanged");
 }
 
 /// A UDP send to an `ask` destination cannot be held (nothing holds a datagram):

@@ -62,9 +62,10 @@ pub enum Counter {
 /// What the kernel is expected to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expect {
-    /// Blocked (deny, or a write or connect ask: nothing holds those yet).
+    /// Blocked (deny, or a connect ask the replay denies, or a UDP ask).
     pub blocked: bool,
-    /// An exec held for approval by this rule (the replay approves it).
+    /// Held for approval by this rule (the replay approves execs and writes,
+    /// denies connects).
     pub held_by: Option<u32>,
     /// The rule id that decides (0: the kind's default) and the counter it moves;
     /// `None` when no rule is consulted (revoked or expired identity).
@@ -154,17 +155,24 @@ pub fn perform(d: &Daemon, cg: &Cgroup, act: &Act) -> Outcome {
 pub fn perform_held(d: &Daemon, cg: &Cgroup, act: &Act, rule: u32) -> (Outcome, Vec<String>) {
     let mut c = Command::new(&d.bins.probe);
     c.args(["join", cg.path.to_str().expect("utf-8 cgroup path")]);
-    // An exec is approved (it must then run); a connect is denied (reset).
+    // An exec or write is approved (it must then happen); a connect is denied (reset).
     let approve = match act {
         Act::Exec { path } => {
             c.arg("exec").arg(path).args(["sleep", "0"]);
+            true
+        }
+        Act::Write { path, cwd } => {
+            c.arg("append").arg(path);
+            if let Some(dir) = cwd {
+                c.current_dir(dir);
+            }
             true
         }
         Act::Connect { addr, udp: false } => {
             c.args(["tcp-talk", &addr.to_string(), "conformance"]);
             false
         }
-        _ => return (perform(d, cg, act), vec!["only execs and TCP connects are held".into()]),
+        _ => return (perform(d, cg, act), vec!["only execs, writes and TCP connects are held".into()]),
     };
     let child = c.stdout(std::process::Stdio::piped()).spawn().expect("running probe");
     let pid = u64::from(child.id());
@@ -292,15 +300,16 @@ pub fn expect_of(v: &Vector, standing: Standing) -> Expect {
     let (blocked, counter) = match v.expected.decision {
         Verdict::Allow => (false, Counter::Allow),
         Verdict::Audit => (false, Counter::Audit),
-        // An exec ask is held, and the replay approves it (`perform_held`): the
-        // kernel lets it through on the daemon's approval and counts an allow.
-        Verdict::Ask if is_exec(v) => (false, Counter::Allow),
+        // An exec or write ask is held (the replay's writes open existing files),
+        // and the replay approves it (`perform_held`): the kernel lets it through
+        // on the daemon's approval and counts an allow.
+        Verdict::Ask if is_exec(v) || is_write(v) => (false, Counter::Allow),
         // A TCP connect ask is sent to the hold proxy (not counted by the kernel:
         // its outcome is the hold's), and the replay denies it: reset.
         Verdict::Ask if is_tcp(v) => {
             return Expect { blocked: true, held_by: Some(rule), counts: None };
         }
-        // Other asks are denied: nothing holds them yet.
+        // Other asks (UDP) are denied: nothing holds a datagram.
         Verdict::Deny | Verdict::Ask => (true, Counter::Deny),
         Verdict::WouldDeny | Verdict::WouldAsk => (false, Counter::WouldDeny),
     };
@@ -308,9 +317,13 @@ pub fn expect_of(v: &Vector, standing: Standing) -> Expect {
     Expect { blocked, held_by, counts: Some((rule, counter)) }
 }
 
-/// Whether `v` is an exec or TCP connect the kernel holds for approval.
+/// Whether `v` is an exec, write or TCP connect the kernel holds for approval.
 pub fn held(v: &Vector, standing: Standing) -> bool {
-    standing == Standing::Active && v.expected.decision == Verdict::Ask && (is_exec(v) || is_tcp(v))
+    standing == Standing::Active && v.expected.decision == Verdict::Ask && (is_exec(v) || is_write(v) || is_tcp(v))
+}
+
+fn is_write(v: &Vector) -> bool {
+    matches!(v.action, VectorAction::Write { .. })
 }
 
 fn is_tcp(v: &Vector) -> bool {

@@ -51,6 +51,8 @@ agentd_tests::scenario_tests!(outside_vm;
     exec_hold_times_out_denied,
     exec_hold_approve_for_grants_repeats,
     write_request_approved_lets_the_retry_through,
+    write_hold_waits_for_approval,
+    write_hold_fails_closed_when_agentd_dies,
     exec_hold_fails_closed_when_agentd_dies,
     hundred_concurrent_holds_resolve_each_to_its_own_decision,
     webhook_gets_each_hold_and_retries,

@@ -717,7 +717,8 @@ fn write_hold_setup(d: &Daemon, name: &str, timeout: &str) -> (Scratch, Cgroup, 
 /// An open for writing of an existing file the policy asks about waits in the
 /// kernel — the process sleeps, the file is untouched — until a person decides:
 /// after `approve` the write goes through; approval is once, so the next open is
-/// held again, and after `deny` it fails with EPERM and the file is unchanged.
+/// held again, and after `deny` it fails with EPERM and the file is unchanged, as
+/// at the deadline; `approve --for` lets the repeats through without a hold.
 pub fn write_hold_waits_for_approval() {
     let d = Daemon::start("writehold");
     // Long enough for a person (the test) to answer the first two on an emulated
@@ -750,6 +751,18 @@ pub fn write_hold_waits_for_approval() {
     println!("write hold resolved {late:?} after its deadline");
     assert!(late.is_ok(), "resolved before its deadline");
     assert_eq!(fs::read_to_string(&file).expect("read"), "original\nappended by probe\n", "timed out: unchanged");
+
+    // approve --for: the same identity opens the same file again without a hold
+    // until the grant ends.
+    let child = cg.spawn(&d.bins.probe, &["write", &file]);
+    let id = hold_on(&d, &file)["id"].as_str().expect("hold id").to_string();
+    d.ctl_ok(&["approve", &id, "--for", "1h"]);
+    assert_eq!(finished(child), Outcome::Ok);
+    for _ in 0..3 {
+        assert_eq!(probe(&d, &cg, &["append", &file]), Outcome::Ok, "repeat under the grant: no hold");
+    }
+    let text = fs::read_to_string(&file).expect("read");
+    assert_eq!(text, "written by probe\nappended by probe\nappended by probe\nappended by probe\n");
 }
 
 /// agentd killed while a write open is held: the kernel lets the held open go on

@@ -337,7 +337,8 @@ pub fn start_write_gate(
         std::thread::Builder::new()
             .name("write-holds".into())
             .spawn(move || {
-                let err = gate.run(|held| on_write_open(&core, &holds, &maps, &cgroup_mount, &rt, held));
+                let unheld = |tid| maps.lock().unwrap_or_else(PoisonError::into_inner).lookup(tid).is_none();
+                let err = gate.run(unheld, |held| on_write_open(&core, &holds, &maps, &cgroup_mount, &rt, held));
                 warn!(error = %err, "write hold thread stopped; ask writes are now refused without a hold");
             })
             .map_err(|e| crate::enforce::EnforceError::kernel("starting the write hold thread", e))?;

@@ -142,9 +142,11 @@ fn mark_new(fan: &Fanotify, mask: MaskFlags, mountinfo: &str, seen: &mut BTreeSe
     marked
 }
 
-/// Reads a group's events for ever, handing each to `handle`; agentd's own
-/// opens (`own`) are allowed at once.
-fn run_group(fan: &Arc<Fanotify>, own: impl Fn(u32) -> bool, mut handle: impl FnMut(HeldOpen)) -> EnforceError {
+/// Reads a group's events for ever, handing each to `handle`. An open whose
+/// opener `pass` lets go (agentd's own; for writes, every thread the kernel did
+/// not record as in an ask open) is allowed at once, before the file's path and
+/// inode are looked up: every open on a marked filesystem waits for this loop.
+fn run_group(fan: &Arc<Fanotify>, pass: impl Fn(u32) -> bool, mut handle: impl FnMut(HeldOpen)) -> EnforceError {
     loop {
         let events = match fan.read_events() {
             Ok(ev) => ev,
@@ -162,15 +164,14 @@ fn run_group(fan: &Arc<Fanotify>, own: impl Fn(u32) -> bool, mut handle: impl Fn
             };
             let pid = ev.pid() as u32;
             let raw = fd.as_raw_fd();
+            if pass(pid) {
+                HeldOpen { fan: fan.clone(), event: Some(ev), pid, path: PathBuf::new(), dev: 0, ino: 0 }.allow();
+                continue;
+            }
             let path = fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
             let meta = nix::sys::stat::fstat(raw).ok();
             let (dev, ino) = meta.map_or((0, 0), |m| (kernel_dev(m.st_dev), m.st_ino));
-            let held = HeldOpen { fan: fan.clone(), event: Some(ev), pid, path, dev, ino };
-            if own(pid) {
-                held.allow();
-                continue;
-            }
-            handle(held);
+            handle(HeldOpen { fan: fan.clone(), event: Some(ev), pid, path, dev, ino });
         }
     }
 }
@@ -307,10 +308,12 @@ impl WriteGate {
     }
 
     /// Reads events for ever (on its own thread); as [`ExecGate::run`], but every
-    /// open on the marked filesystems comes here: `handle` must answer the ones
-    /// that are not held without waiting for anything.
-    pub fn run(self, handle: impl FnMut(HeldOpen)) -> EnforceError {
-        run_group(&self.fan, |_| false, handle)
+    /// open on the marked filesystems comes here. `unheld(tid)` says, without
+    /// waiting for anything, that the kernel recorded no ask open for the thread
+    /// (that open is allowed at once); `handle` gets the rest, and must answer
+    /// the ones it does not hold as promptly.
+    pub fn run(self, unheld: impl Fn(u32) -> bool, handle: impl FnMut(HeldOpen)) -> EnforceError {
+        run_group(&self.fan, unheld, handle)
     }
 }
 

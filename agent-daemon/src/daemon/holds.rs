@@ -337,8 +337,8 @@ pub fn start_write_gate(
         std::thread::Builder::new()
             .name("write-holds".into())
             .spawn(move || {
-                let unheld = |tid| maps.lock().unwrap_or_else(PoisonError::into_inner).lookup(tid).is_none();
-                let err = gate.run(unheld, |held| on_write_open(&core, &holds, &maps, &cgroup_mount, &rt, held));
+                let recorded = |tid| maps.lock().unwrap_or_else(PoisonError::into_inner).lookup(tid);
+                let err = gate.run(recorded, |held, h| on_write_open(&core, &holds, &maps, &cgroup_mount, &rt, held, h));
                 warn!(error = %err, "write hold thread stopped; ask writes are now refused without a hold");
             })
             .map_err(|e| crate::enforce::EnforceError::kernel("starting the write hold thread", e))?;
@@ -358,9 +358,10 @@ fn set_devs(maps: &Mutex<WriteHolds>, devs: &std::collections::BTreeSet<u32>) {
     }
 }
 
-/// One open on a marked filesystem. Runs on the gate's thread, which every open
-/// there waits for, so it answers at once unless the kernel recorded this thread
-/// as in a write open of a bound identity; those go to a blocking task (judging
+/// An open on a marked filesystem by a thread the kernel recorded (`h`) as in a
+/// write open of a bound identity (the gate allowed every other open already).
+/// Runs on the gate's thread, which every open there waits for, so it answers at
+/// once unless the open is to be judged; those go to a blocking task (judging
 /// takes the core lock, whose holder may itself be opening a file).
 fn on_write_open(
     core: &Arc<Mutex<Core>>,
@@ -369,12 +370,8 @@ fn on_write_open(
     mount: &Path,
     rt: &tokio::runtime::Handle,
     held: HeldOpen,
+    h: agent_common::WriteHold,
 ) {
-    let h = maps.lock().unwrap_or_else(PoisonError::into_inner).lookup(held.pid);
-    let Some(h) = h else {
-        held.allow();
-        return;
-    };
     // BPF LSM recorded the very file it let into the hold; another file is some
     // other open of this thread (the kernel's own checks judge it).
     let lsm = h.file != 0;

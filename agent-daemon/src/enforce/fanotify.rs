@@ -142,11 +142,12 @@ fn mark_new(fan: &Fanotify, mask: MaskFlags, mountinfo: &str, seen: &mut BTreeSe
     marked
 }
 
-/// Reads a group's events for ever, handing each to `handle`. An open whose
-/// opener `pass` lets go (agentd's own; for writes, every thread the kernel did
-/// not record as in an ask open) is allowed at once, before the file's path and
-/// inode are looked up: every open on a marked filesystem waits for this loop.
-fn run_group(fan: &Arc<Fanotify>, pass: impl Fn(u32) -> bool, mut handle: impl FnMut(HeldOpen)) -> EnforceError {
+/// Reads a group's events for ever. `first(pid)` looks at the opener alone:
+/// `None` (agentd's own opens; for writes, every thread the kernel did not record
+/// as in an ask open) allows the open at once, before the file's path and inode
+/// are looked up, since every open on a marked filesystem waits for this loop;
+/// `Some(what)` hands the open and `what` to `handle`.
+fn run_group<T>(fan: &Arc<Fanotify>, first: impl Fn(u32) -> Option<T>, mut handle: impl FnMut(HeldOpen, T)) -> EnforceError {
     loop {
         let events = match fan.read_events() {
             Ok(ev) => ev,
@@ -164,14 +165,14 @@ fn run_group(fan: &Arc<Fanotify>, pass: impl Fn(u32) -> bool, mut handle: impl F
             };
             let pid = ev.pid() as u32;
             let raw = fd.as_raw_fd();
-            if pass(pid) {
+            let Some(what) = first(pid) else {
                 HeldOpen { fan: fan.clone(), event: Some(ev), pid, path: PathBuf::new(), dev: 0, ino: 0 }.allow();
                 continue;
-            }
+            };
             let path = fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
             let meta = nix::sys::stat::fstat(raw).ok();
             let (dev, ino) = meta.map_or((0, 0), |m| (kernel_dev(m.st_dev), m.st_ino));
-            handle(HeldOpen { fan: fan.clone(), event: Some(ev), pid, path, dev, ino });
+            handle(HeldOpen { fan: fan.clone(), event: Some(ev), pid, path, dev, ino }, what);
         }
     }
 }
@@ -246,9 +247,9 @@ impl ExecGate {
     /// Reads events for ever (on its own thread), handing each exec to `handle`,
     /// which must answer it (or drop it, which denies) — promptly for processes
     /// that are not held: every exec on the machine waits for this answer.
-    pub fn run(self, handle: impl FnMut(HeldOpen)) -> EnforceError {
+    pub fn run(self, mut handle: impl FnMut(HeldOpen)) -> EnforceError {
         let own = std::process::id();
-        run_group(&self.fan, |pid| pid == own, handle)
+        run_group(&self.fan, |pid| (pid != own).then_some(()), |held, ()| handle(held))
     }
 
     /// The group's file descriptor number (for logs).
@@ -308,12 +309,12 @@ impl WriteGate {
     }
 
     /// Reads events for ever (on its own thread); as [`ExecGate::run`], but every
-    /// open on the marked filesystems comes here. `unheld(tid)` says, without
-    /// waiting for anything, that the kernel recorded no ask open for the thread
-    /// (that open is allowed at once); `handle` gets the rest, and must answer
-    /// the ones it does not hold as promptly.
-    pub fn run(self, unheld: impl Fn(u32) -> bool, handle: impl FnMut(HeldOpen)) -> EnforceError {
-        run_group(&self.fan, unheld, handle)
+    /// open on the marked filesystems comes here. `recorded(tid)` returns, without
+    /// waiting for anything, what the kernel recorded of the thread's ask open;
+    /// an open with nothing recorded is allowed at once, the rest go to `handle`
+    /// with the record, which must answer the ones it does not hold as promptly.
+    pub fn run<T>(self, recorded: impl Fn(u32) -> Option<T>, handle: impl FnMut(HeldOpen, T)) -> EnforceError {
+        run_group(&self.fan, recorded, handle)
     }
 }
 

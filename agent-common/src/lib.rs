@@ -43,6 +43,13 @@ pub mod kind {
     pub const EGRESS: u8 = 3;
     /// Creation of a raw or packet socket, refused to every bound identity.
     pub const SOCKET: u8 = 4;
+    /// Something that would change what enforcement sees or reach enforcement
+    /// itself (bpf(), mounts, namespaces, agentd, other identities' processes,
+    /// cgroup moves, kernel modules): refused to every bound identity whatever its
+    /// policy (`reason` says which class; `spec.system` opts into a few).
+    pub const SYSTEM: u8 = 5;
+    /// A connect (or datagram) to a local (AF_UNIX) socket, judged by `egress.unix`.
+    pub const UNIX: u8 = 6;
 }
 
 /// The outcome the kernel imposed.
@@ -91,6 +98,42 @@ pub mod op {
     pub const SYSCALL: u8 = 14;
     /// A write (or shared mapping) through an already open file.
     pub const WRITE: u8 = 15;
+    /// `mmap`/`mprotect` of a file with PROT_EXEC (kind EXEC): code from a file
+    /// mapped to run without an exec (the dynamic loader, `dlopen`).
+    pub const MMAP_EXEC: u8 = 16;
+    /// Metadata writes (kind WRITE): chmod, chown, set/remove xattr, utimes.
+    pub const CHMOD: u8 = 17;
+    pub const CHOWN: u8 = 18;
+    pub const XATTR: u8 = 19;
+    pub const UTIMES: u8 = 20;
+    /// An open for reading (kind SYSTEM: agentd's state, bpffs, raw memory).
+    pub const READ: u8 = 21;
+    /// Kind SYSTEM operations; `Event::aux` carries the detail named on each.
+    /// bpf(2); aux: the command.
+    pub const BPF: u8 = 22;
+    /// mount, umount, move_mount, pivot_root, chroot; aux: 0 mount, 1 umount,
+    /// 2 move_mount, 3 pivot_root, 4 chroot, 5 remount.
+    pub const MOUNT: u8 = 23;
+    /// unshare, setns, or clone with CLONE_NEW*; aux: the CLONE_NEW* flags.
+    pub const NAMESPACE: u8 = 24;
+    /// ptrace, process_vm_writev, pidfd_getfd, /proc/PID/mem; aux: target pid.
+    pub const PTRACE: u8 = 25;
+    /// A signal to agentd; aux: signal number << 32 | target pid.
+    pub const SIGNAL: u8 = 26;
+    /// Kernel modules and kexec; aux: 0 load, 1 delete, 2 kexec.
+    pub const MODULE: u8 = 27;
+    /// A move into another cgroup (cgroup.procs/cgroup.threads write, clone3
+    /// CLONE_INTO_CGROUP) or a write to a cgroup's files; aux: clone flags (clone)
+    /// or 0 (a file: the path is in `path`).
+    pub const CGROUP: u8 = 28;
+    /// perf_event_open of a kprobe, uprobe, tracepoint or breakpoint; aux: type.
+    pub const PERF: u8 = 29;
+    /// iopl, ioperm and other raw I/O (CAP_SYS_RAWIO); aux: capability.
+    pub const RAWIO: u8 = 30;
+    /// A capability the bound identity may never use; aux: its number.
+    pub const CAPABILITY: u8 = 31;
+    /// Changing a resource limit agentd keeps (RLIMIT_CORE on the fallback tier).
+    pub const RLIMIT: u8 = 32;
 }
 
 /// Why the decision came out as it did.
@@ -118,6 +161,29 @@ pub mod reason {
     /// A write through a file whose `ask` hold was never approved (agentd died
     /// while it was held, and the kernel let the open go on): refused.
     pub const NOT_APPROVED: u8 = 9;
+    /// Leaving the bound cgroup subtree (a cgroup move, clone3 CLONE_INTO_CGROUP).
+    pub const ESCAPE: u8 = 10;
+    /// Reaching enforcement itself: agentd's process, socket, state and config,
+    /// bpffs pins, the cgroup files of bound cgroups.
+    pub const TAMPER: u8 = 11;
+    /// Creating or entering namespaces, mounting, pivot_root, chroot (unless
+    /// `spec.system.namespaces: allow`, and then only inside its own namespaces).
+    pub const NAMESPACE: u8 = 12;
+    /// bpf(2), any command.
+    pub const BPF: u8 = 13;
+    /// ptrace and its kin against a process of another identity (or any, unless
+    /// `spec.system.ptrace: allow`).
+    pub const PTRACE: u8 = 14;
+    /// Kernel modules, kexec, raw memory and I/O ports, kprobes/uprobes.
+    pub const KERNEL: u8 = 15;
+    /// A socket family, type or protocol the egress hooks cannot judge (UDP-Lite,
+    /// SCTP, vsock, ...) or ICMP without a rule that allows it.
+    pub const PROTOCOL: u8 = 16;
+    /// A path rule protecting something below this directory: renaming, removing
+    /// or replacing the directory is a write to what it holds.
+    pub const GUARDED: u8 = 17;
+    /// A hard link of a file the rules deny writing, into a place that allows it.
+    pub const LINK: u8 = 18;
 }
 
 /// Bits of [`IdentityConfig::flags`].
@@ -126,6 +192,15 @@ pub mod identity_flags {
     pub const REVOKED: u8 = 1;
     /// `mode: monitor`: allow, but report what would have been denied.
     pub const MONITOR: u8 = 2;
+    /// `spec.system.namespaces: allow`: may create namespaces and mount inside
+    /// mount namespaces it is in that are not the reference one. Paths are still
+    /// judged in the reference view.
+    pub const NAMESPACES: u8 = 4;
+    /// `spec.system.ptrace: allow`: may ptrace processes of the same identity.
+    pub const PTRACE: u8 = 8;
+    /// The policy has an egress rule that allows ICMP (`protocol: icmp`): ICMP
+    /// "ping" sockets may be created, and each destination is judged.
+    pub const ICMP: u8 = 16;
 }
 
 /// Slots of the `COUNTERS` per-CPU array.
@@ -177,6 +252,13 @@ pub struct IdentityConfig {
     /// `CLOCK_BOOTTIME` nanoseconds at which the identity expires (0: never). The
     /// kernel compares it with `bpf_ktime_get_boot_ns()` on every decision.
     pub expires_boot_ns: u64,
+    /// Start state in `GLOB_STATES` of the automaton of the `egress.unix` patterns
+    /// an LPM trie cannot express; 0: none.
+    pub unix_glob: u16,
+    /// `egress.unix.default` as an `action` code (allow when the policy has no
+    /// `unix:` section).
+    pub unix_default: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Data part of an LPM-trie key for exec and write rules.
@@ -434,6 +516,87 @@ pub struct EgressRules {
     pub rules: [PortRule; MAX_PORT_RULES],
 }
 
+/// Value of `TASK_IDENTITY`, keyed by tgid: the identity a process acts for.
+///
+/// A cgroup binding is how an identity is *attached*; this is where it is *kept*.
+/// A process gets an entry when it first acts in a bound cgroup (or when agentd
+/// binds the cgroup it is in), and its children inherit it at fork, so moving
+/// out of the cgroup — by a cgroup.procs write, clone3(CLONE_INTO_CGROUP) or
+/// another process — sheds nothing. The entry goes when the last thread exits,
+/// when the binding it came from is removed, or is rewritten on a rebind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskIdentity {
+    pub identity: u32,
+    pub _pad: u32,
+    /// The cgroup id of the binding that attributed it (for unbind and rebind).
+    pub binding: u64,
+}
+
+/// Key of `PROTECTED`: an inode (a directory protects all it holds) that no bound
+/// task may reach: agentd's state directory, configuration and socket directory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    /// The kernel's `s_dev` encoding, as in [`ExecInodeKey`].
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// Bits of a `PROTECTED` value.
+pub mod protect {
+    /// No bound task may write, create, rename, link, unlink or change metadata
+    /// of it or anything below it.
+    pub const WRITE: u32 = 1;
+    /// No bound task may open it, or anything below it, even for reading (the
+    /// state directory holds the receipt and identity signing keys).
+    pub const READ: u32 = 2;
+}
+
+/// Value of `REF_MOUNTS`: how a path inside one filesystem reads in the reference
+/// mount view (the host's initial mount namespace).
+///
+/// The kernel builds a file's path by walking dentries up to its superblock's
+/// root, never through the mounts it was reached by, so bind mounts and private
+/// mount namespaces change nothing. The LPM key is (`s_dev`, path inside the
+/// filesystem) of a mount's root in the reference view; the longest match says
+/// where that part of the filesystem is mounted there: drop `strip` bytes of the
+/// in-filesystem path and put `prefix[..len]` in front. A filesystem with no
+/// mount in the reference view has no entry: its paths are `unresolved`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountPrefix {
+    pub strip: u16,
+    pub len: u16,
+    pub _pad: u32,
+    pub prefix: [u8; MOUNT_PREFIX_LEN],
+}
+
+/// Longest mount point path a [`MountPrefix`] carries.
+pub const MOUNT_PREFIX_LEN: usize = 248;
+
+impl Default for MountPrefix {
+    fn default() -> Self {
+        MountPrefix { strip: 0, len: 0, _pad: 0, prefix: [0; MOUNT_PREFIX_LEN] }
+    }
+}
+
+/// Index 0 of `GUARD`: what the kernel needs to keep enforcement out of a bound
+/// task's reach.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardConfig {
+    /// agentd's tgid: no bound task may signal or trace it. 0: agentd is down.
+    pub agentd_tgid: u32,
+    /// Inode number of the reference mount namespace (`/proc/1/ns/mnt`).
+    pub ref_mnt_ns: u32,
+    /// agentd's process group (signals to `-pgid`).
+    pub agentd_pgid: u32,
+    /// 1 once agentd has filled `REF_MOUNTS` (until then paths are unresolved).
+    pub mounts_ready: u32,
+}
+
 /// Byte offsets of kernel struct fields, read by the daemon from the running
 /// kernel's BTF and stored at index 0 of the `KERNEL_OFFSETS` array. Rust eBPF has
 /// no CO-RE, so this is how the programs walk `struct file` → dentries → mounts on
@@ -505,6 +668,9 @@ pub struct Event {
     pub path_len: u16,
     pub path_truncated: u8,
     pub _pad: [u8; 3],
+    /// Detail of a kind SYSTEM event, as its `op` says (a target pid, a bpf
+    /// command, clone flags, a capability); 0 otherwise.
+    pub aux: u64,
     /// Destination address; IPv4 is IPv4-mapped (egress only).
     pub addr: [u8; 16],
     pub comm: [u8; 16],
@@ -534,6 +700,10 @@ mod pod {
     unsafe impl aya::Pod for Hits {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for TaskIdentity {}
+    unsafe impl aya::Pod for InodeKey {}
+    unsafe impl aya::Pod for MountPrefix {}
+    unsafe impl aya::Pod for GuardConfig {}
 }
 
 #[cfg(test)]
@@ -543,7 +713,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<IdentityConfig>(), 24);
+        assert_eq!(size_of::<IdentityConfig>(), 32);
         assert_eq!(size_of::<ExecInodeKey>(), 16);
         assert_eq!(size_of::<ExecApproval>(), 24);
         assert_eq!(size_of::<HeldConnect>(), 40);
@@ -559,6 +729,10 @@ mod tests {
         assert_eq!(size_of::<PortRule>(), 12);
         assert_eq!(size_of::<EgressRules>(), 4 + 12 * MAX_PORT_RULES);
         assert_eq!(size_of::<KernelOffsets>(), 27 * 4);
-        assert_eq!(size_of::<Event>(), 8 + 8 + 6 * 4 + 8 + 4 + 4 + 16 + 16 + EVENT_PATH_LEN);
+        assert_eq!(size_of::<TaskIdentity>(), 16);
+        assert_eq!(size_of::<InodeKey>(), 16);
+        assert_eq!(size_of::<MountPrefix>(), 8 + MOUNT_PREFIX_LEN);
+        assert_eq!(size_of::<GuardConfig>(), 16);
+        assert_eq!(size_of::<Event>(), 8 + 8 + 6 * 4 + 8 + 4 + 4 + 8 + 16 + 16 + EVENT_PATH_LEN);
     }
 }

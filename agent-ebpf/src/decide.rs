@@ -325,12 +325,14 @@ pub struct Target {
     pub protocol: u8,
     pub port: u16,
     pub addr: [u8; 16],
+    /// `Event::aux`.
+    pub aux: u64,
 }
 
 impl Target {
     #[inline(always)]
     pub fn path(kind: u8, op: u8, mechanism: u8, path: Option<Resolved>) -> Self {
-        Target { kind, op, mechanism, path, family: 0, protocol: 0, port: 0, addr: [0; 16] }
+        Target { kind, op, mechanism, path, family: 0, protocol: 0, port: 0, addr: [0; 16], aux: 0 }
     }
 }
 
@@ -380,6 +382,7 @@ pub fn report(s: &Scratch, subject: &Subject, d: &Decision, t: &Target, hard_ver
         (*ev).family = t.family;
         (*ev).addr = t.addr;
         (*ev)._pad = [0; 3];
+        (*ev).aux = t.aux;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         match t.path {
             Some(p) => {

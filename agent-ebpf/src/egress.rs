@@ -83,7 +83,7 @@ fn refuse_ask(d: Decision, ruleset: u32) -> Decision {
 
 #[inline(always)]
 fn emit(subject: &Subject, d: &Decision, family: u16, addr: [u8; 16], port: u16, protocol: u8, op: u8, mech: u8) {
-    let target = Target { kind: kind::EGRESS, op, mechanism: mech, path: None, family, protocol, port, addr };
+    let target = Target { kind: kind::EGRESS, op, mechanism: mech, path: None, family, protocol, port, addr, aux: 0 };
     if let Some(s) = SCRATCH.get_ptr(0) {
         // SAFETY: per-CPU scratch; egress events carry no path, so it is only read.
         report(unsafe { &*s }, subject, d, &target, verdict::DENY);
@@ -237,6 +237,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         protocol: 0,
         port: 0,
         addr: [0; 16],
+        aux: 0,
     };
     if let Some(s) = SCRATCH.get_ptr(0) {
         // SAFETY: per-CPU scratch, read only.

@@ -70,6 +70,10 @@ pub static GLOB_STATES: HashMap<GlobKey, GlobState> = HashMap::pinned(GLOB_STATE
 #[map]
 pub static WRITE_RULES: LpmTrie<PathKey, PathRule> = LpmTrie::pinned(65536, 0);
 
+/// `egress.unix` rules: socket file paths, keyed like `WRITE_RULES`.
+#[map]
+pub static UNIX_RULES: LpmTrie<PathKey, PathRule> = LpmTrie::pinned(16384, 0);
+
 #[map]
 pub static EGRESS_RULES: LpmTrie<AddrKey, EgressRules> = LpmTrie::pinned(16384, 0);
 

@@ -384,6 +384,7 @@ mod tests {
             path_len: 0,
             path_truncated: 0,
             _pad: [0; 3],
+            aux: 0,
             addr: [0; 16],
             comm: [0; 16],
             path: [0; agent_common::EVENT_PATH_LEN],

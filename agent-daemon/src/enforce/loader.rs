@@ -77,6 +77,7 @@ pub struct Enforcer {
     exec_rules: LpmTrie<MapData, PathKey, PathRule>,
     exec_inodes: HashMap<MapData, ExecInodeKey, PathRule>,
     write_rules: LpmTrie<MapData, PathKey, PathRule>,
+    unix_rules: LpmTrie<MapData, PathKey, PathRule>,
     glob_states: HashMap<MapData, GlobKey, GlobState>,
     egress_rules: LpmTrie<MapData, AddrKey, EgressRules>,
     hits: PerCpuHashMap<MapData, HitKey, Hits>,
@@ -280,6 +281,7 @@ impl Enforcer {
             exec_rules: pinned(&maps_dir, "EXEC_RULES")?,
             exec_inodes: pinned(&maps_dir, "EXEC_INODES")?,
             write_rules: pinned(&maps_dir, "WRITE_RULES")?,
+            unix_rules: pinned(&maps_dir, "UNIX_RULES")?,
             glob_states: pinned(&maps_dir, "GLOB_STATES")?,
             egress_rules: pinned(&maps_dir, "EGRESS_RULES")?,
             hits: pinned(&maps_dir, "HITS")?,
@@ -376,6 +378,7 @@ impl Enforcer {
         if policy.monitor {
             flags |= identity_flags::MONITOR;
         }
+        flags |= policy.system_flags & (identity_flags::NAMESPACES | identity_flags::PTRACE | identity_flags::ICMP);
         let cfg = IdentityConfig {
             exec_default: policy.exec_default,
             write_default: policy.write_default,
@@ -386,6 +389,9 @@ impl Enforcer {
             exec_glob: policy.exec_glob,
             write_glob: policy.write_glob,
             expires_boot_ns: expires.map_or(0, boot_deadline),
+            unix_glob: policy.unix_glob,
+            unix_default: policy.unix_default,
+            _pad: [0; 5],
         };
         if let Err(e) = self.identities.insert(id, cfg, 0) {
             if fresh {
@@ -415,6 +421,9 @@ impl Enforcer {
         for e in &policy.write {
             self.write_rules.insert(&path_key(rs, &e.key)?, e.value, 0).map_err(kerr("writing WRITE_RULES"))?;
         }
+        for e in &policy.unix {
+            self.unix_rules.insert(&path_key(rs, &e.key)?, e.value, 0).map_err(kerr("writing UNIX_RULES"))?;
+        }
         for (i, st) in policy.globs.iter().enumerate() {
             let key = GlobKey { ruleset, state: i as u32 + 1 };
             self.glob_states.insert(key, st, 0).map_err(kerr("writing GLOB_STATES (full? every policy's `*`/`**` patterns share it)"))?;
@@ -429,7 +438,7 @@ impl Enforcer {
     /// Deletes every entry of rule set `ruleset`, and its hit counts.
     fn drop_ruleset(&mut self, ruleset: u32) -> Result<(), EnforceError> {
         let rs = ruleset.to_be_bytes();
-        for trie in [&mut self.exec_rules, &mut self.write_rules] {
+        for trie in [&mut self.exec_rules, &mut self.write_rules, &mut self.unix_rules] {
             let stale: Vec<Key<PathKey>> =
                 trie.keys().filter_map(Result::ok).filter(|k| k.data().ruleset == rs).collect();
             for k in stale {
@@ -504,7 +513,7 @@ impl Enforcer {
             self.installed.insert(id, Installed { ruleset: cfg.ruleset, source: None });
         }
         let mut present = BTreeSet::new();
-        for k in self.exec_rules.keys().chain(self.write_rules.keys()).filter_map(Result::ok) {
+        for k in self.exec_rules.keys().chain(self.write_rules.keys()).chain(self.unix_rules.keys()).filter_map(Result::ok) {
             present.insert(u32::from_be_bytes(k.data().ruleset));
         }
         for k in self.egress_rules.keys().filter_map(Result::ok) {

@@ -37,6 +37,16 @@ pub struct CompiledPolicy {
     pub exec_glob: u16,
     /// The same for write.
     pub write_glob: u16,
+    /// `egress.unix` rules for the `UNIX_RULES` LPM trie (socket file paths,
+    /// keyed like write rules).
+    pub unix: Vec<PathEntry>,
+    /// Start state of the `egress.unix` automaton in `globs` (0: none).
+    pub unix_glob: u16,
+    /// `egress.unix.default` as an action code.
+    pub unix_default: u8,
+    /// `agent_common::identity_flags` bits that come from the policy
+    /// (`NAMESPACES`, `PTRACE`, `ICMP`).
+    pub system_flags: u8,
     /// Every rule, indexed by id (`rules[i].id == i as u32 + 1`; id 0 means "default").
     pub rules: Vec<RuleInfo>,
     /// What the kernel cannot enforce as written (always narrowing, never widening).

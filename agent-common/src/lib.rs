@@ -221,6 +221,12 @@ pub mod counter {
     pub const LSM_PROBE: u32 = 8;
     /// Rule hit counts lost because the `HITS` map was full.
     pub const HITS_DROPPED: u32 = 9;
+    /// Forks whose child could not be recorded in `TASK_IDENTITY` (full): the
+    /// child is still judged through its cgroup, but would lose its identity if
+    /// moved out of it.
+    pub const LINEAGE_FULL: u32 = 10;
+    /// Attempts on enforcement itself refused (kind SYSTEM decisions).
+    pub const GUARDS: u32 = 11;
 }
 
 /// Value of the `IDENTITIES` map, keyed by the identity's numeric id (`u32`).
@@ -533,18 +539,7 @@ pub struct TaskIdentity {
     pub binding: u64,
 }
 
-/// Key of `PROTECTED`: an inode (a directory protects all it holds) that no bound
-/// task may reach: agentd's state directory, configuration and socket directory.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct InodeKey {
-    /// The kernel's `s_dev` encoding, as in [`ExecInodeKey`].
-    pub dev: u32,
-    pub _pad: u32,
-    pub ino: u64,
-}
-
-/// Bits of a `PROTECTED` value.
+/// Bits of a `PROTECTED_PATHS` value.
 pub mod protect {
     /// No bound task may write, create, rename, link, unlink or change metadata
     /// of it or anything below it.
@@ -593,8 +588,15 @@ pub struct GuardConfig {
     pub ref_mnt_ns: u32,
     /// agentd's process group (signals to `-pgid`).
     pub agentd_pgid: u32,
-    /// 1 once agentd has filled `REF_MOUNTS` (until then paths are unresolved).
-    pub mounts_ready: u32,
+    /// `guard_flags::*`.
+    pub flags: u32,
+}
+
+/// Bits of [`GuardConfig::flags`].
+pub mod guard_flags {
+    /// BPF LSM programs run here (agentd proved it at start-up): what only they
+    /// can judge (ICMP destinations) may be allowed.
+    pub const LSM: u32 = 1;
 }
 
 /// Byte offsets of kernel struct fields, read by the daemon from the running
@@ -639,6 +641,52 @@ pub struct KernelOffsets {
     pub inode_i_ino: u32,
     pub inode_i_sb: u32,
     pub super_block_s_dev: u32,
+    // Honest paths: walking dentries to the superblock root, never through mounts.
+    pub dentry_d_inode: u32,
+    pub dentry_d_sb: u32,
+    /// `dentry::d_hash` (an `hlist_bl_node`; its `pprev`, 8 bytes on, is NULL
+    /// when the dentry is unhashed: a deleted file).
+    pub dentry_d_hash: u32,
+    pub super_block_s_root: u32,
+    pub super_block_s_magic: u32,
+    pub inode_i_mode: u32,
+    pub inode_i_rdev: u32,
+    // Sticky identity and the guards.
+    pub task_tgid: u32,
+    pub task_signal: u32,
+    /// `signal_struct::live`: threads not yet exiting.
+    pub signal_live: u32,
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    /// `mnt_namespace::ns` + `ns_common::inum`.
+    pub mnt_ns_inum: u32,
+    pub fs_struct_root: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// `cgroup::self` + `cgroup_subsys_state::parent` (a cgroup begins with its
+    /// `self` css, so the parent css is the parent cgroup).
+    pub cgroup_parent: u32,
+    pub file_private_data: u32,
+    pub vm_area_vm_file: u32,
+    /// `pid::numbers` + `upid::nr`: the pid in the initial pid namespace.
+    pub pid_nr: u32,
+    pub socket_sk: u32,
+    pub sock_sk_protocol: u32,
+    pub unix_sock_path: u32,
+    pub unix_sock_peer: u32,
+    pub unix_sock_addr: u32,
+    /// `unix_address::name` (a `sockaddr_un`: the path starts 2 bytes on).
+    pub unix_address_name: u32,
+    pub iattr_ia_valid: u32,
+    /// Argument counts of the xattr hooks (the previous verdict follows them).
+    pub inode_setxattr_nargs: u32,
+    pub inode_removexattr_nargs: u32,
+    /// `inode_setattr` gained an idmap argument in front of the dentry in 6.3.
+    pub inode_setattr_nargs: u32,
+    /// `task_struct::mm`, `mm_struct::exe_file`: the running executable, whose
+    /// mapping at exec was judged as the exec itself.
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
 }
 
 /// A decision the kernel reports to the daemon through the `EVENTS` ring buffer.
@@ -701,7 +749,6 @@ mod pod {
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for TaskIdentity {}
-    unsafe impl aya::Pod for InodeKey {}
     unsafe impl aya::Pod for MountPrefix {}
     unsafe impl aya::Pod for GuardConfig {}
 }
@@ -728,9 +775,8 @@ mod tests {
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<PortRule>(), 12);
         assert_eq!(size_of::<EgressRules>(), 4 + 12 * MAX_PORT_RULES);
-        assert_eq!(size_of::<KernelOffsets>(), 27 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 60 * 4);
         assert_eq!(size_of::<TaskIdentity>(), 16);
-        assert_eq!(size_of::<InodeKey>(), 16);
         assert_eq!(size_of::<MountPrefix>(), 8 + MOUNT_PREFIX_LEN);
         assert_eq!(size_of::<GuardConfig>(), 16);
         assert_eq!(size_of::<Event>(), 8 + 8 + 6 * 4 + 8 + 4 + 4 + 8 + 16 + 16 + EVENT_PATH_LEN);

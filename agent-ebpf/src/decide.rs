@@ -180,6 +180,26 @@ pub fn decide_path(
     glob_start: u16,
     resolved: Resolved,
 ) -> Decision {
+    match match_path(s, rules, cfg, default, glob_start, resolved) {
+        Ok((act, rule_id)) => {
+            let why = if rule_id == 0 { reason::DEFAULT } else { reason::RULE };
+            from_action(cfg, kind, act, why, rule_id)
+        }
+        Err(d) => d,
+    }
+}
+
+/// The action and rule (0: the default) the rules give the path in
+/// `Scratch::path`, counting nothing; `Err` when the answer is unresolved.
+#[inline(always)]
+pub fn match_path(
+    s: &mut Scratch,
+    rules: &LpmTrie<PathKey, agent_common::PathRule>,
+    cfg: &IdentityConfig,
+    default: u8,
+    glob_start: u16,
+    resolved: Resolved,
+) -> Result<(u8, u32), Decision> {
     // Exact rules end in NUL: include it when the path is complete.
     let bytes = if resolved.truncated { PATH_KEY_LEN } else { resolved.len + 1 };
     s.prefix_len = PathKey::prefix_bits(if bytes > PATH_KEY_LEN { PATH_KEY_LEN } else { bytes });
@@ -191,17 +211,14 @@ pub fn decide_path(
         Some(rule) => (rule.action, rule.rule_id, rule.rank),
         None => (default, 0, 0),
     };
-    let (act, rule_id) = if glob_start == 0 {
-        (lpm_action, lpm_rule)
-    } else {
-        match glob_match(cfg.ruleset, glob_start as u32, resolved) {
-            GlobMatch::Rule { action, rule_id, rank } if rank > lpm_rank => (action, rule_id),
-            GlobMatch::Rule { .. } | GlobMatch::None => (lpm_action, lpm_rule),
-            GlobMatch::Unknown => return unresolved(cfg.policy_version, Unresolved::Read),
-        }
-    };
-    let why = if rule_id == 0 { reason::DEFAULT } else { reason::RULE };
-    from_action(cfg, kind, act, why, rule_id)
+    if glob_start == 0 {
+        return Ok((lpm_action, lpm_rule));
+    }
+    match glob_match(cfg.ruleset, glob_start as u32, resolved) {
+        GlobMatch::Rule { action, rule_id, rank } if rank > lpm_rank => Ok((action, rule_id)),
+        GlobMatch::Rule { .. } | GlobMatch::None => Ok((lpm_action, lpm_rule)),
+        GlobMatch::Unknown => Err(unresolved(cfg.policy_version, Unresolved::Read)),
+    }
 }
 
 /// What a glob automaton says about a path.

@@ -10,7 +10,8 @@
 use core::ffi::c_void;
 
 use agent_common::{
-    action, held_connect_key, kind, mechanism, op, reason, verdict, AddrKey, EgressRules, HeldConnect, MAX_PORT_RULES,
+    held_connect_key, identity_flags, kind, mechanism, op, reason, verdict, AddrKey, EgressRules, HeldConnect,
+    MAX_PORT_RULES,
 };
 use aya_ebpf::{
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
@@ -31,6 +32,12 @@ use crate::{
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const AF_PACKET: u32 = 17;
+const AF_UNIX: u32 = 1;
+const AF_NETLINK: u32 = 16;
+const AF_INET_U32: u32 = 2;
+const AF_INET6_U32: u32 = 10;
+const IPPROTO_ICMP: u32 = 1;
+const IPPROTO_ICMPV6: u32 = 58;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 const SOCK_RAW: u32 = 3;
@@ -206,38 +213,59 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock(sock_create)]
-
 #[inline(always)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     // SAFETY: readable fields of the kernel's bpf_sock.
-    let (family, ty) = unsafe { ((*ctx.sock).family, (*ctx.sock).type_) };
-    if ty != SOCK_RAW && family != AF_PACKET {
+    let (family, ty, protocol) = unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
+    // Only the combinations the egress hooks judge: TCP and UDP over IPv4/IPv6
+    // (connect4/6, sendmsg4/6), ICMP "ping" sockets by rule, local sockets
+    // (AF_UNIX, judged at connect by `egress.unix`; AF_NETLINK, the kernel
+    // itself). Cheap test first: this runs for every socket on the machine.
+    let judged = match family {
+        AF_UNIX | AF_NETLINK => true,
+        AF_INET_U32 | AF_INET6_U32 => {
+            (ty == SOCK_STREAM && protocol == IPPROTO_TCP as u32) || (ty == SOCK_DGRAM && protocol == IPPROTO_UDP as u32)
+        }
+        _ => false,
+    };
+    if judged {
         return 1;
     }
     let Some(subject) = current_subject() else { return 1 };
+    let cfg = identity_config(subject.identity);
+    let icmp = (family == AF_INET_U32 && protocol == IPPROTO_ICMP) || (family == AF_INET6_U32 && protocol == IPPROTO_ICMPV6);
+    if ty == SOCK_DGRAM && icmp {
+        if let Ok(c) = cfg {
+            if c.flags & identity_flags::ICMP != 0 && crate::guard::lsm_runs() {
+                // A rule allows ICMP somewhere: each destination is judged at
+                // connect and send (BPF LSM socket_connect, socket_sendmsg).
+                return 1;
+            }
+        }
+    }
+    let raw = ty == SOCK_RAW || family == AF_PACKET;
     let d = Decision {
         block: true,
         report: true,
         soft_verdict: 0,
         ask: false,
-        reason: reason::RAW_SOCKET,
+        reason: if raw { reason::RAW_SOCKET } else { reason::PROTOCOL },
         rule_id: 0,
-        policy_version: match identity_config(subject.identity) {
+        policy_version: match cfg {
             Ok(cfg) => cfg.policy_version,
             Err(_) => 0,
         },
     };
-    let _ = action::DENY;
     let target = Target {
         kind: kind::SOCKET,
         op: op::SOCKET,
         mechanism: mechanism::SOCK_CREATE,
         path: None,
         family: family as u16,
-        protocol: 0,
-        port: 0,
+        protocol: protocol as u8,
+        port: ty as u16,
         addr: [0; 16],
-        aux: 0,
+        aux: ((family as u64) << 32) | ((ty as u64) << 16) | protocol as u64,
     };
     if let Some(s) = SCRATCH.get_ptr(0) {
         // SAFETY: per-CPU scratch, read only.

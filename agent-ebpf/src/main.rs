@@ -8,6 +8,8 @@ mod attribution;
 mod decide;
 mod egress;
 mod exec;
+mod guard;
+mod lineage;
 mod maps;
 mod vfs;
 mod write;

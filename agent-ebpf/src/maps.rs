@@ -3,8 +3,9 @@
 //! depends on the daemon being alive.
 
 use agent_common::{
-    AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, GlobKey, GlobState, HeldConnect, HitKey, HoldProxy, Hits,
-    IdentityConfig, KernelOffsets, PathKey, PathRule, WriteHold, COUNTERS_LEN, GLOB_STATES_MAX, PATH_KEY_LEN,
+    AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, GlobKey, GlobState, GuardConfig, HeldConnect, HitKey,
+    HoldProxy, Hits, IdentityConfig, KernelOffsets, MountPrefix, PathKey, PathRule, TaskIdentity, WriteHold,
+    COUNTERS_LEN, GLOB_STATES_MAX, PATH_KEY_LEN,
 };
 use aya_ebpf::{
     macros::map,
@@ -15,6 +16,43 @@ use aya_ebpf::{
 /// its cgroup (see `attribution`).
 #[map]
 pub static BINDINGS: HashMap<u64, u32> = HashMap::pinned(16384, 0);
+
+/// tgid → the identity the process acts for, wherever its cgroup goes (see
+/// `agent_common::TaskIdentity`). Not LRU: an evicted entry would be an escape.
+/// A fork whose child cannot be recorded is counted (`counter::LINEAGE_FULL`).
+#[map]
+pub static TASK_IDENTITY: HashMap<u32, TaskIdentity> = HashMap::pinned(65536, 0);
+
+/// Paths no bound task may reach, in the reference view (agentd's state,
+/// configuration, socket): keyed like a rule of rule set 0 (`DIR/` for what is
+/// below a directory, `PATH\0` for one file), value `agent_common::protect` bits.
+#[map]
+pub static PROTECTED_PATHS: LpmTrie<PathKey, u32> = LpmTrie::pinned(256, 0);
+
+/// The system's library directories (keyed like `PROTECTED_PATHS`): an
+/// executable mapping of a file below one that no exec rule names is a library
+/// being loaded, and allowed whatever the exec default.
+#[map]
+pub static LIB_DIRS: LpmTrie<PathKey, u32> = LpmTrie::pinned(64, 0);
+
+/// Filesystems (`s_dev`) holding a protected path: only a read-only open there
+/// needs its path resolved (to look for one).
+#[map]
+pub static PROTECTED_DEVS: HashMap<u32, u32> = HashMap::pinned(64, 0);
+
+/// (s_dev, path inside the filesystem) → where it is mounted in the reference
+/// mount view (see `agent_common::MountPrefix`).
+#[map]
+pub static REF_MOUNTS: LpmTrie<PathKey, MountPrefix> = LpmTrie::pinned(4096, 0);
+
+/// Index 0: agentd's pid and the reference mount namespace (see `GuardConfig`).
+#[map]
+pub static GUARD: Array<GuardConfig> = Array::pinned(1, 0);
+
+/// Directories that hold what a deny or ask write rule protects (exact keys,
+/// `path\0`, per rule set): renaming, removing or replacing them is denied.
+#[map]
+pub static GUARDED_DIRS: LpmTrie<PathKey, PathRule> = LpmTrie::pinned(16384, 0);
 
 /// identity id → defaults and flags. Missing entry for a bound identity: deny all.
 #[map]
@@ -121,6 +159,9 @@ pub struct Scratch {
     /// Values passed through memory for the same reason as `depth`: constants that
     /// differ per syscall branch would otherwise multiply verifier states.
     pub opaque: [u64; 6],
+    /// Where the in-filesystem part of a path waits while the mount prefix is
+    /// put in front of it.
+    pub tmp: [u8; 256],
 }
 
 #[map]

@@ -1,4 +1,4 @@
-//! Rebuilding a file's absolute path from the kernel's own objects.
+//! Rebuilding a file's absolute path, honestly, from the kernel's own objects.
 //!
 //! Decisions are made on the `struct file`/dentry the kernel is about to use, never
 //! on a path string from user memory: symlinks are already resolved, relative paths
@@ -6,26 +6,40 @@
 //! KubeArmor #2319). Rust eBPF has no CO-RE, so field offsets come from the
 //! `KERNEL_OFFSETS` map, which the daemon fills from the running kernel's BTF.
 //!
-//! The walk goes leaf → root collecting dentry names, crossing mount points through
-//! `struct mount`, like the kernel's `prepend_path`; then it writes the components
-//! root-first into the scratch buffer so the result is an LPM key as it stands.
+//! The path is the file's path in the *reference* mount view (the host's initial
+//! mount namespace), never the view of the mounts the task reached it through: the
+//! walk follows `d_parent` up to the root of the file's own filesystem, ignoring
+//! mounts entirely, and then `REF_MOUNTS` says where that part of that filesystem
+//! is mounted in the reference view. A bind mount, a private mount namespace,
+//! pivot_root or chroot changes what a task can *name*, not what this returns. A
+//! file that is not reachable from its filesystem's root (a deleted file, a
+//! disconnected dentry from `open_by_handle_at`) or on a filesystem the reference
+//! view does not mount (memfd, a tmpfs mounted in a private namespace) has no
+//! honest path: `Unresolved`, which every caller denies.
+//!
+//! Every resolved path is also looked up in `PROTECTED_PATHS` (agentd's state,
+//! configuration and socket): `Resolved::protect` says what no bound task may do
+//! to it, whatever its policy.
 
-use agent_common::{KernelOffsets, PATH_KEY_LEN};
-use aya_ebpf::helpers::{
-    bpf_probe_read_kernel,
-    generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
+use agent_common::{KernelOffsets, PathKey, PATH_KEY_LEN};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_task, bpf_probe_read_kernel,
+        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
+    },
+    maps::lpm_trie::Key,
 };
 use core::ffi::c_void;
 
-use crate::maps::{Scratch, KERNEL_OFFSETS};
+use crate::maps::{Scratch, GUARD, KERNEL_OFFSETS, PROTECTED_PATHS, REF_MOUNTS};
 
 /// Deepest path (in components) the walk resolves; deeper paths fail closed.
 pub const MAX_COMPONENTS: usize = 48;
 /// Index mask for `Scratch::names`.
 pub const NAMES_MASK: usize = 63;
 const _: () = assert!(MAX_COMPONENTS <= NAMES_MASK + 1);
-/// Walk steps: components plus mount crossings.
-const MAX_STEPS: usize = MAX_COMPONENTS + 16;
+/// Walk steps.
+const MAX_STEPS: usize = MAX_COMPONENTS + 1;
 
 /// Why a path could not be resolved. Every variant fails closed.
 #[derive(Clone, Copy)]
@@ -36,6 +50,16 @@ pub enum Unresolved {
     /// A relative path from user memory contained `.` or `..` components, which the
     /// kernel-side fallback cannot normalise safely.
     NotNormal,
+    /// The walk did not end at its filesystem's root (a disconnected dentry).
+    Detached,
+    /// The file was deleted (an unhashed dentry).
+    Deleted,
+    /// The filesystem is not mounted in the reference view (or agentd has not
+    /// told the kernel where it is yet).
+    NoMount,
+    /// A path string from a task whose mount namespace is not the reference one:
+    /// what it names there is not what it names in the reference view.
+    Foreign,
 }
 
 /// A resolved path in `Scratch::path[..len]`, NUL-terminated unless `truncated`.
@@ -43,6 +67,8 @@ pub enum Unresolved {
 pub struct Resolved {
     pub len: usize,
     pub truncated: bool,
+    /// `agent_common::protect` bits of the protected inodes on the way up.
+    pub protect: u32,
 }
 
 #[inline(always)]
@@ -71,12 +97,20 @@ pub fn read_u32(addr: u64) -> Result<u32, Unresolved> {
     }
 }
 
-/// Resolves `struct path *` at kernel address `path`.
+#[inline(always)]
+pub fn read_u16(addr: u64) -> Result<u16, Unresolved> {
+    // SAFETY: as in read_u64.
+    match unsafe { bpf_probe_read_kernel(addr as *const u16) } {
+        Ok(v) => Ok(v),
+        Err(_) => Err(Unresolved::Read),
+    }
+}
+
+/// Resolves `struct path *` at kernel address `path` (its mount is ignored).
 #[inline(always)]
 pub fn resolve_path(s: &mut Scratch, o: &KernelOffsets, path: u64) -> Result<Resolved, Unresolved> {
-    let mnt = read_u64(path + o.path_mnt as u64)?;
     let dentry = read_u64(path + o.path_dentry as u64)?;
-    resolve_dentry(s, o, dentry, mnt)
+    resolve_dentry(s, o, dentry, true)
 }
 
 /// Resolves `struct file *` at kernel address `file`.
@@ -85,45 +119,48 @@ pub fn resolve_file(s: &mut Scratch, o: &KernelOffsets, file: u64) -> Result<Res
     resolve_path(s, o, file + o.file_f_path as u64)
 }
 
-/// Resolves a dentry seen through the mount `vfsmnt` (a `struct vfsmount *`).
+/// Resolves a dentry. `live`: the dentry names an existing file that must still
+/// be linked in its directory (false for the new, negative dentry of a create).
 #[inline(always)]
-pub fn resolve_dentry(
-    s: &mut Scratch,
-    o: &KernelOffsets,
-    dentry: u64,
-    vfsmnt: u64,
-) -> Result<Resolved, Unresolved> {
-    collect(s, o, dentry, vfsmnt)?;
-    Ok(emit(s, 0))
+pub fn resolve_dentry(s: &mut Scratch, o: &KernelOffsets, dentry: u64, live: bool) -> Result<Resolved, Unresolved> {
+    let dev = collect(s, o, dentry, live)?;
+    let r = emit(s, 0);
+    let r = translate(s, dev, r)?;
+    Ok(with_protection(s, r))
 }
 
-/// Walks from `dentry` up to the root, storing name pointers leaf-first; the count
-/// goes to `s.depth`.
+/// The filesystem (`s_dev`) and its magic number of a dentry.
 #[inline(always)]
-fn collect(s: &mut Scratch, o: &KernelOffsets, dentry: u64, vfsmnt: u64) -> Result<(), Unresolved> {
+pub fn dentry_fs(o: &KernelOffsets, dentry: u64) -> Result<(u32, u64), Unresolved> {
+    let sb = read_u64(dentry + o.dentry_d_sb as u64)?;
+    Ok((read_u32(sb + o.super_block_s_dev as u64)?, read_u64(sb + o.super_block_s_magic as u64)?))
+}
+
+/// Walks from `dentry` up to its filesystem's root, storing name pointers
+/// leaf-first; the count goes to `s.depth`.
+#[inline(always)]
+fn collect(s: &mut Scratch, o: &KernelOffsets, dentry: u64, live: bool) -> Result<u32, Unresolved> {
+    let sb = read_u64(dentry + o.dentry_d_sb as u64)?;
+    let dev = read_u32(sb + o.super_block_s_dev as u64)?;
+    let root = read_u64(sb + o.super_block_s_root as u64)?;
+    if live && dentry != root {
+        // d_unhashed(): an unlinked file (or one never linked, like O_TMPFILE).
+        let pprev = read_u64(dentry + o.dentry_d_hash as u64 + 8)?;
+        if pprev == 0 {
+            return Err(Unresolved::Deleted);
+        }
+    }
     let mut dentry = dentry;
-    let mut vfsmnt = vfsmnt;
-    let mut mnt = vfsmnt.wrapping_sub(o.mount_mnt as u64);
     set_depth(s, 0);
     let mut step = 0;
     while step < MAX_STEPS {
         step += 1;
-        let mnt_root = read_u64(vfsmnt + o.vfsmount_mnt_root as u64)?;
-        if dentry == mnt_root {
-            let parent = read_u64(mnt + o.mount_mnt_parent as u64)?;
-            if parent == mnt {
-                return Ok(());
-            }
-            dentry = read_u64(mnt + o.mount_mnt_mountpoint as u64)?;
-            mnt = parent;
-            vfsmnt = mnt + o.mount_mnt as u64;
-            continue;
-        }
         let parent = read_u64(dentry + o.dentry_d_parent as u64)?;
         if parent == dentry {
-            // The root of a filesystem that is not mounted in our tree (pipefs,
-            // a detached mount): its path is what we have.
-            return Ok(());
+            if dentry != root {
+                return Err(Unresolved::Detached);
+            }
+            return Ok(dev);
         }
         let n = depth(s);
         if n >= MAX_COMPONENTS {
@@ -136,6 +173,87 @@ fn collect(s: &mut Scratch, o: &KernelOffsets, dentry: u64, vfsmnt: u64) -> Resu
         dentry = parent;
     }
     Err(Unresolved::TooDeep)
+}
+
+/// `r` with the `PROTECTED_PATHS` bits of the path in `s.path` (keyed like a
+/// rule with rule set 0: `DIR/` covers what is below, `FILE\0` one file).
+#[inline(always)]
+pub fn with_protection(s: &mut Scratch, r: Resolved) -> Resolved {
+    let bytes = if r.truncated { PATH_KEY_LEN } else { r.len + 1 };
+    s.prefix_len = PathKey::prefix_bits(if bytes > PATH_KEY_LEN { PATH_KEY_LEN } else { bytes });
+    s.ruleset = [0; 4];
+    // SAFETY: Scratch starts with exactly the layout of Key<PathKey>.
+    let key = unsafe { &*(s as *const Scratch as *const Key<PathKey>) };
+    // SAFETY: the value is copied out at once.
+    let protect = PROTECTED_PATHS.get(key).copied().unwrap_or(0);
+    Resolved { protect, ..r }
+}
+
+/// Puts the reference view's mount point in front of the in-filesystem path in
+/// `s.path[..r.len]` (see `agent_common::MountPrefix`).
+#[inline(always)]
+fn translate(s: &mut Scratch, dev: u32, r: Resolved) -> Result<Resolved, Unresolved> {
+    // The key includes the terminating NUL when the path is whole, so that a
+    // mount root's exact key (`R\0`) matches the root itself.
+    let bytes = if r.truncated { PATH_KEY_LEN } else { r.len + 1 };
+    s.prefix_len = PathKey::prefix_bits(if bytes > PATH_KEY_LEN { PATH_KEY_LEN } else { bytes });
+    s.ruleset = dev.to_be_bytes();
+    // SAFETY: Scratch starts with exactly the layout of Key<PathKey>.
+    let key = unsafe { &*(s as *const Scratch as *const Key<PathKey>) };
+    let Some(m) = REF_MOUNTS.get(key) else { return Err(Unresolved::NoMount) };
+    let strip = m.strip as usize & 0xff;
+    let plen = m.len as usize & 0xff;
+    if strip == 0 && plen == 0 {
+        return Ok(r);
+    }
+    let flen = if r.truncated { PATH_KEY_LEN } else { r.len };
+    // The filesystem's root itself ("/") is just the mount point.
+    let rest = if flen <= 1 || flen <= strip { 0 } else { flen - strip };
+    // Through memory and masked: LLVM proves the bounds and drops a plain mask,
+    // and the verifier, which tracks registers apart, cannot follow its proof.
+    let rest = launder(s, rest as u64) as usize & 0xff;
+    let plen = launder(s, plen as u64) as usize & 0xff;
+    let strip = launder(s, strip as u64) as usize & 0xff;
+    // SAFETY (all three): offsets and sizes are masked below 256, inside the
+    // 512-byte path and the 256-byte tmp; the prefix is a map value of
+    // MOUNT_PREFIX_LEN bytes, and `plen` came from it (agentd keeps it below).
+    unsafe {
+        let src = s.path.as_ptr().add(strip) as *const c_void;
+        let _ = aya_ebpf::helpers::generated::bpf_probe_read_kernel(s.tmp.as_mut_ptr() as *mut c_void, rest as u32, src);
+        let _ = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            s.path.as_mut_ptr() as *mut c_void,
+            plen as u32,
+            m.prefix.as_ptr() as *const c_void,
+        );
+        let dst = s.path.as_mut_ptr().add(plen) as *mut c_void;
+        let _ = aya_ebpf::helpers::generated::bpf_probe_read_kernel(dst, rest as u32, s.tmp.as_ptr() as *const c_void);
+    }
+    Ok(finish(s, plen + rest, r.truncated))
+}
+
+/// Whether the current task sees mounts as the reference view does: its mount
+/// namespace is the reference one (agentd fills `GUARD`). Path strings of a task
+/// elsewhere name other things.
+#[inline(always)]
+pub fn in_reference_view(o: &KernelOffsets) -> bool {
+    let Some(g) = GUARD.get(0) else { return false };
+    if g.ref_mnt_ns == 0 {
+        return false;
+    }
+    current_mnt_ns(o) == Some(g.ref_mnt_ns)
+}
+
+/// The inode number of the current task's mount namespace.
+#[inline(always)]
+pub fn current_mnt_ns(o: &KernelOffsets) -> Option<u32> {
+    // SAFETY: the current task pointer, only read through probe_read.
+    let task = unsafe { bpf_get_current_task() };
+    let ns = read_u64(task + o.task_nsproxy as u64).ok()?;
+    if ns == 0 {
+        return None;
+    }
+    let mnt_ns = read_u64(ns + o.nsproxy_mnt_ns as u64).ok()?;
+    read_u32(mnt_ns + o.mnt_ns_inum as u64).ok()
 }
 
 /// Returns `v` through memory, as a value the verifier cannot see through.
@@ -208,18 +326,21 @@ fn finish(s: &mut Scratch, pos: usize, truncated: bool) -> Resolved {
     let pos = launder(s, pos as u64) as usize;
     let truncated = launder(s, truncated as u64) != 0;
     if truncated || pos >= PATH_KEY_LEN {
-        Resolved { len: PATH_KEY_LEN, truncated: true }
+        Resolved { len: PATH_KEY_LEN, truncated: true, protect: 0 }
     } else {
         s.path[pos & 0x1ff] = 0;
-        Resolved { len: pos, truncated: false }
+        Resolved { len: pos, truncated: false, protect: 0 }
     }
 }
 
 /// Resolves a path given as a user-memory string relative to `base` (a `struct
 /// path *`, the cwd or a dirfd), for syscall-entry fallbacks where no kernel object
-/// exists yet. Absolute strings are taken as they are. Any `.`/`..` component or
-/// `//` fails closed: normalising needs the dentry cache, which only the LSM hooks
-/// have.
+/// exists yet. Only for a task in the reference mount namespace: there an
+/// absolute string names what it names in the reference view, and a relative
+/// one is anchored at the base's honest path. Any `.`/`..` component or `//`
+/// fails closed: normalising needs the dentry cache, which only the LSM hooks
+/// have. (A symlink inside the string is followed by the kernel and not by this:
+/// the fallback tier's known limit.)
 #[inline(always)]
 pub fn resolve_user(
     s: &mut Scratch,
@@ -227,6 +348,9 @@ pub fn resolve_user(
     user_path: u64,
     base: Option<u64>,
 ) -> Result<Resolved, Unresolved> {
+    if !in_reference_view(o) {
+        return Err(Unresolved::Foreign);
+    }
     // Read the string first, at offset 0, to see whether it is absolute.
     // SAFETY: 256 bytes into the 512-byte scratch buffer at offset 0.
     let r = unsafe { bpf_probe_read_user_str(s.path.as_mut_ptr() as *mut c_void, 256, user_path as *const c_void) };
@@ -239,10 +363,7 @@ pub fn resolve_user(
             Some(b) => b,
             None => return Err(Unresolved::Read),
         };
-        let mnt = read_u64(base + o.path_mnt as u64)?;
-        let dentry = read_u64(base + o.path_dentry as u64)?;
-        collect(s, o, dentry, mnt)?;
-        let prefix = emit(s, 0);
+        let prefix = resolve_path(s, o, base)?;
         if prefix.truncated {
             return Ok(prefix);
         }
@@ -260,10 +381,12 @@ pub fn resolve_user(
         start += 1;
         let total = start + (r as usize - 1);
         check_normal(s, start, total, true)?;
-        return Ok(finish(s, total, false));
+        let r = finish(s, total, false);
+        return Ok(with_protection(s, r));
     }
     check_normal(s, 0, ulen, false)?;
-    Ok(finish(s, ulen, false))
+    let r = finish(s, ulen, false);
+    Ok(with_protection(s, r))
 }
 
 /// Rejects `.`/`..` components and empty components in `path[from..to]`.

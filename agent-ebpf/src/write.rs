@@ -13,21 +13,29 @@
 //! (the kernel's object); path syscalls at entry on the user string anchored at
 //! the cwd or dirfd, failing closed on `.`/`..` components.
 
-use agent_common::{counter, kind, mechanism, op, reason, verdict, write_hold, IdentityConfig, KernelOffsets, WriteHold};
+use agent_common::{
+    counter, kind, mechanism, op, protect, reason, verdict, write_hold, IdentityConfig, KernelOffsets, PathKey, WriteHold,
+    PATH_KEY_LEN,
+};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_send_signal},
     macros::{lsm, raw_tracepoint},
     programs::{LsmContext, RawTracePointContext},
+    maps::lpm_trie::Key,
     EbpfContext as _,
 };
 
 use crate::{
-    attribution::{current_subject, Subject},
+    attribution::{current_subject, sticky_subject, Subject},
     decide::{
         bump, count_hit, decide_path, identity_config, report, unresolved, Decision, Target, HIT_ALLOW, HIT_DENY,
     },
-    maps::{Scratch, PROBE_TGID, SCRATCH, WRITE_HELD_FILES, WRITE_HOLDS, WRITE_HOLD_DEVS, WRITE_RULES},
-    vfs::{offsets, read_u32, read_u64, resolve_dentry, resolve_file, resolve_path, resolve_user, Resolved, Unresolved},
+    guard::refuse,
+    maps::{Scratch, GUARDED_DIRS, PROBE_TGID, PROTECTED_DEVS, SCRATCH, WRITE_HELD_FILES, WRITE_HOLDS, WRITE_HOLD_DEVS, WRITE_RULES},
+    vfs::{
+        dentry_fs, offsets, read_u16, read_u32, read_u64, resolve_dentry, resolve_file, resolve_path, resolve_user,
+        Resolved, Unresolved,
+    },
     EPERM, SIGKILL,
 };
 
@@ -48,8 +56,9 @@ enum Object {
     File(u64),
     /// `struct path *`
     Path(u64),
-    /// A dentry and the `struct path *` of its parent directory (for its mount).
-    Dentry { dir: u64, dentry: u64 },
+    /// A dentry; `live`: it names an existing file (not the new, negative
+    /// dentry of a create), which must still be linked.
+    Dentry { dentry: u64, live: bool },
     /// A user string, relative to the `struct path *` base when not absolute.
     User { ptr: u64, base: Option<u64> },
     /// Something the kernel could not read: always fails closed.
@@ -61,10 +70,7 @@ fn resolve(s: &mut Scratch, o: &KernelOffsets, obj: Object) -> Result<Resolved, 
     match obj {
         Object::File(f) => resolve_file(s, o, f),
         Object::Path(p) => resolve_path(s, o, p),
-        Object::Dentry { dir, dentry } => {
-            let mnt = read_u64(dir + o.path_mnt as u64)?;
-            resolve_dentry(s, o, dentry, mnt)
-        }
+        Object::Dentry { dentry, live } => resolve_dentry(s, o, dentry, live),
         Object::User { ptr, base } => resolve_user(s, o, ptr, base),
         Object::Unknown => Err(Unresolved::Read),
     }
@@ -90,7 +96,7 @@ enum Settle {
 /// argument by its BTF type and refuses subtracting from it or using it as a map
 /// key; read through `bpf_probe_read_kernel` it is just the address.
 #[inline(always)]
-fn raw_arg(ctx: &LsmContext, n: usize) -> u64 {
+pub(crate) fn raw_arg(ctx: &LsmContext, n: usize) -> u64 {
     let p = (ctx.as_ptr() as *const u64).wrapping_add(n);
     // SAFETY: reads the hook's own argument array, which is always readable.
     unsafe { bpf_probe_read_kernel(p) }.unwrap_or(0)
@@ -196,6 +202,14 @@ fn judge(subject: &Subject, obj: Object, op: u8, mech: u8, hard: u8, how: Settle
                 d
             }
             Ok(o) => match resolve(s, o, obj) {
+                Ok(r) if r.protect & protect::WRITE != 0 => {
+                    refuse(subject, kind::WRITE, op, reason::TAMPER, 0, mech, hard, Some(r));
+                    Decision::deny_for(reason::TAMPER, cfg.policy_version)
+                }
+                Ok(r) if guards_dir(op) && guarded(s, cfg, r) => {
+                    refuse(subject, kind::WRITE, op, reason::GUARDED, 0, mech, hard, Some(r));
+                    Decision::deny_for(reason::GUARDED, cfg.policy_version)
+                }
                 Ok(r) => {
                     let d = decide_path(s, &WRITE_RULES, kind::WRITE, cfg, cfg.write_default, cfg.write_glob, r);
                     let d = if d.ask { settle_ask(cfg, subject, o, d, how) } else { d };
@@ -211,6 +225,34 @@ fn judge(subject: &Subject, obj: Object, op: u8, mech: u8, hard: u8, how: Settle
         },
     };
     d
+}
+
+/// Operations that move, remove or replace a name: done to a directory that
+/// holds what a deny or ask rule protects, they are a write to everything it
+/// holds (a symlink put where such a directory should be would redirect it).
+/// Creating the directory itself is not: it is then protected as it should be.
+#[inline(always)]
+fn guards_dir(op: u8) -> bool {
+    matches!(op, op::RENAME | op::RMDIR | op::UNLINK | op::SYMLINK | op::LINK)
+}
+
+/// Whether the path in `s.path` is a directory that holds what a deny or ask
+/// write rule protects (`GUARDED_DIRS`, exact keys per rule set).
+#[inline(always)]
+fn guarded(s: &mut Scratch, cfg: &IdentityConfig, r: Resolved) -> bool {
+    if r.truncated {
+        return false;
+    }
+    let bytes = r.len + 1;
+    s.prefix_len = PathKey::prefix_bits(if bytes > PATH_KEY_LEN { PATH_KEY_LEN } else { bytes });
+    s.ruleset = cfg.ruleset.to_be_bytes();
+    // SAFETY: Scratch starts with exactly the layout of Key<PathKey>.
+    let key = unsafe { &*(s as *const Scratch as *const Key<PathKey>) };
+    // Exact keys only: a match must cover the whole path and its NUL.
+    match GUARDED_DIRS.get(key) {
+        Some(_) => true,
+        None => false,
+    }
 }
 
 #[inline(always)]
@@ -258,10 +300,25 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
         return lsm_verdict(Object::File(file), op::OPEN);
     };
     match read_u32(file + o.file_f_mode as u64) {
-        Ok(mode) if mode & FMODE_WRITE == 0 => 0,
+        Ok(mode) if mode & FMODE_WRITE == 0 => {
+            // Reads are not judged by the write rules, only by the guards; one
+            // hash lookup for a task that is not bound.
+            let Some(subject) = sticky_subject() else { return 0 };
+            if guard_open(&subject, o, raw_arg(&ctx, 0), false, mechanism::LSM, verdict::DENY) {
+                return -EPERM;
+            }
+            0
+        }
         _ => {
             let Some(subject) = current_subject() else { return 0 };
-            let d = judge(&subject, Object::File(file), op::OPEN, mechanism::LSM, verdict::DENY, Settle::Hold(raw_arg(&ctx, 0)));
+            let file_raw = raw_arg(&ctx, 0);
+            if guard_open(&subject, o, file_raw, true, mechanism::LSM, verdict::DENY) {
+                return -EPERM;
+            }
+            if not_a_file(o, file_raw) {
+                return 0;
+            }
+            let d = judge(&subject, Object::File(file), op::OPEN, mechanism::LSM, verdict::DENY, Settle::Hold(file_raw));
             if d.block {
                 return -EPERM;
             }
@@ -272,6 +329,125 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
             }
             0
         }
+    }
+}
+
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
+const PIPEFS_MAGIC: u64 = 0x5049_5045;
+const SOCKFS_MAGIC: u64 = 0x534f_434b;
+const S_IFMT: u16 = 0o170000;
+const S_IFCHR: u16 = 0o020000;
+
+/// Refuses (true) an open by a bound task of something enforcement depends on,
+/// whatever its policy: bpffs (the pins), agentd's protected paths (reading its
+/// state: its keys sign receipts), raw memory (`/dev/mem`, `/dev/kmem`,
+/// `/dev/port`, `/proc/kcore`), and for writing, the files of any cgroup not
+/// strictly below the task's own binding (a cgroup.procs write is a move).
+#[inline(always)]
+pub(crate) fn guard_open(subject: &Subject, o: &KernelOffsets, file: u64, write: bool, mech: u8, hard: u8) -> bool {
+    let Ok(dentry) = read_u64(file + o.file_f_path as u64 + o.path_dentry as u64) else { return false };
+    let Ok((dev, magic)) = dentry_fs(o, dentry) else { return false };
+    let opc = if write { op::OPEN } else { op::READ };
+    if magic == BPF_FS_MAGIC {
+        refuse(subject, kind::SYSTEM, opc, reason::TAMPER, 0, mech, hard, None);
+        return true;
+    }
+    if magic == PROC_SUPER_MAGIC && is_kcore(o, dentry) {
+        refuse(subject, kind::SYSTEM, opc, reason::KERNEL, 0, mech, hard, None);
+        return true;
+    }
+    if let Ok(inode) = read_u64(dentry + o.dentry_d_inode as u64) {
+        let mode = read_u16(inode + o.inode_i_mode as u64).unwrap_or(0);
+        if mode & S_IFMT == S_IFCHR {
+            let rdev = read_u32(inode + o.inode_i_rdev as u64).unwrap_or(0);
+            // MKDEV(1, 1|2|4): mem, kmem, port.
+            if rdev == (1 << 20) | 1 || rdev == (1 << 20) | 2 || rdev == (1 << 20) | 4 {
+                refuse(subject, kind::SYSTEM, opc, reason::KERNEL, rdev as u64, mech, hard, None);
+                return true;
+            }
+        }
+    }
+    if write && (magic == CGROUP2_SUPER_MAGIC || magic == CGROUP_SUPER_MAGIC) {
+        if magic == CGROUP_SUPER_MAGIC || !below_binding(o, dentry, subject.binding) {
+            let path = resolved_for_event(o, file);
+            refuse(subject, kind::SYSTEM, op::CGROUP, reason::ESCAPE, 0, mech, hard, path);
+            return true;
+        }
+    }
+    if !write {
+        // SAFETY: only tested for presence.
+        if unsafe { PROTECTED_DEVS.get(&dev) }.is_some() {
+            if let Some(r) = resolved_for_event(o, file) {
+                if r.protect & protect::READ != 0 {
+                    refuse(subject, kind::SYSTEM, op::READ, reason::TAMPER, 0, mech, hard, Some(r));
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// A pipe or a socket reopened through `/proc/self/fd` (`echo > /dev/stdout`):
+/// not a file in any filesystem, so not a file write.
+#[inline(always)]
+pub(crate) fn not_a_file(o: &KernelOffsets, file: u64) -> bool {
+    let Ok(dentry) = read_u64(file + o.file_f_path as u64 + o.path_dentry as u64) else { return false };
+    match dentry_fs(o, dentry) {
+        Ok((_, magic)) => magic == PIPEFS_MAGIC || magic == SOCKFS_MAGIC,
+        Err(_) => false,
+    }
+}
+
+/// The honest path of `file` in the scratch buffer, for an event or a check.
+#[inline(always)]
+fn resolved_for_event(o: &KernelOffsets, file: u64) -> Option<Resolved> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, exclusively ours until the program returns.
+    let s = unsafe { &mut *s };
+    resolve_file(s, o, file).ok()
+}
+
+/// Whether the cgroupfs file at `dentry` is in a cgroup strictly below the
+/// binding's cgroup (whose id is its directory's inode number).
+#[inline(always)]
+fn below_binding(o: &KernelOffsets, dentry: u64, binding: u64) -> bool {
+    // The file's directory, then up: the binding must be met above it.
+    let Ok(mut d) = read_u64(dentry + o.dentry_d_parent as u64) else { return false };
+    let mut step = 0;
+    while step < agent_common::MAX_CGROUP_DEPTH + 1 {
+        step += 1;
+        let Ok(parent) = read_u64(d + o.dentry_d_parent as u64) else { return false };
+        if parent == d {
+            return false;
+        }
+        let ino = read_u64(parent + o.dentry_d_inode as u64).and_then(|i| read_u64(i + o.inode_i_ino as u64));
+        if let Ok(id) = ino {
+            if id == binding {
+                return true;
+            }
+        }
+        d = parent;
+    }
+    false
+}
+
+/// `/proc/kcore`: the name `kcore` directly under procfs's root.
+#[inline(always)]
+fn is_kcore(o: &KernelOffsets, dentry: u64) -> bool {
+    let Ok(parent) = read_u64(dentry + o.dentry_d_parent as u64) else { return false };
+    let Ok(grand) = read_u64(parent + o.dentry_d_parent as u64) else { return false };
+    if parent != grand {
+        return false;
+    }
+    let Ok(name) = read_u64(dentry + o.dentry_d_name as u64 + o.qstr_name as u64) else { return false };
+    // SAFETY: probe read of 6 bytes of the name (kernel memory, checked).
+    match unsafe { bpf_probe_read_kernel(name as *const [u8; 6]) } {
+        Ok(b) => b == *b"kcore\0",
+        Err(_) => false,
     }
 }
 
@@ -394,7 +570,7 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
 }
 
 macro_rules! dir_dentry_hook {
-    ($fn:ident, $hook:literal, $nargs:literal, $op:expr) => {
+    ($fn:ident, $hook:literal, $nargs:literal, $op:expr, $live:expr) => {
         #[lsm(hook = $hook)]
         #[inline(always)]
         pub fn $fn(ctx: LsmContext) -> i32 {
@@ -404,27 +580,31 @@ macro_rules! dir_dentry_hook {
             if prev != 0 {
                 return prev;
             }
-            lsm_verdict(Object::Dentry { dir, dentry }, $op)
+            let _ = dir;
+            lsm_verdict(Object::Dentry { dentry, live: $live }, $op)
         }
     };
 }
 
-dir_dentry_hook!(lsm_path_unlink, "path_unlink", 2, op::UNLINK);
-dir_dentry_hook!(lsm_path_rmdir, "path_rmdir", 2, op::RMDIR);
-dir_dentry_hook!(lsm_path_mkdir, "path_mkdir", 3, op::MKDIR);
-dir_dentry_hook!(lsm_path_mknod, "path_mknod", 4, op::CREATE);
-dir_dentry_hook!(lsm_path_symlink, "path_symlink", 3, op::SYMLINK);
+dir_dentry_hook!(lsm_path_unlink, "path_unlink", 2, op::UNLINK, true);
+dir_dentry_hook!(lsm_path_rmdir, "path_rmdir", 2, op::RMDIR, true);
+dir_dentry_hook!(lsm_path_mkdir, "path_mkdir", 3, op::MKDIR, false);
+dir_dentry_hook!(lsm_path_mknod, "path_mknod", 4, op::CREATE, false);
+dir_dentry_hook!(lsm_path_symlink, "path_symlink", 3, op::SYMLINK, false);
 
 #[lsm(hook = "path_link")]
 
 #[inline(always)]
 pub fn lsm_path_link(ctx: LsmContext) -> i32 {
     // path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry)
-    let (new_dir, new_dentry, prev): (u64, u64, i32) = (ctx.arg(1), ctx.arg(2), ctx.arg(3));
+    let (old_dentry, new_dentry, prev): (u64, u64, i32) = (ctx.arg(0), ctx.arg(2), ctx.arg(3));
     if prev != 0 {
         return prev;
     }
-    lsm_verdict(Object::Dentry { dir: new_dir, dentry: new_dentry }, op::LINK)
+    // A file is every name it has: a new name for a file the rules do not let
+    // this identity write would let it write that file. The link is judged as a
+    // write of the file itself, then of the new name.
+    lsm_verdict2(Object::Dentry { dentry: old_dentry, live: true }, Object::Dentry { dentry: new_dentry, live: false }, op::LINK)
 }
 
 /// `path_rename(old_dir, old_dentry, new_dir, new_dentry[, flags])`: the kernel
@@ -442,9 +622,10 @@ macro_rules! rename_hook {
             if prev != 0 {
                 return prev;
             }
+            let _ = (old_dir, new_dir);
             lsm_verdict2(
-                Object::Dentry { dir: old_dir, dentry: old_dentry },
-                Object::Dentry { dir: new_dir, dentry: new_dentry },
+                Object::Dentry { dentry: old_dentry, live: true },
+                Object::Dentry { dentry: new_dentry, live: false },
                 op::RENAME,
             )
         }
@@ -453,6 +634,84 @@ macro_rules! rename_hook {
 
 rename_hook!(lsm_path_rename4, 4);
 rename_hook!(lsm_path_rename5, 5);
+
+// ---- Metadata: a file's mode, owner, attributes and times are part of it ----
+
+#[lsm(hook = "path_chmod")]
+#[inline(always)]
+pub fn lsm_path_chmod(ctx: LsmContext) -> i32 {
+    // path_chmod(const struct path *path, umode_t mode)
+    let (path, prev): (u64, i32) = (ctx.arg(0), ctx.arg(2));
+    if prev != 0 {
+        return prev;
+    }
+    lsm_verdict(Object::Path(path), op::CHMOD)
+}
+
+#[lsm(hook = "path_chown")]
+#[inline(always)]
+pub fn lsm_path_chown(ctx: LsmContext) -> i32 {
+    // path_chown(const struct path *path, kuid_t uid, kgid_t gid)
+    let (path, prev): (u64, i32) = (ctx.arg(0), ctx.arg(3));
+    if prev != 0 {
+        return prev;
+    }
+    lsm_verdict(Object::Path(path), op::CHOWN)
+}
+
+/// `iattr::ia_valid` bits: times (what `utimes` sets) and what other hooks judge.
+const ATTR_TIMES: u32 = 0x10 | 0x20 | 0x80 | 0x100;
+const ATTR_JUDGED_ELSEWHERE: u32 = 0x1 | 0x2 | 0x4 | 0x8;
+
+/// `inode_setattr([idmap,] dentry, attr)`: only time changes are judged here
+/// (mode, owner and size have their own path hooks). One program per
+/// signature; the loader picks the one the kernel's BTF describes.
+macro_rules! setattr_hook {
+    ($fn:ident, $dentry_arg:literal, $verdict_arg:literal) => {
+        #[lsm(hook = "inode_setattr")]
+        #[inline(always)]
+        pub fn $fn(ctx: LsmContext) -> i32 {
+            let (dentry, attr): (u64, u64) = (ctx.arg($dentry_arg), ctx.arg($dentry_arg + 1));
+            let prev: i32 = ctx.arg($verdict_arg);
+            if prev != 0 {
+                return prev;
+            }
+            let Ok(o) = offsets() else { return lsm_verdict(Object::Unknown, op::UTIMES) };
+            let valid = read_u32(attr + o.iattr_ia_valid as u64).unwrap_or(ATTR_TIMES);
+            if valid & ATTR_TIMES == 0 || valid & ATTR_JUDGED_ELSEWHERE != 0 {
+                return 0;
+            }
+            lsm_verdict(Object::Dentry { dentry, live: true }, op::UTIMES)
+        }
+    };
+}
+
+setattr_hook!(lsm_inode_setattr2, 0, 2);
+setattr_hook!(lsm_inode_setattr3, 1, 3);
+
+#[lsm(hook = "inode_setxattr")]
+#[inline(always)]
+pub fn lsm_inode_setxattr(ctx: LsmContext) -> i32 {
+    // inode_setxattr(idmap or userns, struct dentry *dentry, const char *name,
+    // const void *value, size_t size, int flags): 6 arguments on 6.1 and 6.18
+    // (the loader checks).
+    let (dentry, prev): (u64, i32) = (ctx.arg(1), ctx.arg(6));
+    if prev != 0 {
+        return prev;
+    }
+    lsm_verdict(Object::Dentry { dentry, live: true }, op::XATTR)
+}
+
+#[lsm(hook = "inode_removexattr")]
+#[inline(always)]
+pub fn lsm_inode_removexattr(ctx: LsmContext) -> i32 {
+    // inode_removexattr(idmap or userns, struct dentry *dentry, const char *name)
+    let (dentry, prev): (u64, i32) = (ctx.arg(1), ctx.arg(3));
+    if prev != 0 {
+        return prev;
+    }
+    lsm_verdict(Object::Dentry { dentry, live: true }, op::XATTR)
+}
 
 // ---- Fallback: raw syscall tracepoints + SIGKILL ----------------------------
 
@@ -476,7 +735,26 @@ mod nr {
     pub const SYMLINKAT: u64 = 266;
     pub const RENAMEAT2: u64 = 316;
     pub const OPENAT2: u64 = 437;
+    pub const OPEN_BY_HANDLE_AT: u64 = 304;
     pub const IO_URING_SETUP: u64 = 425;
+    pub const CHMOD: u64 = 90;
+    pub const FCHMOD: u64 = 91;
+    pub const CHOWN: u64 = 92;
+    pub const FCHOWN: u64 = 93;
+    pub const LCHOWN: u64 = 94;
+    pub const UTIME: u64 = 132;
+    pub const SETXATTR: u64 = 188;
+    pub const LSETXATTR: u64 = 189;
+    pub const FSETXATTR: u64 = 190;
+    pub const REMOVEXATTR: u64 = 197;
+    pub const LREMOVEXATTR: u64 = 198;
+    pub const FREMOVEXATTR: u64 = 199;
+    pub const UTIMES: u64 = 235;
+    pub const FCHOWNAT: u64 = 260;
+    pub const FUTIMESAT: u64 = 261;
+    pub const FCHMODAT: u64 = 268;
+    pub const UTIMENSAT: u64 = 280;
+    pub const FCHMODAT2: u64 = 452;
     /// Set in the number of x32-ABI syscalls.
     pub const X32_BIT: u64 = 0x4000_0000;
 }
@@ -486,10 +764,10 @@ const TS_COMPAT: u32 = 0x2;
 
 /// x86-64 `struct pt_regs` offsets (a stable ABI) of the syscall arguments.
 const REG_ARGS: [u64; 5] = [112 /* di */, 104 /* si */, 96 /* dx */, 56 /* r10 */, 72 /* r8 */];
-const REG_ORIG_AX: u64 = 120;
+pub(crate) const REG_ORIG_AX: u64 = 120;
 
 #[inline(always)]
-fn arg(regs: u64, i: usize) -> u64 {
+pub(crate) fn arg(regs: u64, i: usize) -> u64 {
     let off = match REG_ARGS.get(i) {
         Some(o) => *o,
         None => return 0,
@@ -508,7 +786,7 @@ fn cwd(o: &KernelOffsets) -> Option<u64> {
 
 /// The `struct file *` of the current task's descriptor `fd`.
 #[inline(always)]
-fn fd_file(o: &KernelOffsets, fd: u64) -> Option<u64> {
+pub(crate) fn fd_file(o: &KernelOffsets, fd: u64) -> Option<u64> {
     // SAFETY: as in cwd.
     let task = unsafe { bpf_get_current_task() };
     let files = read_u64(task + o.task_files as u64).ok()?;
@@ -585,7 +863,19 @@ fn kill_if_blocked(d: Decision) {
 
 #[inline(always)]
 fn judge_user(subject: &Subject, o: &KernelOffsets, dfd: u64, ptr: u64, op: u8) -> Decision {
-    judge(subject, Object::User { ptr, base: at_base(o, dfd) }, op, mechanism::TRACEPOINT, verdict::KILL, Settle::Refuse)
+    // No string, or an empty one (AT_EMPTY_PATH, utimensat(fd, NULL)): the
+    // operation is on the descriptor's own file.
+    // SAFETY: probe read of one byte of user memory; a fault reads as empty.
+    let first = if ptr == 0 { 0 } else { unsafe { aya_ebpf::helpers::bpf_probe_read_user(ptr as *const u8) }.unwrap_or(0) };
+    let obj = if first == 0 {
+        match at_base(o, dfd) {
+            Some(base) if dfd as i64 as i32 as i64 != AT_FDCWD => Object::Path(base),
+            _ => Object::Unknown,
+        }
+    } else {
+        Object::User { ptr, base: at_base(o, dfd) }
+    };
+    judge(subject, obj, op, mechanism::TRACEPOINT, verdict::KILL, Settle::Refuse)
 }
 
 /// The open flags of open syscall `id` (openat2's are in user memory: used only
@@ -663,13 +953,45 @@ pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
             let regs: u64 = ctx.arg(0);
             (arg(regs, 0), arg(regs, 1), arg(regs, 2), arg(regs, 3), op::RENAME)
         }
+        // A link is a write of the file it names (a file is every name it
+        // has), then of the new name.
         nr::LINK => {
             let regs: u64 = ctx.arg(0);
-            (cwd_fd, arg(regs, 1), 0, 0, op::LINK)
+            (cwd_fd, arg(regs, 0), cwd_fd, arg(regs, 1), op::LINK)
         }
         nr::LINKAT => {
             let regs: u64 = ctx.arg(0);
-            (arg(regs, 2), arg(regs, 3), 0, 0, op::LINK)
+            (arg(regs, 0), arg(regs, 1), arg(regs, 2), arg(regs, 3), op::LINK)
+        }
+        nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::UTIME | nr::UTIMES | nr::SETXATTR | nr::LSETXATTR | nr::REMOVEXATTR
+        | nr::LREMOVEXATTR => {
+            let regs: u64 = ctx.arg(0);
+            let opc = match id {
+                nr::CHMOD => op::CHMOD,
+                nr::CHOWN | nr::LCHOWN => op::CHOWN,
+                nr::UTIME | nr::UTIMES => op::UTIMES,
+                _ => op::XATTR,
+            };
+            (cwd_fd, arg(regs, 0), 0, 0, opc)
+        }
+        nr::FCHMODAT | nr::FCHMODAT2 | nr::FCHOWNAT | nr::FUTIMESAT | nr::UTIMENSAT => {
+            let regs: u64 = ctx.arg(0);
+            let opc = match id {
+                nr::FCHMODAT | nr::FCHMODAT2 => op::CHMOD,
+                nr::FCHOWNAT => op::CHOWN,
+                _ => op::UTIMES,
+            };
+            (arg(regs, 0), arg(regs, 1), 0, 0, opc)
+        }
+        nr::FCHMOD | nr::FCHOWN | nr::FSETXATTR | nr::FREMOVEXATTR => {
+            // On a descriptor: an empty string relative to it is the file itself.
+            let regs: u64 = ctx.arg(0);
+            let opc = match id {
+                nr::FCHMOD => op::CHMOD,
+                nr::FCHOWN => op::CHOWN,
+                _ => op::XATTR,
+            };
+            (arg(regs, 0), 0, 0, 0, opc)
         }
         nr::SYMLINK => {
             let regs: u64 = ctx.arg(0);
@@ -711,7 +1033,7 @@ pub fn tp_sys_exit(ctx: RawTracePointContext) -> i32 {
     let ret: i64 = ctx.arg(1);
     let regs: u64 = ctx.arg(0);
     let id = read_u64(regs + REG_ORIG_AX).unwrap_or(u64::MAX);
-    if !matches!(id, nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT) {
+    if !matches!(id, nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT | nr::OPEN_BY_HANDLE_AT) {
         return 0;
     }
     if ret < 0 {
@@ -727,12 +1049,20 @@ pub fn tp_sys_exit(ctx: RawTracePointContext) -> i32 {
         kill_if_blocked(judge(&subject, Object::Unknown, op::OPEN, mechanism::TRACEPOINT, verdict::KILL, Settle::Refuse));
         return 0;
     };
+    let flags = if id == nr::OPEN_BY_HANDLE_AT { arg(regs, 2) } else { flags };
     let Some(file) = fd_file(o, ret as u64) else {
         kill_if_blocked(judge(&subject, Object::Unknown, op::OPEN, mechanism::TRACEPOINT, verdict::KILL, Settle::Refuse));
         return 0;
     };
     let mode = read_u32(file + o.file_f_mode as u64).unwrap_or(FMODE_WRITE);
-    if mode & FMODE_WRITE == 0 && flags & (O_CREAT | O_TRUNC) == 0 {
+    let write = !(mode & FMODE_WRITE == 0 && flags & (O_CREAT | O_TRUNC) == 0);
+    if guard_open(&subject, o, file, write, mechanism::TRACEPOINT, verdict::KILL) {
+        // SAFETY: signals the current task, the one that opened the file.
+        unsafe { bpf_send_signal(SIGKILL) };
+        forget_write_hold();
+        return 0;
+    }
+    if !write || not_a_file(o, file) {
         forget_write_hold();
         return 0;
     }

@@ -45,6 +45,11 @@ pub trait Kernel: Send {
     fn remove_identity(&mut self, id: u32) -> Result<(), EnforceError>;
     fn bind(&mut self, cgroup_id: u64, id: u32) -> Result<(), EnforceError>;
     fn unbind(&mut self, cgroup_id: u64) -> Result<(), EnforceError>;
+    /// Gives identity `id` to the processes already in the bound cgroup at `path`
+    /// (see [`Enforcer::attribute_tasks`]).
+    fn attribute_tasks(&mut self, path: &Path, cgroup_id: u64, id: u32) -> Result<usize, EnforceError>;
+    /// The identity the kernel keeps for process `tgid`, wherever its cgroup is.
+    fn task_identity(&self, tgid: u32) -> Option<u32>;
     fn kernel_bindings(&self) -> Result<Vec<(u64, u32)>, EnforceError>;
     fn report(&self) -> MechanismReport;
     fn counters(&self) -> Result<Counters, EnforceError>;
@@ -72,6 +77,12 @@ impl Kernel for Enforcer {
     }
     fn unbind(&mut self, cgroup_id: u64) -> Result<(), EnforceError> {
         Enforcer::unbind(self, cgroup_id)
+    }
+    fn attribute_tasks(&mut self, path: &Path, cgroup_id: u64, id: u32) -> Result<usize, EnforceError> {
+        Enforcer::attribute_tasks(self, path, cgroup_id, id)
+    }
+    fn task_identity(&self, tgid: u32) -> Option<u32> {
+        Enforcer::task_identity(self, tgid)
     }
     fn kernel_bindings(&self) -> Result<Vec<(u64, u32)>, EnforceError> {
         Enforcer::kernel_bindings(self)
@@ -569,6 +580,16 @@ impl Core {
                 r.bound += 1;
             }
         }
+        // Processes that are in bound cgroups keep their identity in the kernel
+        // (it follows them if they move); record the ones already there.
+        for b in self.state.bindings.values() {
+            let Some(id) = self.state.identities.get(&b.identity).map(|i| i.id) else { continue };
+            if want.get(&b.cgroup_id) == Some(&id) {
+                if let Err(e) = self.kernel.attribute_tasks(Path::new(&b.cgroup_path), b.cgroup_id, id) {
+                    warn!(cgroup = %b.cgroup_path, error = %e, "could not record the processes of a bound cgroup");
+                }
+            }
+        }
         if changed {
             if let Err(e) = self.store.save_bindings(self.state.bindings.values()) {
                 // The kernel already has the right ids; the next start will find them again.
@@ -793,6 +814,11 @@ impl Core {
             }
         }
         self.kernel.bind(cgroup_id, id).map_err(kernel_err(format!("binding {path}")))?;
+        // The processes already there act for the identity from now on, wherever
+        // they go; new ones inherit it at fork.
+        self.kernel
+            .attribute_tasks(Path::new(path), cgroup_id, id)
+            .map_err(kernel_err(format!("recording the processes of {path}")))?;
         let binding = BindingRecord {
             cgroup_path: path.to_string(),
             cgroup_id,
@@ -825,6 +851,13 @@ impl Core {
         }
         self.record(draft, &format!("the binding of {path} to {identity}"))?;
         Ok(Bound { binding, replaced })
+    }
+
+    /// The identity the kernel keeps for process `tgid` (a bound process that
+    /// left its cgroup still has it).
+    pub fn task_identity(&self, tgid: u32) -> Option<String> {
+        let id = self.kernel.task_identity(tgid)?;
+        Some(self.state.identities.values().find(|i| i.id == id).map(|i| i.name.clone()).unwrap_or_else(|| format!("#{id}")))
     }
 
     /// The binding recorded for `path`, if any.

@@ -37,6 +37,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
     signal::unix::{signal, SignalKind},
 };
+use agent_common::protect;
 use tracing::{info, warn};
 
 use self::{core::Core, events::Hub, holds::Holds, server::Service};
@@ -148,6 +149,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(DaemonError::Load)?;
     let report = enforcer.report();
     log_report(&report);
+    guard_enforcement(&mut enforcer, &config, file_config.source.as_deref())?;
     // The event pipeline gets a thread and a runtime of its own: under a flood of
     // denials it is busy all the time, and it must not take a worker from the API,
     // or an agent hammering denied actions could keep its policy from being changed.
@@ -310,6 +312,88 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     info!(pins = %config.pin_dir.display(), "agentd stopped; enforcement stays in the kernel");
     result
+}
+
+/// Puts enforcement itself out of bound tasks' reach: tells the kernel who agentd
+/// is (no bound task may signal or trace it), which mount namespace is the
+/// reference view and where its filesystems are mounted (paths are judged
+/// there, whatever namespace a task made), and which paths no bound task may
+/// reach (the state directory — its keys sign receipts — not even to read; the
+/// configuration and the socket not to change).
+fn guard_enforcement(enforcer: &mut Enforcer, config: &Config, config_file: Option<&Path>) -> Result<(), DaemonError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (ref_pid, ref_ns) = match fs::metadata("/proc/1/ns/mnt") {
+        Ok(m) => ("1", m.ino() as u32),
+        Err(e) => {
+            // Some sandboxes hide PID 1's namespaces; agentd's own mount
+            // namespace is then the reference (true wherever agentd is started
+            // from the host's namespace, as `cargo xtask run` does).
+            let own = fs::metadata("/proc/self/ns/mnt").map_err(|e2| {
+                DaemonError::Load(EnforceError::Other(format!(
+                    "cannot read /proc/1/ns/mnt ({e}) nor /proc/self/ns/mnt ({e2}): agentd judges paths in the host's initial mount namespace"
+                )))
+            })?;
+            warn!(error = %e, "cannot read PID 1's mount namespace; judging paths in agentd's own mount namespace");
+            ("self", own.ino() as u32)
+        }
+    };
+    let me = std::process::id();
+    let pgid = nix::unistd::getpgrp().as_raw() as u32;
+    enforcer.set_guard(me, pgid, ref_ns).map_err(DaemonError::Load)?;
+    let mut refs = enforcer.ref_mounts().map_err(DaemonError::Load)?;
+    let mountinfo = PathBuf::from(format!("/proc/{ref_pid}/mountinfo"));
+    let table = fs::read_to_string(&mountinfo)
+        .map(|t| crate::enforce::mounts::parse(&t))
+        .map_err(|e| DaemonError::Load(EnforceError::Other(format!("reading {}: {e}", mountinfo.display()))))?;
+    refs.sync(&crate::enforce::mounts::entries(&table)).map_err(DaemonError::Load)?;
+    std::thread::Builder::new()
+        .name("ref-mounts".into())
+        .spawn(move || follow_reference_mounts(refs, &mountinfo))
+        .map_err(|e| DaemonError::Serve(format!("starting the mount watcher: {e}")))?;
+    let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut protected = vec![(canonical(&config.state_dir), protect::READ | protect::WRITE)];
+    protected.push((canonical(config_file.unwrap_or(Path::new(config::DEFAULT_PATH))), protect::WRITE));
+    protected.push((canonical(&config.socket), protect::WRITE));
+    enforcer.protect(&protected).map_err(DaemonError::Load)?;
+    let mut libs: Vec<PathBuf> = LIB_DIRS.iter().filter_map(|d| fs::canonicalize(d).ok()).filter(|d| d.is_dir()).collect();
+    libs.sort();
+    libs.dedup();
+    enforcer.set_lib_dirs(&libs).map_err(DaemonError::Load)?;
+    info!(agentd = me, reference_mnt_ns = ref_ns, mounts = table.len(), protected = ?protected.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>(), "enforcement guarded");
+    Ok(())
+}
+
+/// Where the system keeps shared libraries (merged-/usr systems make several of
+/// these one real directory).
+const LIB_DIRS: [&str; 7] = ["/lib", "/lib64", "/lib32", "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/local/lib"];
+
+/// Keeps `REF_MOUNTS` in step with the reference mount table: the kernel wakes
+/// a poller of `mountinfo` when it changes (checked every second too).
+fn follow_reference_mounts(mut refs: crate::enforce::RefMounts, mountinfo: &Path) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd as _;
+    let mut last: Option<Vec<crate::enforce::mounts::Entry>> = None;
+    loop {
+        let file = fs::File::open(mountinfo);
+        match fs::read_to_string(mountinfo) {
+            Ok(text) => {
+                let entries = crate::enforce::mounts::entries(&crate::enforce::mounts::parse(&text));
+                if last.as_ref() != Some(&entries) {
+                    match refs.sync(&entries) {
+                        Ok(()) => last = Some(entries),
+                        Err(e) => warn!(error = %e, "could not update the reference mount table in the kernel"),
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, file = %mountinfo.display(), "cannot read the reference mount table"),
+        }
+        match file {
+            Ok(f) => {
+                let _ = poll(&mut [PollFd::new(f.as_fd(), PollFlags::POLLPRI)], PollTimeout::from(1000u16));
+            }
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
 }
 
 /// Stops serving: followers' streams end, open requests get a moment to finish.

@@ -150,6 +150,15 @@ impl Service {
             info!(pid = ?peer.pid, uid = peer.uid, cgroup = %c.cgroup, identity = %c.identity, "refused a change from inside a bound cgroup");
             return Err(Status::permission_denied(c.refusal()));
         }
+        // A bound process that left its cgroup keeps its identity in the kernel.
+        if let Some(pid) = peer.pid {
+            if let Some(identity) = self.with_core(move |c| c.task_identity(pid as u32)).await? {
+                info!(pid, uid = peer.uid, identity = %identity, "refused a change from a process that acts for an identity");
+                return Err(Status::permission_denied(format!(
+                    "agentd: refusing request from process {pid}, which acts for identity {identity}: agents cannot change their own enforcement"
+                )));
+            }
+        }
         Ok((peer, cg))
     }
 

@@ -57,6 +57,38 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         inode_i_ino: f("inode", "i_ino")?,
         inode_i_sb: f("inode", "i_sb")?,
         super_block_s_dev: f("super_block", "s_dev")?,
+        dentry_d_inode: f("dentry", "d_inode")?,
+        dentry_d_sb: f("dentry", "d_sb")?,
+        dentry_d_hash: f("dentry", "d_hash")?,
+        super_block_s_root: f("super_block", "s_root")?,
+        super_block_s_magic: f("super_block", "s_magic")?,
+        inode_i_mode: f("inode", "i_mode")?,
+        inode_i_rdev: f("inode", "i_rdev")?,
+        task_tgid: f("task_struct", "tgid")?,
+        task_signal: f("task_struct", "signal")?,
+        signal_live: f("signal_struct", "live")?,
+        task_nsproxy: f("task_struct", "nsproxy")?,
+        nsproxy_mnt_ns: f("nsproxy", "mnt_ns")?,
+        mnt_ns_inum: f("mnt_namespace", "ns")? + f("ns_common", "inum")?,
+        fs_struct_root: f("fs_struct", "root")?,
+        cgroup_kn: f("cgroup", "kn")?,
+        kernfs_node_id: f("kernfs_node", "id")?,
+        cgroup_parent: f("cgroup", "self")? + f("cgroup_subsys_state", "parent")?,
+        file_private_data: f("file", "private_data")?,
+        vm_area_vm_file: f("vm_area_struct", "vm_file")?,
+        pid_nr: f("pid", "numbers")? + f("upid", "nr")?,
+        socket_sk: f("socket", "sk")?,
+        sock_sk_protocol: f("sock", "sk_protocol")?,
+        unix_sock_path: f("unix_sock", "path")?,
+        unix_sock_peer: f("unix_sock", "peer")?,
+        unix_sock_addr: f("unix_sock", "addr")?,
+        unix_address_name: f("unix_address", "name")?,
+        iattr_ia_valid: f("iattr", "ia_valid")?,
+        inode_setxattr_nargs: func_nargs(&btf, "bpf_lsm_inode_setxattr").unwrap_or(6),
+        inode_removexattr_nargs: func_nargs(&btf, "bpf_lsm_inode_removexattr").unwrap_or(3),
+        inode_setattr_nargs: func_nargs(&btf, "bpf_lsm_inode_setattr").unwrap_or(2),
+        task_mm: f("task_struct", "mm")?,
+        mm_exe_file: f("mm_struct", "exe_file")?,
     })
 }
 
@@ -139,5 +171,9 @@ mod tests {
         assert_eq!((o.path_mnt, o.path_dentry), (0, 8));
         assert!(o.file_f_path > 0 && o.dentry_d_name > 0 && o.mount_mnt > 0);
         assert!(o.path_rename_nargs == 4 || o.path_rename_nargs == 5);
+        eprintln!(
+            "inode_setattr {} inode_setxattr {} inode_removexattr {}",
+            o.inode_setattr_nargs, o.inode_setxattr_nargs, o.inode_removexattr_nargs
+        );
     }
 }

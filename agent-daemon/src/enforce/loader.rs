@@ -15,8 +15,9 @@ use std::{
 };
 
 use agent_common::{
-    counter, identity_flags, write_hold, AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, GlobKey, GlobState, HeldConnect,
-    HitKey, HoldProxy, Hits, IdentityConfig, KernelOffsets, PathKey, PathRule, WriteHold, COUNTERS_LEN, PATH_KEY_LEN,
+    counter, guard_flags, identity_flags, write_hold, AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, GlobKey,
+    GlobState, GuardConfig, HeldConnect, HitKey, HoldProxy, Hits, IdentityConfig, KernelOffsets, MountPrefix, PathKey,
+    PathRule, TaskIdentity, WriteHold, COUNTERS_LEN, PATH_KEY_LEN,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -50,7 +51,12 @@ const COMPLETE_MARKER: &str = "sock_create";
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
 /// LSM programs per action kind, in attach order.
-const LSM_EXEC: &[(&str, &str)] = &[("lsm_bprm_check_security", "bprm_check_security")];
+const LSM_EXEC: &[(&str, &str)] = &[
+    ("lsm_bprm_check_security", "bprm_check_security"),
+    // Exec means any way a file's code gets mapped to run (ld.so, dlopen).
+    ("lsm_mmap_exec", "mmap_file"),
+    ("lsm_file_mprotect", "file_mprotect"),
+];
 const LSM_WRITE: &[(&str, &str)] = &[
     ("lsm_file_open", "file_open"),
     ("lsm_path_truncate", "path_truncate"),
@@ -67,6 +73,35 @@ const LSM_WRITE: &[(&str, &str)] = &[
     ("lsm_file_permission", "file_permission"),
     ("lsm_mmap_file", "mmap_file"),
     ("lsm_file_free_security", "file_free_security"),
+    // A file's metadata is part of it.
+    ("lsm_path_chmod", "path_chmod"),
+    ("lsm_path_chown", "path_chown"),
+    // lsm_inode_setattr2 or lsm_inode_setattr3, by the kernel's hook signature.
+    ("lsm_inode_setattr", "inode_setattr"),
+    ("lsm_inode_setxattr", "inode_setxattr"),
+    ("lsm_inode_removexattr", "inode_removexattr"),
+];
+/// What keeps enforcement out of a bound task's reach (see agent-ebpf `guard`).
+const LSM_SYSTEM: &[(&str, &str)] = &[
+    ("lsm_bpf", "bpf"),
+    ("lsm_capable", "capable"),
+    ("lsm_capable_namespaces", "capable"),
+    ("lsm_task_alloc", "task_alloc"),
+    ("lsm_userns_create", "userns_create"),
+    ("lsm_sb_mount", "sb_mount"),
+    ("lsm_sb_umount", "sb_umount"),
+    ("lsm_move_mount", "move_mount"),
+    ("lsm_sb_pivotroot", "sb_pivotroot"),
+    ("lsm_path_chroot", "path_chroot"),
+    ("lsm_ptrace_access_check", "ptrace_access_check"),
+    ("lsm_task_kill", "task_kill"),
+    ("lsm_perf_event_open", "perf_event_open"),
+];
+/// Keeping identities with processes: raw tracepoints, on every kernel.
+const LINEAGE: &[(&str, &str)] = &[
+    ("tp_sched_process_fork", "sched_process_fork"),
+    ("tp_sched_process_exit", "sched_process_exit"),
+    ("tp_cgroup_attach_task", "cgroup_attach_task"),
 ];
 const LSM_EGRESS: &[(&str, &str)] = &[("lsm_socket_connect", "socket_connect")];
 
@@ -78,6 +113,12 @@ pub struct Enforcer {
     exec_inodes: HashMap<MapData, ExecInodeKey, PathRule>,
     write_rules: LpmTrie<MapData, PathKey, PathRule>,
     unix_rules: LpmTrie<MapData, PathKey, PathRule>,
+    guarded_dirs: LpmTrie<MapData, PathKey, PathRule>,
+    task_identity: HashMap<MapData, u32, TaskIdentity>,
+    guard: Array<MapData, GuardConfig>,
+    protected_paths: LpmTrie<MapData, PathKey, u32>,
+    protected_devs: HashMap<MapData, u32, u32>,
+    lib_dirs: LpmTrie<MapData, PathKey, u32>,
     glob_states: HashMap<MapData, GlobKey, GlobState>,
     egress_rules: LpmTrie<MapData, AddrKey, EgressRules>,
     hits: PerCpuHashMap<MapData, HitKey, Hits>,
@@ -192,6 +233,37 @@ impl ConnectHolds {
     }
 }
 
+/// `REF_MOUNTS`: where each filesystem is mounted in the reference view (see
+/// `super::mounts`).
+pub struct RefMounts {
+    map: LpmTrie<MapData, PathKey, MountPrefix>,
+}
+
+impl RefMounts {
+    /// Makes the map hold exactly `entries`: new ones first, stale ones last, so
+    /// a path that has a name keeps one throughout.
+    pub fn sync(&mut self, entries: &[super::mounts::Entry]) -> Result<(), EnforceError> {
+        let old: Vec<Key<PathKey>> = self.map.keys().filter_map(Result::ok).collect();
+        let mut want = Vec::with_capacity(entries.len());
+        for e in entries {
+            let k = path_key(e.dev.to_be_bytes(), &e.key)?;
+            if self.map.get(&k, 0).ok() != Some(e.value) {
+                self.map.insert(&k, e.value, 0).map_err(kerr("writing REF_MOUNTS"))?;
+            }
+            want.push(k);
+        }
+        for k in old {
+            let keep = want
+                .iter()
+                .any(|w| w.prefix_len() == k.prefix_len() && w.data().ruleset == k.data().ruleset && w.data().path == k.data().path);
+            if !keep {
+                let _ = self.map.remove(&k);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Waits until every BPF program that started before now has returned.
 ///
 /// BPF programs on these hooks run inside RCU read-side critical sections, and
@@ -282,6 +354,12 @@ impl Enforcer {
             exec_inodes: pinned(&maps_dir, "EXEC_INODES")?,
             write_rules: pinned(&maps_dir, "WRITE_RULES")?,
             unix_rules: pinned(&maps_dir, "UNIX_RULES")?,
+            guarded_dirs: pinned(&maps_dir, "GUARDED_DIRS")?,
+            task_identity: pinned(&maps_dir, "TASK_IDENTITY")?,
+            guard: pinned(&maps_dir, "GUARD")?,
+            protected_paths: pinned(&maps_dir, "PROTECTED_PATHS")?,
+            protected_devs: pinned(&maps_dir, "PROTECTED_DEVS")?,
+            lib_dirs: pinned(&maps_dir, "LIB_DIRS")?,
             glob_states: pinned(&maps_dir, "GLOB_STATES")?,
             egress_rules: pinned(&maps_dir, "EGRESS_RULES")?,
             hits: pinned(&maps_dir, "HITS")?,
@@ -424,6 +502,9 @@ impl Enforcer {
         for e in &policy.unix {
             self.unix_rules.insert(&path_key(rs, &e.key)?, e.value, 0).map_err(kerr("writing UNIX_RULES"))?;
         }
+        for e in &policy.guarded {
+            self.guarded_dirs.insert(&path_key(rs, &e.key)?, e.value, 0).map_err(kerr("writing GUARDED_DIRS"))?;
+        }
         for (i, st) in policy.globs.iter().enumerate() {
             let key = GlobKey { ruleset, state: i as u32 + 1 };
             self.glob_states.insert(key, st, 0).map_err(kerr("writing GLOB_STATES (full? every policy's `*`/`**` patterns share it)"))?;
@@ -438,7 +519,7 @@ impl Enforcer {
     /// Deletes every entry of rule set `ruleset`, and its hit counts.
     fn drop_ruleset(&mut self, ruleset: u32) -> Result<(), EnforceError> {
         let rs = ruleset.to_be_bytes();
-        for trie in [&mut self.exec_rules, &mut self.write_rules, &mut self.unix_rules] {
+        for trie in [&mut self.exec_rules, &mut self.write_rules, &mut self.unix_rules, &mut self.guarded_dirs] {
             let stale: Vec<Key<PathKey>> =
                 trie.keys().filter_map(Result::ok).filter(|k| k.data().ruleset == rs).collect();
             for k in stale {
@@ -513,7 +594,14 @@ impl Enforcer {
             self.installed.insert(id, Installed { ruleset: cfg.ruleset, source: None });
         }
         let mut present = BTreeSet::new();
-        for k in self.exec_rules.keys().chain(self.write_rules.keys()).chain(self.unix_rules.keys()).filter_map(Result::ok) {
+        for k in self
+            .exec_rules
+            .keys()
+            .chain(self.write_rules.keys())
+            .chain(self.unix_rules.keys())
+            .chain(self.guarded_dirs.keys())
+            .filter_map(Result::ok)
+        {
             present.insert(u32::from_be_bytes(k.data().ruleset));
         }
         for k in self.egress_rules.keys().filter_map(Result::ok) {
@@ -534,14 +622,143 @@ impl Enforcer {
     }
 
     /// Binds cgroup `cgroup_id` (the inode number of its cgroup2 directory) and all its
-    /// descendants to identity `id`.
+    /// descendants to identity `id`. Processes that this binding attributed
+    /// before (a rebind) now act for `id`, wherever their cgroup went.
     pub fn bind(&mut self, cgroup_id: u64, id: u32) -> Result<(), EnforceError> {
-        self.bindings.insert(cgroup_id, id, 0).map_err(kerr("writing BINDINGS"))
+        self.bindings.insert(cgroup_id, id, 0).map_err(kerr("writing BINDINGS"))?;
+        let rebound: Vec<(u32, TaskIdentity)> = self
+            .task_identity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, t)| t.binding == cgroup_id && t.identity != id)
+            .collect();
+        for (tgid, t) in rebound {
+            // BPF_EXIST: a process that exited meanwhile stays gone.
+            let _ = self.task_identity.insert(tgid, TaskIdentity { identity: id, ..t }, 2);
+        }
+        Ok(())
     }
 
-    /// Removes a binding.
+    /// Removes a binding, and the identity it gave to processes (wherever their
+    /// cgroup went): an operator's unbind is what ends it.
     pub fn unbind(&mut self, cgroup_id: u64) -> Result<(), EnforceError> {
-        self.bindings.remove(&cgroup_id).or_else(ignore_missing).map_err(kerr("removing a binding"))
+        self.bindings.remove(&cgroup_id).or_else(ignore_missing).map_err(kerr("removing a binding"))?;
+        let released: Vec<u32> = self
+            .task_identity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, t)| t.binding == cgroup_id)
+            .map(|(tgid, _)| tgid)
+            .collect();
+        for tgid in released {
+            self.task_identity.remove(&tgid).or_else(ignore_missing).map_err(kerr("removing a process's identity"))?;
+        }
+        Ok(())
+    }
+
+    /// Gives identity `id` (bound at `cgroup_id`, whose directory is `path`) to
+    /// every process already in that cgroup or below it, except those a more
+    /// specific binding inside it attributed. New processes get it at fork or
+    /// when moved in (the kernel's lineage programs); these were there first.
+    pub fn attribute_tasks(&mut self, path: &Path, cgroup_id: u64, id: u32) -> Result<usize, EnforceError> {
+        let mut inner: BTreeSet<u64> = BTreeSet::new();
+        let mut tgids: Vec<u32> = Vec::new();
+        let mut stack = vec![path.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+                tgids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    use std::os::unix::fs::MetadataExt as _;
+                    if let Ok(m) = e.metadata() {
+                        inner.insert(m.ino());
+                    }
+                    stack.push(e.path());
+                }
+            }
+        }
+        let mut n = 0;
+        for tgid in tgids {
+            if let Ok(t) = self.task_identity.get(&tgid, 0) {
+                if t.binding != cgroup_id && inner.contains(&t.binding) {
+                    continue;
+                }
+            }
+            let v = TaskIdentity { identity: id, _pad: 0, binding: cgroup_id };
+            self.task_identity.insert(tgid, v, 0).map_err(kerr("writing TASK_IDENTITY"))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The identity process `tgid` acts for, as the kernel keeps it.
+    pub fn task_identity(&self, tgid: u32) -> Option<u32> {
+        self.task_identity.get(&tgid, 0).ok().map(|t| t.identity)
+    }
+
+    /// Tells the kernel who agentd is (no bound task may signal or trace it),
+    /// which mount namespace is the reference view, and whether BPF LSM runs.
+    pub fn set_guard(&mut self, agentd_tgid: u32, agentd_pgid: u32, ref_mnt_ns: u32) -> Result<(), EnforceError> {
+        let lsm = self.report.kinds.iter().any(|k| k.kind == "exec" && k.effect == "deny");
+        let g = GuardConfig { agentd_tgid, ref_mnt_ns, agentd_pgid, flags: if lsm { guard_flags::LSM } else { 0 } };
+        self.guard.set(0, g, 0).map_err(kerr("writing GUARD"))
+    }
+
+    /// Marks paths (in the reference view) no bound task may reach: `(path,
+    /// protect bits)`; a directory covers what is below it. Replaces the set.
+    pub fn protect(&mut self, paths: &[(PathBuf, u32)]) -> Result<(), EnforceError> {
+        use std::os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _};
+        let old: Vec<Key<PathKey>> = self.protected_paths.keys().filter_map(Result::ok).collect();
+        let mut devs = BTreeSet::new();
+        let mut keys = Vec::new();
+        for (p, bits) in paths {
+            let bytes = p.as_os_str().as_bytes();
+            keys.push((path_key([0; 4], &[bytes, b"\0"].concat())?, *bits));
+            keys.push((path_key([0; 4], &[bytes, b"/"].concat())?, *bits));
+            if let Ok(m) = fs::metadata(p) {
+                let dev = m.dev();
+                devs.insert(((libc::major(dev) as u32) << 20) | libc::minor(dev) as u32);
+            }
+        }
+        for (k, bits) in &keys {
+            self.protected_paths.insert(k, *bits, 0).map_err(kerr("writing PROTECTED_PATHS"))?;
+        }
+        for k in old {
+            if !keys.iter().any(|(n, _)| n.prefix_len() == k.prefix_len() && n.data().path == k.data().path) {
+                let _ = self.protected_paths.remove(&k);
+            }
+        }
+        let old_devs: Vec<u32> = self.protected_devs.keys().filter_map(Result::ok).collect();
+        for d in &devs {
+            self.protected_devs.insert(*d, 1, 0).map_err(kerr("writing PROTECTED_DEVS"))?;
+        }
+        for d in old_devs.into_iter().filter(|d| !devs.contains(d)) {
+            let _ = self.protected_devs.remove(&d);
+        }
+        Ok(())
+    }
+
+    /// The system's library directories, as real paths: loading a library from
+    /// one is not judged as running a program (see agent-ebpf `exec`).
+    pub fn set_lib_dirs(&mut self, dirs: &[PathBuf]) -> Result<(), EnforceError> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let old: Vec<Key<PathKey>> = self.lib_dirs.keys().filter_map(Result::ok).collect();
+        for k in old {
+            let _ = self.lib_dirs.remove(&k);
+        }
+        for d in dirs {
+            let k = path_key([0; 4], &[d.as_os_str().as_bytes(), b"/"].concat())?;
+            self.lib_dirs.insert(&k, 1, 0).map_err(kerr("writing LIB_DIRS"))?;
+        }
+        Ok(())
+    }
+
+    /// A handle on `REF_MOUNTS`, for the thread that keeps it in step with the
+    /// reference mount table.
+    pub fn ref_mounts(&self) -> Result<RefMounts, EnforceError> {
+        Ok(RefMounts { map: pinned(&self.maps_dir, "REF_MOUNTS")? })
     }
 
     /// The bindings as the kernel has them: (cgroup id, identity id).
@@ -658,23 +875,44 @@ fn attach_all(
     offsets: &KernelOffsets,
 ) -> Result<MechanismReport, EnforceError> {
     let rename_prog = format!("lsm_path_rename{}", offsets.path_rename_nargs);
+    let setattr_prog = format!("lsm_inode_setattr{}", offsets.inode_setattr_nargs);
     let write_progs: Vec<(&str, &str)> = LSM_WRITE[1..]
         .iter()
-        .map(|&(name, hook)| if hook == "path_rename" { (rename_prog.as_str(), hook) } else { (name, hook) })
+        .map(|&(name, hook)| match hook {
+            "path_rename" => (rename_prog.as_str(), hook),
+            "inode_setattr" => (setattr_prog.as_str(), hook),
+            _ => (name, hook),
+        })
         .collect();
     let btf = Btf::from_sys_fs().map_err(|e| EnforceError::kernel("reading kernel BTF", e))?;
     let (lsm, mut file_open_link) = match probe_lsm(ebpf, &btf) {
         Ok(link) => (Ok(()), Some(link)),
         Err(why) => (Err(why), None),
     };
+    // The xattr programs read the previous verdict after a fixed argument count.
+    let write_lsm = lsm.clone().and_then(|()| {
+        if offsets.inode_setxattr_nargs != 6 || offsets.inode_removexattr_nargs != 3 || !matches!(offsets.inode_setattr_nargs, 2 | 3) {
+            Err(format!(
+                "this kernel's inode_setxattr/inode_removexattr/inode_setattr hooks take {}/{}/{} arguments; agentd knows 6/3/2-3",
+                offsets.inode_setxattr_nargs, offsets.inode_removexattr_nargs, offsets.inode_setattr_nargs
+            ))
+        } else {
+            Ok(())
+        }
+    });
     let mut kinds = Vec::new();
+
+    // Lineage first: identities must follow processes before anything is judged.
+    for (name, tp) in LINEAGE {
+        attach_raw_tp(ebpf, name, tp, links_dir)?;
+    }
 
     // exec
     let mut exec = KindReport { kind: "exec".into(), ..Default::default() };
     let exec_lsm = lsm.clone().and_then(|()| attach_lsm(ebpf, &btf, LSM_EXEC, links_dir));
     match exec_lsm {
         Ok(()) => {
-            exec.active = "BPF LSM bprm_check_security".into();
+            exec.active = "BPF LSM bprm_check_security + mmap_file, file_mprotect (executable mappings)".into();
             exec.effect = "deny".into();
         }
         Err(why) => {
@@ -684,7 +922,8 @@ fn attach_all(
                 "not used as the exec check: a fanotify deny needs agentd alive and the kernel programs do not (fanotify holds `ask` execs: see `exec holds` under checks)".into(),
             ));
             attach_raw_tp(ebpf, "tp_sched_process_exec", "sched_process_exec", links_dir)?;
-            exec.active = "raw tracepoint sched_process_exec + SIGKILL".into();
+            attach_raw_tp(ebpf, "tp_sys_enter_mmap", "sys_enter", links_dir)?;
+            exec.active = "raw tracepoints sched_process_exec, sys_enter (mmap PROT_EXEC) + SIGKILL".into();
             exec.effect = "kill".into();
         }
     }
@@ -692,12 +931,12 @@ fn attach_all(
 
     // write
     let mut write = KindReport { kind: "write".into(), ..Default::default() };
-    match lsm.clone().and_then(|()| attach_lsm(ebpf, &btf, &write_progs, links_dir)) {
+    match write_lsm.and_then(|()| attach_lsm(ebpf, &btf, &write_progs, links_dir)) {
         Ok(()) => {
             if let Some(link) = file_open_link.take() {
                 pin_link(link, links_dir, LSM_WRITE[0].0)?;
             }
-            write.active = "BPF LSM file_open + path_{truncate,unlink,rmdir,mkdir,mknod,symlink,link,rename} (+ file_permission, mmap_file for held opens)".into();
+            write.active = "BPF LSM file_open + path_{truncate,unlink,rmdir,mkdir,mknod,symlink,link,rename,chmod,chown} + inode_{setattr,setxattr,removexattr} (+ file_permission, mmap_file for held opens)".into();
             write.effect = "deny".into();
         }
         Err(why) => {
@@ -714,6 +953,22 @@ fn attach_all(
         }
     }
     kinds.push(write);
+
+    // system: enforcement out of reach.
+    let mut system = KindReport { kind: "system".into(), ..Default::default() };
+    match lsm.clone().and_then(|()| attach_lsm(ebpf, &btf, LSM_SYSTEM, links_dir)) {
+        Ok(()) => {
+            system.active = "BPF LSM bpf, capable, task_alloc, userns_create, sb_mount/umount/pivotroot, move_mount, path_chroot, ptrace_access_check, task_kill, perf_event_open".into();
+            system.effect = "deny".into();
+        }
+        Err(why) => {
+            system.unavailable.push(("BPF LSM guard hooks".into(), why));
+            attach_raw_tp(ebpf, "tp_sys_enter_guard", "sys_enter", links_dir)?;
+            system.active = "raw tracepoint sys_enter + SIGKILL".into();
+            system.effect = "kill".into();
+        }
+    }
+    kinds.push(system);
 
     // egress: cgroup sock_addr always; LSM socket_connect in front where it runs.
     let cgroup = fs::File::open(cgroup_root)
@@ -757,7 +1012,7 @@ fn attach_all(
     pin_link(link, links_dir, COMPLETE_MARKER)?;
     kinds.push(KindReport {
         kind: "raw-socket".into(),
-        active: "cgroup sock_create (raw and packet sockets refused to bound identities)".into(),
+        active: "cgroup sock_create (raw, packet and every socket the egress hooks cannot judge refused to bound identities)".into(),
         effect: "deny".into(),
         unavailable: vec![],
     });
@@ -859,6 +1114,12 @@ fn adopted_report(links_dir: &Path) -> MechanismReport {
         write.unavailable.push(("BPF LSM file_open and path hooks".into(), adopted_note.clone()));
     }
     kinds.push(write);
+    let (active, effect) = if has("lsm_bpf") {
+        ("BPF LSM bpf, capable, task_alloc, userns_create, sb_mount/umount/pivotroot, move_mount, path_chroot, ptrace_access_check, task_kill, perf_event_open", "deny")
+    } else {
+        ("raw tracepoint sys_enter + SIGKILL", "kill")
+    };
+    kinds.push(KindReport { kind: "system".into(), active: active.into(), effect: effect.into(), unavailable: vec![] });
     kinds.push(KindReport {
         kind: "egress".into(),
         active: if has("lsm_socket_connect") {

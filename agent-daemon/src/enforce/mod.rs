@@ -9,11 +9,12 @@ mod btf;
 pub mod fanotify;
 mod loader;
 mod maps;
+pub mod mounts;
 mod probe;
 
 use std::path::PathBuf;
 
-pub use loader::{ConnectHolds, Enforcer, EventReader, ExecApprovals, WriteHolds};
+pub use loader::{ConnectHolds, Enforcer, EventReader, ExecApprovals, RefMounts, WriteHolds};
 pub use probe::{KindReport, MechanismReport};
 
 /// Where the enforcer keeps its kernel objects.

@@ -50,6 +50,7 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
     let write_glob = if write_states.is_empty() { 0 } else { write_first };
     globs.extend(write_states);
     let egress = c.egress();
+    let guarded = guarded_dirs(&policy.write, fs);
     if policy.unheld_ask() {
         c.warnings.push(format!(
             "{}: of `ask` writes, only an open of an existing file is held; creating, renaming, linking, removing or truncating by path an `ask` file, and a UDP send to an `ask` destination, are stopped at once and become requests whose approval lets exactly that file, or address and port, through",
@@ -72,6 +73,7 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
         globs,
         exec_glob,
         write_glob,
+        guarded,
         // `egress.unix` and `spec.system` are not in the language yet: no unix
         // rules, unix connects allowed by default, no system opt-ins.
         unix: Vec::new(),
@@ -81,6 +83,45 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
         rules: policy.rule_infos(),
         warnings,
     })
+}
+
+/// The directories whose renaming, removal or replacement would move what a
+/// deny or ask write rule protects out from under it (a rule on `DIR/**`
+/// protects `DIR` and every directory above it; one on a file, the directories
+/// above the file). Only the literal part of a pattern can be guarded by name:
+/// for `/home/*/work/**` that is `/home`.
+fn guarded_dirs(section: &PathSection, fs: &dyn RealPaths) -> Vec<PathEntry> {
+    let mut by_dir: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
+    for r in &section.rules {
+        if !matches!(r.action, ActionKind::Deny | ActionKind::Ask) {
+            continue;
+        }
+        let dir = r.pattern.literal_dir();
+        let mut path = real_path(&dir, fs).unwrap_or(dir);
+        if r.pattern.is_exact() {
+            // The file itself is judged by the rule; what is above it is guarded.
+            match path.iter().rposition(|&b| b == b'/') {
+                Some(i) => path.truncate(i),
+                None => continue,
+            }
+        }
+        let mut end = path.len();
+        while end > 1 {
+            by_dir.entry(path[..end].to_vec()).or_insert(r.id);
+            match path[..end].iter().rposition(|&b| b == b'/') {
+                Some(i) => end = i,
+                None => break,
+            }
+        }
+    }
+    by_dir
+        .into_iter()
+        .filter(|(dir, _)| dir.len() < PATH_KEY_LEN)
+        .map(|(mut dir, rule_id)| {
+            dir.push(0);
+            PathEntry { key: dir, value: KernelPathRule { action: agent_common::action::DENY, _pad: [0; 3], rule_id, rank: 0 } }
+        })
+        .collect()
 }
 
 /// Pins every exact exec rule whose file exists to its (dev, inode), so the file

@@ -37,6 +37,10 @@ pub struct CompiledPolicy {
     pub exec_glob: u16,
     /// The same for write.
     pub write_glob: u16,
+    /// Directories that hold what a deny or ask write rule protects, as exact keys
+    /// (`DIR\0`) for `GUARDED_DIRS`: renaming, removing or replacing one is a
+    /// write to what it holds.
+    pub guarded: Vec<PathEntry>,
     /// `egress.unix` rules for the `UNIX_RULES` LPM trie (socket file paths,
     /// keyed like write rules).
     pub unix: Vec<PathEntry>,

@@ -68,6 +68,12 @@ impl Kernel for Fake {
         self.get().bindings.remove(&cgroup_id);
         Ok(())
     }
+    fn attribute_tasks(&mut self, _path: &std::path::Path, _cgroup_id: u64, _id: u32) -> Result<usize, EnforceError> {
+        Ok(0)
+    }
+    fn task_identity(&self, _tgid: u32) -> Option<u32> {
+        None
+    }
     fn kernel_bindings(&self) -> Result<Vec<(u64, u32)>, EnforceError> {
         Ok(self.get().bindings.iter().map(|(c, i)| (*c, *i)).collect())
     }

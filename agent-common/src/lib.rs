@@ -687,6 +687,10 @@ pub struct KernelOffsets {
     /// mapping at exec was judged as the exec itself.
     pub task_mm: u32,
     pub mm_exe_file: u32,
+    /// `sock_common::skc_family` (a `struct sock` begins with its `sock_common`).
+    pub sock_family: u32,
+    /// `msghdr::msg_name`: the kernel's copy of a sendmsg destination.
+    pub msghdr_msg_name: u32,
 }
 
 /// A decision the kernel reports to the daemon through the `EVENTS` ring buffer.
@@ -775,7 +779,7 @@ mod tests {
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<PortRule>(), 12);
         assert_eq!(size_of::<EgressRules>(), 4 + 12 * MAX_PORT_RULES);
-        assert_eq!(size_of::<KernelOffsets>(), 60 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 62 * 4);
         assert_eq!(size_of::<TaskIdentity>(), 16);
         assert_eq!(size_of::<MountPrefix>(), 8 + MOUNT_PREFIX_LEN);
         assert_eq!(size_of::<GuardConfig>(), 16);

@@ -361,7 +361,7 @@ pub fn report(s: &Scratch, subject: &Subject, d: &Decision, t: &Target, hard_ver
         bump(match t.kind {
             kind::EXEC => counter::DENY_EXEC,
             kind::WRITE => counter::DENY_WRITE,
-            kind::EGRESS => counter::DENY_EGRESS,
+            kind::EGRESS | kind::UNIX => counter::DENY_EGRESS,
             _ => counter::DENY_SOCKET,
         });
         if hard_verdict == verdict::KILL {

@@ -10,7 +10,7 @@
 use core::ffi::c_void;
 
 use agent_common::{
-    held_connect_key, identity_flags, kind, mechanism, op, reason, verdict, AddrKey, EgressRules, HeldConnect,
+    action, held_connect_key, identity_flags, kind, mechanism, op, reason, verdict, AddrKey, EgressRules, HeldConnect,
     MAX_PORT_RULES,
 };
 use aya_ebpf::{
@@ -37,6 +37,8 @@ const AF_NETLINK: u32 = 16;
 const AF_INET_U32: u32 = 2;
 const AF_INET6_U32: u32 = 10;
 const IPPROTO_ICMP: u32 = 1;
+/// How ICMP and ICMPv6 alike are named in port rules and lookups.
+const IPPROTO_ICMP_CODE: u8 = 1;
 const IPPROTO_ICMPV6: u32 = 58;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
@@ -56,7 +58,9 @@ fn lookup(ruleset: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u8,
             break;
         }
         if let Some(r) = rules.rules.get(i) {
-            if port >= r.port_lo && port <= r.port_hi && (r.protocol == 0 || r.protocol == protocol) {
+            // A rule without a protocol covers TCP and UDP, never ICMP (1).
+            let proto_ok = if protocol == IPPROTO_ICMP_CODE { r.protocol == IPPROTO_ICMP_CODE } else { r.protocol == 0 || r.protocol == protocol };
+            if port >= r.port_lo && port <= r.port_hi && proto_ok {
                 return Some((r.action, r.rule_id));
             }
         }
@@ -74,6 +78,8 @@ fn decide(subject: &Subject, addr: &[u8; 16], port: u16, protocol: u8) -> (Decis
         Ok(cfg) => {
             let d = match lookup(cfg.ruleset, addr, port, protocol) {
                 Some((act, rule_id)) => from_action(cfg, kind::EGRESS, act, reason::RULE, rule_id),
+                // ICMP is allowed only by a rule that names it, whatever the default.
+                None if protocol == IPPROTO_ICMP_CODE => from_action(cfg, kind::EGRESS, action::DENY, reason::DEFAULT, 0),
                 None => from_action(cfg, kind::EGRESS, cfg.egress_default, reason::DEFAULT, 0),
             };
             (d, cfg.ruleset)
@@ -274,8 +280,46 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     0
 }
 
-#[lsm(hook = "socket_connect")]
+/// The destination of a sockaddr in kernel memory: (family, address, port),
+/// `None` for a family that is not IP (local sockets are not network egress).
+/// `Err` when it cannot be read (fail closed).
+#[inline(always)]
+fn kernel_sockaddr(address: u64) -> Result<Option<(u16, [u8; 16], u16)>, ()> {
+    // sockaddr layouts are ABI: family at 0, port at 2 (network order), IPv4
+    // address at 4, IPv6 address at 8.
+    let head = read_u32(address).map_err(|_| ())?;
+    let family = head as u16;
+    let port = u16::from_be((head >> 16) as u16);
+    let addr = match family {
+        AF_INET => v4_mapped(read_u32(address + 4).map_err(|_| ())?),
+        AF_INET6 => {
+            let (a, b) = (read_u64(address + 8).map_err(|_| ())?, read_u64(address + 16).map_err(|_| ())?);
+            let (a, b) = (a.to_ne_bytes(), b.to_ne_bytes());
+            [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some((family, addr, port)))
+}
 
+/// The protocol code rules use for `struct socket *sock`: TCP, UDP, or ICMP (1)
+/// for a ping socket; 0 when unknown.
+#[inline(always)]
+fn socket_protocol(sock: u64) -> u8 {
+    let Ok(o) = offsets() else { return 0 };
+    let proto = read_u64(sock + o.socket_sk as u64).and_then(|sk| crate::vfs::read_u16(sk + o.sock_sk_protocol as u64));
+    match proto {
+        Ok(p) if p as u32 == IPPROTO_ICMP || p as u32 == IPPROTO_ICMPV6 => return IPPROTO_ICMP_CODE,
+        _ => {}
+    }
+    match read_u32(sock + o.socket_type as u64) {
+        Ok(t) if t & 0xffff == SOCK_STREAM => IPPROTO_TCP,
+        Ok(t) if t & 0xffff == SOCK_DGRAM => IPPROTO_UDP,
+        _ => 0,
+    }
+}
+
+#[lsm(hook = "socket_connect")]
 #[inline(always)]
 pub fn lsm_socket_connect(ctx: LsmContext) -> i32 {
     // socket_connect(struct socket *sock, struct sockaddr *address, int addrlen)
@@ -284,35 +328,13 @@ pub fn lsm_socket_connect(ctx: LsmContext) -> i32 {
         return prev;
     }
     let Some(subject) = current_subject() else { return 0 };
-    // sockaddr layouts are ABI: family at 0, port at 2 (network order), IPv4
-    // address at 4, IPv6 address at 8.
-    let Ok(head) = read_u32(address) else { return -EPERM };
-    let family = head as u16;
-    let port = u16::from_be((head >> 16) as u16);
-    let addr = match family {
-        AF_INET => match read_u32(address + 4) {
-            Ok(a) => v4_mapped(a),
-            Err(_) => return -EPERM,
-        },
-        AF_INET6 => match (read_u64(address + 8), read_u64(address + 16)) {
-            (Ok(a), Ok(b)) => {
-                let (a, b) = (a.to_ne_bytes(), b.to_ne_bytes());
-                [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
-            }
-            _ => return -EPERM,
-        },
-        // AF_UNIX and other local families are not network egress.
-        _ => return 0,
+    let (family, addr, port) = match kernel_sockaddr(address) {
+        Ok(Some(d)) => d,
+        Ok(None) => return 0,
+        Err(()) => return -EPERM,
     };
-    let sock_type = match offsets() {
-        Ok(o) => read_u32(sock + o.socket_type as u64),
-        Err(e) => Err(e),
-    };
-    let protocol = match sock_type {
-        Ok(t) if t & 0xffff == SOCK_STREAM => IPPROTO_TCP,
-        Ok(t) if t & 0xffff == SOCK_DGRAM => IPPROTO_UDP,
-        _ => 0,
-    };
+    let protocol = socket_protocol(sock);
+    let port = if protocol == IPPROTO_ICMP_CODE { 0 } else { port };
     let (d, ruleset) = decide(&subject, &addr, port, protocol);
     if d.ask && protocol == IPPROTO_TCP {
         // connect4/6 (always attached) hold it at the proxy, or deny it.
@@ -320,6 +342,40 @@ pub fn lsm_socket_connect(ctx: LsmContext) -> i32 {
     }
     let d = if d.ask { refuse_ask(d, ruleset) } else { d };
     emit(&subject, &d, family, addr, port, protocol, op::CONNECT, mechanism::LSM);
+    if d.block { -EPERM } else { 0 }
+}
+
+/// ICMP "ping" sockets have no cgroup send hook: each datagram's destination
+/// is judged here (only ICMP; TCP and UDP are the cgroup programs' job).
+#[lsm(hook = "socket_sendmsg")]
+#[inline(always)]
+pub fn lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
+    // socket_sendmsg(struct socket *sock, struct msghdr *msg, int size)
+    let prev: i32 = ctx.arg(3);
+    if prev != 0 {
+        return prev;
+    }
+    // One lookup for a task that is not bound: this runs for every send.
+    let Some(subject) = crate::attribution::sticky_subject() else { return 0 };
+    let sock = crate::write::raw_arg(&ctx, 0);
+    if socket_protocol(sock) != IPPROTO_ICMP_CODE {
+        return 0;
+    }
+    let msg = crate::write::raw_arg(&ctx, 1);
+    let Ok(o) = offsets() else { return -EPERM };
+    let Ok(name) = read_u64(msg + o.msghdr_msg_name as u64) else { return -EPERM };
+    if name == 0 {
+        // A connected ping socket: its destination was judged at connect.
+        return 0;
+    }
+    let (family, addr) = match kernel_sockaddr(name) {
+        Ok(Some((f, a, _))) => (f, a),
+        Ok(None) => return 0,
+        Err(()) => return -EPERM,
+    };
+    let (d, ruleset) = decide(&subject, &addr, 0, IPPROTO_ICMP_CODE);
+    let d = if d.ask { refuse_ask(d, ruleset) } else { d };
+    emit(&subject, &d, family, addr, 0, IPPROTO_ICMP_CODE, op::SENDMSG, mechanism::LSM);
     if d.block { -EPERM } else { 0 }
 }
 

@@ -11,6 +11,7 @@ mod exec;
 mod guard;
 mod lineage;
 mod maps;
+mod unix;
 mod vfs;
 mod write;
 

@@ -167,8 +167,12 @@ fn collect(s: &mut Scratch, o: &KernelOffsets, dentry: u64, live: bool) -> Resul
             return Err(Unresolved::TooDeep);
         }
         let name = read_u64(dentry + o.dentry_d_name as u64 + o.qstr_name as u64)?;
+        // The index goes through memory so that the mask survives: LLVM drops a
+        // mask it can prove redundant (n < MAX_COMPONENTS), and 6.1's verifier
+        // forgets the bound of a spilled register.
+        let idx = launder(s, n as u64) as usize & NAMES_MASK;
         // SAFETY: the mask keeps the index inside the 64-entry array.
-        unsafe { *s.names.as_mut_ptr().add(n & NAMES_MASK) = name };
+        unsafe { *s.names.as_mut_ptr().add(idx) = name };
         set_depth(s, n + 1);
         dentry = parent;
     }

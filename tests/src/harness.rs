@@ -176,7 +176,18 @@ pub fn outcome(out: &Output) -> Outcome {
     ))
 }
 
-/// A running agentd with private state, socket and pins.
+/// The pin directory every daemon of this test process shares, when the tier
+/// asks for one (`AGENTD_TEST_PIN_DIR`): the VM tier does, because verifying
+/// the programs takes a minute under emulation. The first daemon loads them;
+/// each later one adopts them, as a restarted agentd does, and reconciles them
+/// with its own fresh state (bindings it does not know are removed). Without it
+/// every daemon loads its own programs.
+fn shared_pin_dir() -> Option<PathBuf> {
+    std::env::var_os("AGENTD_TEST_PIN_DIR").filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// A running agentd with private state and socket, and (see [`shared_pin_dir`])
+/// its own pins.
 pub struct Daemon {
     child: Option<Child>,
     pub bins: Bins,
@@ -208,7 +219,10 @@ impl Daemon {
             bins: Bins::get(),
             state_dir: dir.join("state"),
             socket: dir.join("agentd.sock"),
-            pin_dir: PathBuf::from("/sys/fs/bpf").join(format!("agentd-test-{id}")),
+            pin_dir: match shared_pin_dir() {
+                Some(shared) => shared,
+                None => PathBuf::from("/sys/fs/bpf").join(format!("agentd-test-{id}")),
+            },
             log: dir.join("agentd.log"),
             dir,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -242,8 +256,9 @@ impl Daemon {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.bins.agentd.display()));
         self.child = Some(child);
-        // Loading and verifying the programs takes seconds under TCG emulation.
-        let deadline = Instant::now() + Duration::from_secs(120);
+        // Loading and verifying the programs takes a minute or more under TCG
+        // emulation on a busy machine.
+        let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("agentd exited during start-up ({status}):\n{}", self.log_text());
@@ -252,7 +267,7 @@ impl Daemon {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("agentd did not answer on {} within 120 s:\n{}", self.socket.display(), self.log_text());
+                panic!("agentd did not answer on {} within 300 s:\n{}", self.socket.display(), self.log_text());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -456,8 +471,11 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Removing the pins detaches this daemon's programs from the kernel.
-        let _ = fs::remove_dir_all(&self.pin_dir);
+        // Removing the pins detaches this daemon's programs from the kernel
+        // (shared pins stay for the next daemon).
+        if shared_pin_dir().is_none() {
+            let _ = fs::remove_dir_all(&self.pin_dir);
+        }
         if std::thread::panicking() {
             eprintln!("agentd log ({}):\n{}", self.log.display(), self.log_text());
         } else {

@@ -96,8 +96,13 @@ pub fn project_binaries(dir: &Path) -> Vec<(PathBuf, String)> {
 /// The environment the guest command always gets: where the project binaries are,
 /// and that it runs in the VM tier.
 pub fn default_env(bins: &[(PathBuf, String)]) -> Vec<(String, String)> {
-    let mut env =
-        vec![("AGENTD_TEST_TIER".to_string(), "vm".to_string()), ("RUST_BACKTRACE".to_string(), "1".to_string())];
+    let mut env = vec![
+        ("AGENTD_TEST_TIER".to_string(), "vm".to_string()),
+        ("RUST_BACKTRACE".to_string(), "1".to_string()),
+        // Verifying the programs takes a minute under TCG: the scenarios' daemons
+        // share one pinned set (the first loads it, the rest adopt it).
+        ("AGENTD_TEST_PIN_DIR".to_string(), "/sys/fs/bpf/agentd-vm-tests".to_string()),
+    ];
     for (_, guest) in bins {
         let var = match guest.as_str() {
             "/bin/agentd" => "AGENTD_BIN",

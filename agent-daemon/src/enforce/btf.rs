@@ -89,6 +89,8 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         inode_setattr_nargs: func_nargs(&btf, "bpf_lsm_inode_setattr").unwrap_or(2),
         task_mm: f("task_struct", "mm")?,
         mm_exe_file: f("mm_struct", "exe_file")?,
+        sock_family: f("sock_common", "skc_family")?,
+        msghdr_msg_name: f("msghdr", "msg_name")?,
     })
 }
 

@@ -103,7 +103,12 @@ const LINEAGE: &[(&str, &str)] = &[
     ("tp_sched_process_exit", "sched_process_exit"),
     ("tp_cgroup_attach_task", "cgroup_attach_task"),
 ];
-const LSM_EGRESS: &[(&str, &str)] = &[("lsm_socket_connect", "socket_connect")];
+const LSM_EGRESS: &[(&str, &str)] = &[
+    ("lsm_socket_connect", "socket_connect"),
+    ("lsm_socket_sendmsg", "socket_sendmsg"),
+    ("lsm_unix_stream_connect", "unix_stream_connect"),
+    ("lsm_unix_may_send", "unix_may_send"),
+];
 
 /// Owns the kernel objects. One per daemon.
 pub struct Enforcer {
@@ -994,10 +999,15 @@ fn attach_all(
     pin_link(link, links_dir, "hold_sock_ops")?;
     let mut egress = KindReport { kind: "egress".into(), effect: "deny".into(), ..Default::default() };
     match lsm.clone().and_then(|()| attach_lsm(ebpf, &btf, LSM_EGRESS, links_dir)) {
-        Ok(()) => egress.active = "BPF LSM socket_connect + cgroup sock_addr connect4/6, sendmsg4/6".into(),
+        Ok(()) => {
+            egress.active =
+                "BPF LSM socket_connect, socket_sendmsg (ICMP), unix_stream_connect, unix_may_send + cgroup sock_addr connect4/6, sendmsg4/6"
+                    .into()
+        }
         Err(why) => {
-            egress.unavailable.push(("BPF LSM socket_connect".into(), why));
-            egress.active = "cgroup sock_addr connect4/6, sendmsg4/6".into();
+            egress.unavailable.push(("BPF LSM socket_connect, unix_stream_connect, unix_may_send".into(), why));
+            attach_raw_tp(ebpf, "tp_sys_exit_unix", "sys_exit", links_dir)?;
+            egress.active = "cgroup sock_addr connect4/6, sendmsg4/6; raw tracepoint sys_exit of connect(2) + SIGKILL for unix sockets".into();
         }
     }
     kinds.push(egress);
@@ -1065,12 +1075,23 @@ fn probe_lsm(ebpf: &mut Ebpf, btf: &Btf) -> Result<FdLink, String> {
 }
 
 /// Loads and attaches LSM programs, pinning each link only when all attached. On
-/// error the links attached so far are dropped (detached) and the reason returned.
+/// error the links attached so far are dropped (detached) and the reason returned
+/// (and logged: the fallback chosen next may fail for reasons of its own).
 fn attach_lsm(ebpf: &mut Ebpf, btf: &Btf, progs: &[(&str, &str)], links_dir: &Path) -> Result<(), String> {
+    let r = attach_lsm_inner(ebpf, btf, progs, links_dir);
+    if let Err(why) = &r {
+        warn!(programs = ?progs.iter().map(|(n, _)| *n).collect::<Vec<_>>(), %why, "BPF LSM programs not attached");
+    }
+    r
+}
+
+fn attach_lsm_inner(ebpf: &mut Ebpf, btf: &Btf, progs: &[(&str, &str)], links_dir: &Path) -> Result<(), String> {
     let mut links: Vec<(String, FdLink)> = Vec::new();
     for (name, hook) in progs {
         let prog: &mut Lsm = program(ebpf, name).map_err(|e| e.to_string())?;
+        let t = std::time::Instant::now();
         prog.load(hook, btf).map_err(|e| format!("loading {hook}: {}", chain(&e)))?;
+        tracing::debug!(program = name, ms = t.elapsed().as_millis() as u64, "verified and loaded");
         let id = prog.attach().map_err(|e| format!("attaching {hook}: {}", chain(&e)))?;
         let link = prog.take_link(id).map_err(|e| format!("{hook}: {}", chain(&e)))?;
         links.push((name.to_string(), FdLink::from(link)));
@@ -1123,9 +1144,9 @@ fn adopted_report(links_dir: &Path) -> MechanismReport {
     kinds.push(KindReport {
         kind: "egress".into(),
         active: if has("lsm_socket_connect") {
-            "BPF LSM socket_connect + cgroup sock_addr connect4/6, sendmsg4/6".into()
+            "BPF LSM socket_connect, socket_sendmsg (ICMP), unix_stream_connect, unix_may_send + cgroup sock_addr connect4/6, sendmsg4/6".into()
         } else {
-            "cgroup sock_addr connect4/6, sendmsg4/6".into()
+            "cgroup sock_addr connect4/6, sendmsg4/6; raw tracepoint sys_exit of connect(2) + SIGKILL for unix sockets".into()
         },
         effect: "deny".into(),
         unavailable: vec![],

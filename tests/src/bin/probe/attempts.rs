@@ -555,11 +555,14 @@ fn bpf_obj_get(pin: &str) -> io::Result<libc::c_int> {
 fn bpf_map_key(cmd: u32, map: libc::c_int, key: u64) -> io::Result<()> {
     let mut value = [0u8; 4096];
     let mut attr: BpfAttr = [0; 16];
-    // map_fd (u32) at 0, key at 8, value at 16, flags at 24.
+    // map_fd (u32) at 0, key at 8, value at 16 (lookup only: the kernel refuses
+    // a delete whose attr has anything after `key` with EINVAL), flags at 24.
     attr[0] = map as u32 as u64;
     attr[1] = &key as *const u64 as u64;
-    attr[2] = value.as_mut_ptr() as u64;
     let name = if cmd == BPF_MAP_DELETE_ELEM { "map_delete" } else { "map_lookup" };
+    if cmd == BPF_MAP_LOOKUP_ELEM {
+        attr[2] = value.as_mut_ptr() as u64;
+    }
     step(name, bpf(cmd, &mut attr)).map(|_| {
         if name == "map_lookup" {
             println!("value {}", value[..8].iter().map(|b| format!("{b:02x}")).collect::<String>());

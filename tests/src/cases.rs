@@ -7,6 +7,17 @@ use std::{fs, path::PathBuf};
 
 use crate::harness::{outcome, unique, Cgroup, Daemon, HttpReceiver, Listener, Outcome};
 
+// The escape-attempt scenarios (escape.rs), reachable by `scenario_tests!` like
+// those below; each is registered in a tier once the kernel side stops it.
+pub use crate::escape::{
+    bpf_is_closed_to_bound_tasks, escape_cgroup_moves_keep_the_identity, exec_means_any_mapping_of_code,
+    fallback_acct_into_protected_file, fallback_clone_files_sibling_write, fallback_core_dump_into_protected_dir,
+    fallback_open_by_handle_at, fallback_script_under_allowed_interpreter, fallback_symlinked_directory_in_a_path,
+    guarded_directories_cannot_be_moved, hard_links_cannot_widen_a_write, kernel_interfaces_are_refused,
+    metadata_changes_are_writes, namespace_changes_are_refused, protocols_the_hooks_cannot_judge_are_refused,
+    ptrace_of_other_processes_is_refused, reopened_descriptors_are_judged_on_the_file, tamper_enforcement_is_out_of_reach,
+};
+
 /// A scratch directory under /tmp, removed on drop.
 pub struct Scratch(pub PathBuf);
 

@@ -5,6 +5,7 @@
 //! with its reason, and under `CI=true` fails the run if a kernel-tier test skipped.
 
 pub mod cases;
+pub mod escape;
 pub mod harness;
 pub mod replay;
 
@@ -21,7 +22,8 @@ pub fn tier() -> Option<String> {
     std::env::var("AGENTD_TEST_TIER").ok().filter(|t| !t.is_empty())
 }
 
-/// Declares one `#[test]` per scenario in [`cases`], each first asking `$gate`
+/// Declares one `#[test]` per scenario in [`cases`] (which also re-exports the
+/// [`escape`] scenarios), each first asking `$gate`
 /// (a `fn(&str) -> bool` that reports the skip and returns true when the test
 /// must not run here).
 #[macro_export]

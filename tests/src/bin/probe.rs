@@ -5,6 +5,10 @@
 //! Prints `ok` and exits 0 on success, or `errno <NAME> <n>` and exits 1.
 //! A kill by agentd's fallback mechanisms shows up as the parent seeing SIGKILL.
 
+// In a directory of its own, so cargo does not take it for another binary.
+#[path = "probe/attempts.rs"]
+mod attempts;
+
 use std::{
     ffi::CString,
     io::{Read as _, Write as _},
@@ -206,7 +210,8 @@ fn run(args: &[String]) -> ! {
             std::thread::sleep(Duration::from_secs(a(1).parse().unwrap_or(1)));
             Ok(())
         }
-        _ => usage(),
+        // Everything else: the escape attempts (probe/attempts.rs).
+        _ => attempts::run(args, run).unwrap_or_else(|| usage()),
     };
     match result {
         Ok(()) => {
@@ -309,6 +314,39 @@ fn errno_name(n: i32) -> &'static str {
         libc::ETIMEDOUT => "ETIMEDOUT",
         libc::ENETUNREACH => "ENETUNREACH",
         libc::EEXIST => "EEXIST",
+        libc::EINVAL => "EINVAL",
+        libc::EBADF => "EBADF",
+        libc::EFAULT => "EFAULT",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOEXEC => "ENOEXEC",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
+        libc::ESOCKTNOSUPPORT => "ESOCKTNOSUPPORT",
+        libc::ESRCH => "ESRCH",
+        libc::EBUSY => "EBUSY",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EXDEV => "EXDEV",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::EROFS => "EROFS",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::ENODEV => "ENODEV",
+        libc::ENXIO => "ENXIO",
+        libc::ESTALE => "ESTALE",
+        libc::ECHILD => "ECHILD",
+        libc::ENOMEM => "ENOMEM",
+        libc::ENOSPC => "ENOSPC",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EKEYREJECTED => "EKEYREJECTED",
+        libc::ENODATA => "ENODATA",
+        libc::ELOOP => "ELOOP",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
         0 => "NONE",
         _ => "OTHER",
     }
@@ -316,7 +354,65 @@ fn errno_name(n: i32) -> &'static str {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: probe connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH | rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | io-uring | unlink32 PATH | exec PATH [ARGS] | hammer ALLOWED DENIED MILLIS | paced ADDR:PORT PER_SEC | join CGROUP ACTION... | tcp-try ADDR:PORT | udp-connect ADDR:PORT | tcp-talk ADDR:PORT MSG | sleep SECS"
+        "usage: probe SUBCOMMAND ARGS...
+actions:
+  connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH
+  rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | io-uring
+  unlink32 PATH | exec PATH [ARGS] | hammer ALLOWED DENIED MILLIS | paced ADDR:PORT PER_SEC
+  join CGROUP ACTION... | tcp-try ADDR:PORT | udp-connect ADDR:PORT | tcp-talk ADDR:PORT MSG
+  sleep SECS
+escape attempts (a failing step prints `step NAME` before the errno line):
+  as-user UID GID ACTION...           setgroups([]), setgid, setuid, then ACTION
+  wait-stdin ACTION...                read stdin to its end, then ACTION
+  userns-bind-exec SRC DST REL [ARGS] unshare(USER|NS), map our ids to 0, / private,
+                                      bind SRC over DST, exec DST/REL ARGS
+  userns-bind-write SRC DST REL       the same, then create/write DST/REL
+  bind-exec SRC DST REL [ARGS]        as userns-bind-exec with unshare(NS) only (root)
+  bind-write SRC DST REL              as userns-bind-write with unshare(NS) only (root)
+  unshare NS[,NS...]                  NS: user mnt pid net ipc uts cgroup time
+  clone-ns NS[,NS...]                 clone3 with those CLONE_NEW* flags; ok if the child ran
+  setns PATH                          open PATH (e.g. /proc/1/ns/mnt), setns
+  mount-tmpfs DIR | umount DIR | bind-mount SRC DST | chroot DIR
+  pivot-root NEW PUT_OLD              raw pivot_root (EINVAL when NEW is no mount point)
+  open-tree-write PATH REL            open_tree(OPEN_TREE_CLONE) PATH, create/write REL in it
+  open-tree-read PATH REL             the same, reading REL
+  move-mount SRC DST                  open_tree clone of SRC attached at DST (move_mount)
+  fsmount-write REL                   fsopen/fsmount a detached tmpfs, write REL in it
+  cgroup-move DIR [-- ACTION...]      write 0 to DIR/cgroup.procs, then ACTION
+  clone-into-cgroup DIR [-- ACTION...]
+                                      clone3(CLONE_INTO_CGROUP, fd of DIR O_RDONLY); the child
+                                      prints `child-cgroup PATH` and does ACTION; the parent
+                                      prints `child-exit N`/`child-signal N`, then the clone3 result
+  bpf-obj-get PIN | bpf-map-delete PIN KEY_U64 | bpf-map-lookup PIN KEY_U64 | bpf-prog-load
+  ptrace-attach PID                   PTRACE_SEIZE (our exit detaches)
+  vm-writev PID ADDR_HEX              process_vm_writev of 1 byte (EFAULT: permitted, bad address)
+  pidfd-getfd PID FD                  pidfd_open + pidfd_getfd
+  proc-mem-write PID [ADDR_HEX]       open /proc/PID/mem O_RDWR (and pwrite 1 byte at ADDR)
+  signal PID SIG | pidfd-signal PID SIG   SIG: STOP CONT TERM KILL INT HUP USR1 USR2 or a number
+  finit-module PATH                   ENOEXEC: permitted (not a module); ENOSYS: no modules
+  delete-module NAME | kexec-unload | iopl LEVEL | ioperm
+  perf-kprobe [FUNC]                  perf_event_open on the kprobe PMU (default do_sys_openat2)
+  perf-tracepoint [GROUP/EVENT]       default syscalls/sys_enter_openat
+  open-read PATH                      open O_RDONLY, read up to 4096 bytes
+  link SRC DST | chmod PATH OCTAL | chown PATH UID GID | utimes PATH | rmdir PATH
+  setxattr PATH NAME VALUE | removexattr PATH NAME
+  fd-reopen-write PATH                open O_RDONLY, reopen /proc/self/fd/N for append, write
+  opath-reopen-write PATH             the same from an O_PATH descriptor
+  open-by-handle-write PATH           name_to_handle_at, open_by_handle_at for append, write
+  memfd-exec BINARY [ARGS]            BINARY copied into a memfd, execveat(AT_EMPTY_PATH)
+  deleted-exec DIR BINARY [ARGS]      BINARY copied into DIR, opened, unlinked, execveat
+  dlopen LIB                          dlopen(RTLD_NOW); prints `dlerror MSG` on failure
+  symlink-dir-rename ALLOWED DENIED FILE     symlink ALLOWED/ln-PID -> DENIED, then rename
+  symlink-dir-unlink ALLOWED DENIED FILE     ALLOWED/ln-PID/FILE to ALLOWED/FILE.moved-PID,
+  symlink-dir-truncate ALLOWED DENIED FILE   unlink it, or truncate it
+  clone-files-write PATH              a clone(CLONE_FILES) child opens PATH for writing; the
+                                      parent writes through the fd it left (`fd N`)
+  core-dump DIR                       raise RLIMIT_CORE; a child dumps core in DIR; ok if DIR/core*
+  setrlimit-core | acct PATH | acct-off
+  ping ADDR                           ICMP ping socket, one echo request with a payload
+  udplite ADDR:PORT                   UDP-Lite socket, connect, send
+  socket FAMILY TYPE PROTO            socket() with those numbers
+  unix-connect PATH | unix-send PATH"
     );
     exit(2)
 }

@@ -691,6 +691,16 @@ pub struct KernelOffsets {
     pub sock_family: u32,
     /// `msghdr::msg_name`: the kernel's copy of a sendmsg destination.
     pub msghdr_msg_name: u32,
+    /// `linux_binprm::filename` and `::interp`: the path exec was given, and
+    /// the one the final binary is run as (they differ for a `#!` script).
+    pub binprm_filename: u32,
+    pub binprm_interp: u32,
+    /// `proc_inode::pid` and `proc_inode::vfs_inode`: the process a /proc file
+    /// belongs to is at `inode - vfs_inode + pid`.
+    pub proc_inode_pid: u32,
+    pub proc_inode_vfs_inode: u32,
+    pub inode_i_nlink: u32,
+    pub _pad: u32,
 }
 
 /// A decision the kernel reports to the daemon through the `EVENTS` ring buffer.
@@ -779,7 +789,7 @@ mod tests {
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<PortRule>(), 12);
         assert_eq!(size_of::<EgressRules>(), 4 + 12 * MAX_PORT_RULES);
-        assert_eq!(size_of::<KernelOffsets>(), 62 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 68 * 4);
         assert_eq!(size_of::<TaskIdentity>(), 16);
         assert_eq!(size_of::<MountPrefix>(), 8 + MOUNT_PREFIX_LEN);
         assert_eq!(size_of::<GuardConfig>(), 16);

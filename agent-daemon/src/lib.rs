@@ -10,3 +10,4 @@ pub mod identity;
 pub mod policy;
 pub mod receipts;
 pub mod state;
+pub mod stop_signals;

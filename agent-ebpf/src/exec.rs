@@ -168,9 +168,61 @@ pub fn tp_sched_process_exec(ctx: RawTracePointContext) -> i32 {
         if d.block {
             // SAFETY: signals the current task, which is the one exec'ing.
             unsafe { bpf_send_signal(SIGKILL) };
+            return 0;
+        }
+    }
+    // A `#!` script runs as its interpreter: `bprm->file` is the interpreter now
+    // and the script's own file is gone from the exec. Under BPF LSM the script
+    // was judged at its own bprm_check_security; here its path is judged from
+    // the kernel's copy of the name exec was given.
+    if let Ok(o) = offsets() {
+        let filename = read_u64(bprm + o.binprm_filename as u64).unwrap_or(0);
+        let interp = read_u64(bprm + o.binprm_interp as u64).unwrap_or(0);
+        if filename != 0 && interp != filename {
+            if let Some(d) = judge_script(o, filename) {
+                if d.block {
+                    // SAFETY: as above.
+                    unsafe { bpf_send_signal(SIGKILL) };
+                }
+            }
         }
     }
     0
+}
+
+/// Judges the path string `name` (kernel memory: the name a script was exec'd
+/// by, relative to the cwd) with the exec rules.
+#[inline(always)]
+fn judge_script(o: &agent_common::KernelOffsets, name: u64) -> Option<Decision> {
+    let subject = current_subject()?;
+    let s = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, exclusively ours until the program returns.
+    let s = unsafe { &mut *s };
+    let cfg = match identity_config(subject.identity) {
+        Ok(cfg) => cfg,
+        Err(d) => {
+            report(s, &subject, &d, &Target::path(kind::EXEC, op::EXEC, mechanism::TRACEPOINT, None), verdict::KILL);
+            return Some(d);
+        }
+    };
+    // SAFETY: the current task pointer, only read through probe_read.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    let cwd = read_u64(task + o.task_fs as u64).ok().map(|fs| fs + o.fs_struct_pwd as u64);
+    let d = match crate::vfs::resolve_string(s, o, name, cwd, true) {
+        Ok(r) => {
+            let d = decide_path(s, &EXEC_RULES, kind::EXEC, cfg, cfg.exec_default, cfg.exec_glob, r);
+            // Nothing can hold this exec any more: an `ask` is a denial.
+            let d = Decision { ask: false, ..d };
+            report(s, &subject, &d, &Target::path(kind::EXEC, op::EXEC, mechanism::TRACEPOINT, Some(r)), verdict::KILL);
+            d
+        }
+        Err(why) => {
+            let d = unresolved(cfg.policy_version, why);
+            report(s, &subject, &d, &Target::path(kind::EXEC, op::EXEC, mechanism::TRACEPOINT, None), verdict::KILL);
+            d
+        }
+    };
+    Some(d)
 }
 
 /// Whether the path in `s.path` is below one of `LIB_DIRS`.

@@ -24,7 +24,7 @@ use aya_ebpf::{
 use crate::{
     attribution::{current_subject, identity_of, sticky_subject, Subject},
     decide::{bump, identity_config, report, Decision, Target},
-    maps::{GUARD, SCRATCH},
+    maps::{AGENTD_SIGNALLERS, GUARD, SCRATCH},
     vfs::{in_reference_view, offsets, read_u32, read_u64, Resolved},
     EPERM, SIGKILL,
 };
@@ -100,7 +100,7 @@ fn agentd() -> (u32, u32) {
 /// otherwise only a process of its own identity when its policy allows ptrace.
 /// `Err(reason)` when not.
 #[inline(always)]
-fn may_trace(subject: &Subject, target: u32) -> Result<(), u8> {
+pub(crate) fn may_trace(subject: &Subject, target: u32) -> Result<(), u8> {
     let (agentd_tgid, _) = agentd();
     if target != 0 && target == agentd_tgid {
         return Err(reason::TAMPER);
@@ -344,6 +344,35 @@ pub fn lsm_perf_event_open(ctx: LsmContext) -> i32 {
     }
 }
 
+/// Socket families a bound task may create: local (unix, netlink) and the IP
+/// ones, whose types and protocols the cgroup `sock_create` program judges.
+#[inline(always)]
+pub fn family_judged(family: u64) -> bool {
+    matches!(family, 1 /* AF_UNIX */ | 2 /* AF_INET */ | 10 /* AF_INET6 */ | 16 /* AF_NETLINK */)
+}
+
+#[lsm(hook = "socket_create")]
+#[inline(always)]
+pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
+    // socket_create(int family, int type, int protocol, int kern)
+    let (family, ty, protocol, kern, prev): (i32, i32, i32, i32, i32) =
+        (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3), ctx.arg(4));
+    if prev != 0 {
+        return prev;
+    }
+    if kern != 0 || family_judged(family as u64) {
+        return 0;
+    }
+    match sticky_subject() {
+        Some(s) => {
+            let aux = ((family as u64) << 32) | (((ty as u64) & 0xffff) << 16) | ((protocol as u64) & 0xffff);
+            refuse(&s, kind::SOCKET, op::SOCKET, reason::PROTOCOL, aux, mechanism::LSM, verdict::DENY, None);
+            -EPERM
+        }
+        None => 0,
+    }
+}
+
 /// Argument `n` of an LSM hook as a plain number (see `write::raw_arg`).
 #[inline(always)]
 fn raw_arg(ctx: &LsmContext, n: usize) -> u64 {
@@ -390,6 +419,7 @@ mod nr {
     pub const CLONE3: u64 = 435;
     pub const PIDFD_GETFD: u64 = 438;
     pub const MOUNT_SETATTR: u64 = 442;
+    pub const SOCKET: u64 = 41;
 }
 
 #[inline(always)]
@@ -466,6 +496,7 @@ pub fn tp_sys_enter_guard(ctx: RawTracePointContext) -> i32 {
             | nr::CLONE3
             | nr::PIDFD_GETFD
             | nr::MOUNT_SETATTR
+            | nr::SOCKET
     );
     if !wanted {
         return 0;
@@ -546,7 +577,9 @@ pub fn tp_sys_enter_guard(ctx: RawTracePointContext) -> i32 {
         nr::KILL | nr::TGKILL | nr::RT_SIGQUEUEINFO | nr::RT_TGSIGQUEUEINFO => {
             let sig = if id == nr::KILL || id == nr::RT_SIGQUEUEINFO { crate::write::arg(regs, 1) } else { crate::write::arg(regs, 2) };
             if id == nr::RT_SIGQUEUEINFO || id == nr::RT_TGSIGQUEUEINFO || sig != 0 {
-                if reaches_agentd(a0 as i64) {
+                // pid_t is 32 bits: the register's upper half is not its sign.
+                if reaches_agentd(a0 as u32 as i32 as i64) {
+                    let _ = AGENTD_SIGNALLERS.insert(&((bpf_get_current_pid_tgid() >> 32) as u32), &s.identity, 0);
                     kill_refusing(&s, op::SIGNAL, reason::TAMPER, (sig << 32) | (a0 & 0xffff_ffff));
                 }
             }
@@ -567,8 +600,18 @@ pub fn tp_sys_enter_guard(ctx: RawTracePointContext) -> i32 {
                     Some(t) if !reaches_agentd(t as i64) => {}
                     // Unreadable (a /proc/PID directory fd, an older kernel):
                     // refused, this tier cannot tell where it goes.
-                    _ => kill_refusing(&s, op::SIGNAL, reason::TAMPER, sig << 32),
+                    _ => {
+                        let _ = AGENTD_SIGNALLERS.insert(&((bpf_get_current_pid_tgid() >> 32) as u32), &s.identity, 0);
+                        kill_refusing(&s, op::SIGNAL, reason::TAMPER, sig << 32);
+                    }
                 }
+            }
+        }
+        nr::SOCKET => {
+            // Families the egress hooks judge (the cgroup socket program sees only
+            // IPv4 and IPv6 ones): everything else, vsock and the rest, is refused.
+            if !family_judged(a0) {
+                kill_refusing(&s, op::SOCKET, reason::PROTOCOL, a0 << 32);
             }
         }
         nr::SETRLIMIT | nr::PRLIMIT64 => {

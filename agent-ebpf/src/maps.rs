@@ -45,6 +45,12 @@ pub static PROTECTED_DEVS: HashMap<u32, u32> = HashMap::pinned(64, 0);
 #[map]
 pub static REF_MOUNTS: LpmTrie<PathKey, MountPrefix> = LpmTrie::pinned(4096, 0);
 
+/// Bound processes that signalled agentd (tgid → identity), written before the
+/// signal goes: on the fallback tier it is delivered before the sender is
+/// killed, and agentd, looking up who sent it, finds the sender gone.
+#[map]
+pub static AGENTD_SIGNALLERS: LruHashMap<u32, u32> = LruHashMap::pinned(256, 0);
+
 /// Index 0: agentd's pid and the reference mount namespace (see `GuardConfig`).
 #[map]
 pub static GUARD: Array<GuardConfig> = Array::pinned(1, 0);

@@ -352,12 +352,24 @@ pub fn resolve_user(
     user_path: u64,
     base: Option<u64>,
 ) -> Result<Resolved, Unresolved> {
+    resolve_string(s, o, user_path, base, false)
+}
+
+/// [`resolve_user`] for a string in user memory or (`kernel`) the kernel's own
+/// copy of one (`linux_binprm::filename`).
+#[inline(always)]
+pub fn resolve_string(
+    s: &mut Scratch,
+    o: &KernelOffsets,
+    user_path: u64,
+    base: Option<u64>,
+    kernel: bool,
+) -> Result<Resolved, Unresolved> {
     if !in_reference_view(o) {
         return Err(Unresolved::Foreign);
     }
     // Read the string first, at offset 0, to see whether it is absolute.
-    // SAFETY: 256 bytes into the 512-byte scratch buffer at offset 0.
-    let r = unsafe { bpf_probe_read_user_str(s.path.as_mut_ptr() as *mut c_void, 256, user_path as *const c_void) };
+    let r = read_str(s.path.as_mut_ptr(), user_path, kernel);
     if r <= 0 {
         return Err(Unresolved::Read);
     }
@@ -375,10 +387,8 @@ pub fn resolve_user(
         let at = start & 0xff;
         s.path[at] = b'/';
         let at = (start + 1) & 0xff;
-        // SAFETY: `at` < 256, read ≤ 256 bytes into the 512-byte buffer.
-        let r = unsafe {
-            bpf_probe_read_user_str(s.path.as_mut_ptr().add(at) as *mut c_void, 256, user_path as *const c_void)
-        };
+        // SAFETY: `at` < 256: 256 bytes from there fit the 512-byte buffer.
+        let r = read_str(unsafe { s.path.as_mut_ptr().add(at) }, user_path, kernel);
         if r <= 0 {
             return Err(Unresolved::Read);
         }
@@ -391,6 +401,21 @@ pub fn resolve_user(
     check_normal(s, 0, ulen, false)?;
     let r = finish(s, ulen, false);
     Ok(with_protection(s, r))
+}
+
+/// Reads a NUL-terminated string of at most 256 bytes to `dst` (which must have
+/// room for them) from user or kernel memory.
+#[inline(always)]
+fn read_str(dst: *mut u8, src: u64, kernel: bool) -> i64 {
+    // SAFETY: the callers pass a destination with 256 bytes of room; the helpers
+    // check the source address.
+    unsafe {
+        if kernel {
+            bpf_probe_read_kernel_str(dst as *mut c_void, 256, src as *const c_void)
+        } else {
+            bpf_probe_read_user_str(dst as *mut c_void, 256, src as *const c_void)
+        }
+    }
 }
 
 /// Rejects `.`/`..` components and empty components in `path[from..to]`.

@@ -39,6 +39,9 @@ use crate::{
     EPERM, SIGKILL,
 };
 
+/// Internal: the file a hard link is made to (reported as `op::LINK` with reason
+/// `link` when the rules do not let this identity write it).
+const LINK_SOURCE: u8 = 0xf0;
 const FMODE_WRITE: u32 = 0x2;
 const MAY_WRITE: i32 = 0x2;
 const MAY_APPEND: i32 = 0x8;
@@ -186,6 +189,7 @@ fn settle_ask(cfg: &IdentityConfig, subject: &Subject, o: &KernelOffsets, d: Dec
 /// Decides a write to `obj` by the bound current task.
 #[inline(always)]
 fn judge(subject: &Subject, obj: Object, op: u8, mech: u8, hard: u8, how: Settle) -> Decision {
+    let (op, link_source) = if op == LINK_SOURCE { (op::LINK, true) } else { (op, false) };
     // The per-CPU scratch always exists; if it somehow did not, fail closed.
     let Some(s) = SCRATCH.get_ptr_mut(0) else { return Decision::fail_closed() };
     // SAFETY: per-CPU scratch, exclusively ours until the program returns.
@@ -203,7 +207,7 @@ fn judge(subject: &Subject, obj: Object, op: u8, mech: u8, hard: u8, how: Settle
             }
             Ok(o) => match resolve(s, o, obj) {
                 Ok(r) if r.protect & protect::WRITE != 0 => {
-                    refuse(subject, kind::WRITE, op, reason::TAMPER, 0, mech, hard, Some(r));
+                    refuse(subject, kind::SYSTEM, op, reason::TAMPER, 0, mech, hard, Some(r));
                     Decision::deny_for(reason::TAMPER, cfg.policy_version)
                 }
                 Ok(r) if guards_dir(op) && guarded(s, cfg, r) => {
@@ -213,6 +217,9 @@ fn judge(subject: &Subject, obj: Object, op: u8, mech: u8, hard: u8, how: Settle
                 Ok(r) => {
                     let d = decide_path(s, &WRITE_RULES, kind::WRITE, cfg, cfg.write_default, cfg.write_glob, r);
                     let d = if d.ask { settle_ask(cfg, subject, o, d, how) } else { d };
+                    // A new name for a file this identity may not write would let
+                    // it write that file: refused as what it is (the rule stays).
+                    let d = if link_source && d.block { Decision { reason: reason::LINK, ..d } } else { d };
                     report(s, subject, &d, &Target::path(kind::WRITE, op, mech, Some(r)), hard);
                     d
                 }
@@ -359,6 +366,18 @@ pub(crate) fn guard_open(subject: &Subject, o: &KernelOffsets, file: u64, write:
         refuse(subject, kind::SYSTEM, opc, reason::KERNEL, 0, mech, hard, None);
         return true;
     }
+    if write && magic == PROC_SUPER_MAGIC && mech == mechanism::TRACEPOINT {
+        // /proc/PID/mem (and task/TID/mem): writing another process's memory is
+        // ptrace by another name. BPF LSM sees it as a ptrace access check.
+        if let Some(target) = proc_mem_target(o, dentry) {
+            if target != (bpf_get_current_pid_tgid() >> 32) as u32 {
+                if let Err(why) = crate::guard::may_trace(subject, target) {
+                    refuse(subject, kind::SYSTEM, op::PTRACE, why, target as u64, mech, hard, None);
+                    return true;
+                }
+            }
+        }
+    }
     if let Ok(inode) = read_u64(dentry + o.dentry_d_inode as u64) {
         let mode = read_u16(inode + o.inode_i_mode as u64).unwrap_or(0);
         if mode & S_IFMT == S_IFCHR {
@@ -372,8 +391,11 @@ pub(crate) fn guard_open(subject: &Subject, o: &KernelOffsets, file: u64, write:
     }
     if write && (magic == CGROUP2_SUPER_MAGIC || magic == CGROUP_SUPER_MAGIC) {
         if magic == CGROUP_SUPER_MAGIC || !below_binding(o, dentry, subject.binding) {
+            // A cgroup.procs or cgroup.threads write is a move (out); any other
+            // cgroup file changes a cgroup this identity does not own.
+            let why = if names_a_move(o, dentry) { reason::ESCAPE } else { reason::TAMPER };
             let path = resolved_for_event(o, file);
-            refuse(subject, kind::SYSTEM, op::CGROUP, reason::ESCAPE, 0, mech, hard, path);
+            refuse(subject, kind::SYSTEM, op::CGROUP, why, 0, mech, hard, path);
             return true;
         }
     }
@@ -389,6 +411,17 @@ pub(crate) fn guard_open(subject: &Subject, o: &KernelOffsets, file: u64, write:
         }
     }
     false
+}
+
+/// Whether `file` is a regular file with more than one name.
+#[inline(always)]
+fn multiply_linked(o: &KernelOffsets, file: u64) -> bool {
+    let Ok(inode) = read_u64(file + o.file_f_inode as u64) else { return true };
+    let mode = read_u16(inode + o.inode_i_mode as u64).unwrap_or(0);
+    if mode & S_IFMT != 0o100000 {
+        return false;
+    }
+    read_u32(inode + o.inode_i_nlink as u64).map(|n| n > 1).unwrap_or(true)
 }
 
 /// A pipe or a socket reopened through `/proc/self/fd` (`echo > /dev/stdout`):
@@ -433,6 +466,36 @@ fn below_binding(o: &KernelOffsets, dentry: u64, binding: u64) -> bool {
         d = parent;
     }
     false
+}
+
+/// The tgid a procfs `mem` file belongs to, if `dentry` is one.
+#[inline(always)]
+fn proc_mem_target(o: &KernelOffsets, dentry: u64) -> Option<u32> {
+    let name = read_u64(dentry + o.dentry_d_name as u64 + o.qstr_name as u64).ok()?;
+    // SAFETY: probe read of 4 bytes of the name (kernel memory, checked).
+    let b = unsafe { bpf_probe_read_kernel(name as *const [u8; 4]) }.ok()?;
+    if b != *b"mem\0" {
+        return None;
+    }
+    let inode = read_u64(dentry + o.dentry_d_inode as u64).ok()?;
+    let pid = read_u64(inode - o.proc_inode_vfs_inode as u64 + o.proc_inode_pid as u64).ok()?;
+    if pid == 0 {
+        return None;
+    }
+    let nr = read_u32(pid + o.pid_nr as u64).ok()?;
+    // The pid may be a thread's: its process is what the guard compares.
+    Some(nr)
+}
+
+/// Whether a cgroupfs file is `cgroup.procs` or `cgroup.threads`.
+#[inline(always)]
+fn names_a_move(o: &KernelOffsets, dentry: u64) -> bool {
+    let Ok(name) = read_u64(dentry + o.dentry_d_name as u64 + o.qstr_name as u64) else { return true };
+    // SAFETY: probe read of the first bytes of the name (kernel memory, checked).
+    match unsafe { bpf_probe_read_kernel(name as *const [u8; 12]) } {
+        Ok(b) => &b[..11] == b"cgroup.proc" || &b[..11] == b"cgroup.thre",
+        Err(_) => true,
+    }
 }
 
 /// `/proc/kcore`: the name `kcore` directly under procfs's root.
@@ -604,7 +667,11 @@ pub fn lsm_path_link(ctx: LsmContext) -> i32 {
     // A file is every name it has: a new name for a file the rules do not let
     // this identity write would let it write that file. The link is judged as a
     // write of the file itself, then of the new name.
-    lsm_verdict2(Object::Dentry { dentry: old_dentry, live: true }, Object::Dentry { dentry: new_dentry, live: false }, op::LINK)
+    let first = lsm_verdict(Object::Dentry { dentry: old_dentry, live: true }, LINK_SOURCE);
+    if first != 0 {
+        return first;
+    }
+    lsm_verdict(Object::Dentry { dentry: new_dentry, live: false }, op::LINK)
 }
 
 /// `path_rename(old_dir, old_dentry, new_dir, new_dentry[, flags])`: the kernel
@@ -957,11 +1024,11 @@ pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
         // has), then of the new name.
         nr::LINK => {
             let regs: u64 = ctx.arg(0);
-            (cwd_fd, arg(regs, 0), cwd_fd, arg(regs, 1), op::LINK)
+            (cwd_fd, arg(regs, 0), cwd_fd, arg(regs, 1), LINK_SOURCE)
         }
         nr::LINKAT => {
             let regs: u64 = ctx.arg(0);
-            (arg(regs, 0), arg(regs, 1), arg(regs, 2), arg(regs, 3), op::LINK)
+            (arg(regs, 0), arg(regs, 1), arg(regs, 2), arg(regs, 3), LINK_SOURCE)
         }
         nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::UTIME | nr::UTIMES | nr::SETXATTR | nr::LSETXATTR | nr::REMOVEXATTR
         | nr::LREMOVEXATTR => {
@@ -1020,7 +1087,8 @@ pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     if b_path != 0 {
-        kill_if_blocked(judge_user(&subject, o, b_fd, b_path, op));
+        let b_op = if op == LINK_SOURCE { op::LINK } else { op };
+        kill_if_blocked(judge_user(&subject, o, b_fd, b_path, b_op));
     }
     0
 }
@@ -1063,6 +1131,15 @@ pub fn tp_sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     if !write || not_a_file(o, file) {
+        forget_write_hold();
+        return 0;
+    }
+    if multiply_linked(o, file) {
+        // A file with another name may be protected under that one, and this
+        // tier judges only the name it was opened by (under BPF LSM a new link
+        // of a protected file is refused before it exists; here link(2) has
+        // done its work before the kill lands).
+        kill_if_blocked(judge(&subject, Object::Unknown, op::OPEN, mechanism::TRACEPOINT, verdict::KILL, Settle::Refuse));
         forget_write_hold();
         return 0;
     }

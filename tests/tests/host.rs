@@ -65,4 +65,23 @@ agentd_tests::scenario_tests!(outside_tier;
     receipts_name_who_approved_a_held_exec,
     // Host only: needs script(1) for a terminal.
     approvals_watch_prompts_in_a_terminal,
+    // The escape suite (issue 14): every way around enforcement, as root and not.
+    escape_cgroup_moves_keep_the_identity,
+    tamper_enforcement_is_out_of_reach,
+    namespace_changes_are_refused,
+    bpf_is_closed_to_bound_tasks,
+    ptrace_of_other_processes_is_refused,
+    kernel_interfaces_are_refused,
+    protocols_the_hooks_cannot_judge_are_refused,
+    guarded_directories_cannot_be_moved,
+    hard_links_cannot_widen_a_write,
+    metadata_changes_are_writes,
+    reopened_descriptors_are_judged_on_the_file,
+    exec_means_any_mapping_of_code,
+    fallback_symlinked_directory_in_a_path,
+    fallback_clone_files_sibling_write,
+    fallback_open_by_handle_at,
+    fallback_core_dump_into_protected_dir,
+    fallback_acct_into_protected_file,
+    fallback_script_under_allowed_interpreter,
 );

@@ -308,6 +308,11 @@ impl Core {
         }
     }
 
+    /// Records that enforcement itself was reached for (a `tamper` receipt).
+    pub fn record_tamper(&self, what: &str, target: &str, outcome: &str, now: SystemTime) -> Result<(), OpError> {
+        self.record(Draft::tamper(what, target, outcome).at(now), &format!("the {what} tamper record"))
+    }
+
     pub fn state(&self) -> &State {
         &self.state
     }

@@ -216,12 +216,17 @@ fn target(ev: &Event) -> String {
                 None => format!("[{ip}]:{}", ev.port),
             }
         }
+        kind::SOCKET if ev.reason != reason::RAW_SOCKET => {
+            let (family, ty, proto) = ((ev.aux >> 32) as u32, (ev.aux >> 16) as u16, ev.aux as u16);
+            format!("socket (family {family}, type {ty}, protocol {proto})")
+        }
         kind::SOCKET => match ev.family as i32 {
             libc::AF_PACKET => "packet socket".to_string(),
             libc::AF_INET => "raw IPv4 socket".to_string(),
             libc::AF_INET6 => "raw IPv6 socket".to_string(),
             f => format!("raw socket (address family {f})"),
         },
+        kind::SYSTEM if ev.path_len == 0 => system_target(ev),
         _ => {
             let n = (ev.path_len as usize).min(ev.path.len());
             let mut p = cstr(&ev.path[..n]);
@@ -230,6 +235,36 @@ fn target(ev: &Event) -> String {
             }
             p
         }
+    }
+}
+
+/// What a refused system action (kind SYSTEM) was aimed at, from its op and aux.
+fn system_target(ev: &Event) -> String {
+    let aux = ev.aux;
+    match ev.op {
+        op::BPF => format!("bpf(cmd {aux})"),
+        op::MOUNT => match aux {
+            0 => "mount".into(),
+            1 => "umount".into(),
+            2 => "move_mount".into(),
+            3 => "pivot_root".into(),
+            4 => "chroot".into(),
+            n => format!("mount syscall {n}"),
+        },
+        op::NAMESPACE => format!("namespaces (clone flags {aux:#x})"),
+        op::PTRACE => format!("process {aux}"),
+        op::SIGNAL => format!("signal {} to process {}", aux >> 32, aux & 0xffff_ffff),
+        op::MODULE => match aux {
+            0 => "kernel module load".into(),
+            1 => "kernel module delete".into(),
+            _ => "kexec".into(),
+        },
+        op::CGROUP => format!("clone into a cgroup (flags {aux:#x})"),
+        op::PERF => format!("perf event type {aux}"),
+        op::RAWIO | op::CAPABILITY => format!("capability {aux}"),
+        op::RLIMIT => format!("resource limit {aux}"),
+        op::SYSCALL => format!("syscall (flags {aux:#x})"),
+        _ => format!("aux {aux:#x}"),
     }
 }
 
@@ -289,7 +324,17 @@ pub fn convert(ev: &Event, boot_offset: Duration, names: Option<Attribution>, ex
         time: humantime::format_rfc3339_nanos(time).to_string(),
         identity: names.identity,
         identity_id: ev.identity,
-        kind: name(ev.kind, &[(kind::EXEC, "exec"), (kind::WRITE, "write"), (kind::EGRESS, "egress"), (kind::SOCKET, "raw-socket")]),
+        kind: name(
+            ev.kind,
+            &[
+                (kind::EXEC, "exec"),
+                (kind::WRITE, "write"),
+                (kind::EGRESS, "egress"),
+                (kind::SOCKET, "raw-socket"),
+                (kind::SYSTEM, "system"),
+                (kind::UNIX, "unix"),
+            ],
+        ),
         verdict: name(
             ev.verdict,
             &[(verdict::DENY, "deny"), (verdict::KILL, "kill"), (verdict::AUDIT, "audit"), (verdict::WOULD_DENY, "would-deny"), (verdict::APPROVED, "approved"), (verdict::HELD, "held")],
@@ -321,6 +366,23 @@ pub fn convert(ev: &Event, boot_offset: Duration, names: Option<Attribution>, ex
                 (op::SOCKET, "socket"),
                 (op::SYSCALL, "syscall"),
                 (op::WRITE, "write"),
+                (op::MMAP_EXEC, "mmap-exec"),
+                (op::CHMOD, "chmod"),
+                (op::CHOWN, "chown"),
+                (op::XATTR, "xattr"),
+                (op::UTIMES, "utimes"),
+                (op::READ, "read"),
+                (op::BPF, "bpf"),
+                (op::MOUNT, "mount"),
+                (op::NAMESPACE, "namespace"),
+                (op::PTRACE, "ptrace"),
+                (op::SIGNAL, "signal"),
+                (op::MODULE, "module"),
+                (op::CGROUP, "cgroup"),
+                (op::PERF, "perf"),
+                (op::RAWIO, "rawio"),
+                (op::CAPABILITY, "capability"),
+                (op::RLIMIT, "rlimit"),
             ],
         ),
         reason: name(
@@ -335,6 +397,15 @@ pub fn convert(ev: &Event, boot_offset: Duration, names: Option<Attribution>, ex
                 (reason::UNSUPPORTED_SYSCALL, "unsupported-syscall"),
                 (reason::EXPIRED, "expired"),
                 (reason::NOT_APPROVED, "not-approved"),
+                (reason::ESCAPE, "escape"),
+                (reason::TAMPER, "tamper"),
+                (reason::NAMESPACE, "namespace"),
+                (reason::BPF, "bpf"),
+                (reason::PTRACE, "ptrace"),
+                (reason::KERNEL, "kernel"),
+                (reason::PROTOCOL, "protocol"),
+                (reason::GUARDED, "guarded"),
+                (reason::LINK, "link"),
             ],
         ),
         rule_id: ev.rule_id,

@@ -35,7 +35,6 @@ use std::{
 
 use tokio::{
     net::{UnixListener, UnixStream},
-    signal::unix::{signal, SignalKind},
 };
 use agent_common::protect;
 use tracing::{info, warn};
@@ -109,8 +108,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         return Err(DaemonError::NotRoot);
     }
     // Installed first, so a stop requested during a slow start is not lost.
-    let mut term = signal(SignalKind::terminate()).map_err(|e| DaemonError::Serve(format!("SIGTERM handler: {e}")))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Serve(format!("SIGINT handler: {e}")))?;
+    // With the sender's pid: a bound process may not stop agentd (see below).
+    let mut stops =
+        crate::stop_signals::StopSignals::install().map_err(|e| DaemonError::Serve(format!("SIGTERM/SIGINT handlers: {e}")))?;
 
     // First: is another agentd running? Then it owns the state and the pins.
     let webhooks = config
@@ -248,6 +248,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tokio::spawn(holds::notify_webhooks(holds.clone(), webhooks));
     }
 
+    let core_for_signals = core.clone();
     let (listener, socket_gid) = bind_socket(&config.socket)?;
     let own_cgroup = cgroup::current_cgroup(std::process::id()).ok();
     let service = Service::new(
@@ -277,10 +278,31 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             let _ = stop_rx.await;
         });
     tokio::pin!(serve);
-    let stopped_by = tokio::select! {
-        r = &mut serve => Err(r),
-        _ = term.recv() => Ok("SIGTERM"),
-        _ = int.recv() => Ok("SIGINT"),
+    let stopped_by = loop {
+        tokio::select! {
+            r = &mut serve => break Err(r),
+            s = stops.recv() => match s {
+                Ok(s) => {
+                    let name = if s.signal == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+                    // Under BPF LSM the kernel refuses a bound process's signal
+                    // to agentd; on the fallback tier it arrives, and is ignored.
+                    let core = core_for_signals.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(identity) = (s.sender != 0).then(|| core.task_identity(s.sender)).flatten() {
+                        warn!(signal = name, sender = s.sender, %identity, "ignored a stop signal from a process that acts for an identity");
+                        let target = format!("{name} from process {} (identity {identity})", s.sender);
+                        if let Err(e) = core.record_tamper("signal", &target, "ignored", SystemTime::now()) {
+                            warn!(error = %e, "could not record the ignored signal");
+                        }
+                        continue;
+                    }
+                    break Ok(name);
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot read stop signals any more; stopping");
+                    break Ok("SIGTERM");
+                }
+            },
+        }
     };
     let result = match stopped_by {
         Ok(signal) => {
@@ -354,6 +376,12 @@ fn guard_enforcement(enforcer: &mut Enforcer, config: &Config, config_file: Opti
     let mut protected = vec![(canonical(&config.state_dir), protect::READ | protect::WRITE)];
     protected.push((canonical(config_file.unwrap_or(Path::new(config::DEFAULT_PATH))), protect::WRITE));
     protected.push((canonical(&config.socket), protect::WRITE));
+    // The pins: opening anything on bpffs is refused by its filesystem, but a
+    // path syscall by name (unlink, rename) is judged by its path.
+    protected.push((canonical(&config.pin_dir), protect::READ | protect::WRITE));
+    if Path::new("/sys/fs/bpf").is_dir() {
+        protected.push((PathBuf::from("/sys/fs/bpf"), protect::READ | protect::WRITE));
+    }
     enforcer.protect(&protected).map_err(DaemonError::Load)?;
     let mut libs: Vec<PathBuf> = LIB_DIRS.iter().filter_map(|d| fs::canonicalize(d).ok()).filter(|d| d.is_dir()).collect();
     libs.sort();

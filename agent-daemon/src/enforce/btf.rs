@@ -91,6 +91,12 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         mm_exe_file: f("mm_struct", "exe_file")?,
         sock_family: f("sock_common", "skc_family")?,
         msghdr_msg_name: f("msghdr", "msg_name")?,
+        binprm_filename: f("linux_binprm", "filename")?,
+        binprm_interp: f("linux_binprm", "interp")?,
+        proc_inode_pid: f("proc_inode", "pid")?,
+        proc_inode_vfs_inode: f("proc_inode", "vfs_inode")?,
+        inode_i_nlink: f("inode", "i_nlink")?,
+        _pad: 0,
     })
 }
 

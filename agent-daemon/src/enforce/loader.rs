@@ -96,6 +96,7 @@ const LSM_SYSTEM: &[(&str, &str)] = &[
     ("lsm_ptrace_access_check", "ptrace_access_check"),
     ("lsm_task_kill", "task_kill"),
     ("lsm_perf_event_open", "perf_event_open"),
+    ("lsm_socket_create", "socket_create"),
 ];
 /// Keeping identities with processes: raw tracepoints, on every kernel.
 const LINEAGE: &[(&str, &str)] = &[
@@ -698,9 +699,14 @@ impl Enforcer {
         Ok(n)
     }
 
-    /// The identity process `tgid` acts for, as the kernel keeps it.
+    /// The identity process `tgid` acts for, as the kernel keeps it (or kept it,
+    /// for a bound process the fallback tier killed for signalling agentd).
     pub fn task_identity(&self, tgid: u32) -> Option<u32> {
-        self.task_identity.get(&tgid, 0).ok().map(|t| t.identity)
+        if let Ok(t) = self.task_identity.get(&tgid, 0) {
+            return Some(t.identity);
+        }
+        let signallers: HashMap<MapData, u32, u32> = pinned(&self.maps_dir, "AGENTD_SIGNALLERS").ok()?;
+        signallers.get(&tgid, 0).ok()
     }
 
     /// Tells the kernel who agentd is (no bound task may signal or trace it),

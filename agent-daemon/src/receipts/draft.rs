@@ -107,6 +107,12 @@ impl Draft {
     }
 
     /// Identity `name` (key `fingerprint`) was revoked because `reason`.
+    /// Enforcement was reached for: `what` (e.g. `binding`, `link`, `signal`),
+    /// `target` what it was about; `outcome` what agentd did about it.
+    pub fn tamper(what: impl Into<String>, target: impl Into<String>, outcome: impl Into<String>) -> Draft {
+        Draft::admin(ReceiptType::Tamper, target).param("what", what.into()).reason("tamper").outcome(outcome)
+    }
+
     pub fn identity_revoke(name: impl Into<String>, fingerprint: impl Into<String>, reason: impl Into<String>) -> Draft {
         Draft::admin(ReceiptType::IdentityRevoke, name).param("key_fingerprint", fingerprint.into()).reason(reason)
     }

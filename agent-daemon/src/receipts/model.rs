@@ -40,11 +40,15 @@ pub enum ReceiptType {
     IdentityRevoke,
     /// The node's receipt signing key was replaced; sealed by the old key.
     KeyRotation,
+    /// Someone reached for enforcement itself and agentd noticed: the kernel's
+    /// state differed from agentd's and was put back, or a bound process sent
+    /// agentd a stop signal it ignored.
+    Tamper,
 }
 
 impl ReceiptType {
     /// Every type, for parsing and help texts.
-    pub const ALL: [ReceiptType; 10] = [
+    pub const ALL: [ReceiptType; 11] = [
         ReceiptType::Decision,
         ReceiptType::Hold,
         ReceiptType::HoldOutcome,
@@ -55,6 +59,7 @@ impl ReceiptType {
         ReceiptType::IdentityCreate,
         ReceiptType::IdentityRevoke,
         ReceiptType::KeyRotation,
+        ReceiptType::Tamper,
     ];
 
     /// The name in JSON.
@@ -70,6 +75,7 @@ impl ReceiptType {
             ReceiptType::IdentityCreate => "identity-create",
             ReceiptType::IdentityRevoke => "identity-revoke",
             ReceiptType::KeyRotation => "key-rotation",
+            ReceiptType::Tamper => "tamper",
         }
     }
 

@@ -19,7 +19,7 @@ use super::{
 
 /// The action kinds of an agent's actions; administrative receipts use their
 /// receipt type as the kind (see [`ReceiptType::is_admin`]).
-pub const AGENT_ACTION_KINDS: [&str; 4] = ["exec", "write", "egress", "raw-socket"];
+pub const AGENT_ACTION_KINDS: [&str; 6] = ["exec", "write", "egress", "raw-socket", "system", "unix"];
 
 /// How many receipts a list returns unless told otherwise.
 pub const DEFAULT_LIMIT: usize = 100;

@@ -413,17 +413,6 @@ pub(crate) fn guard_open(subject: &Subject, o: &KernelOffsets, file: u64, write:
     false
 }
 
-/// Whether `file` is a regular file with more than one name.
-#[inline(always)]
-fn multiply_linked(o: &KernelOffsets, file: u64) -> bool {
-    let Ok(inode) = read_u64(file + o.file_f_inode as u64) else { return true };
-    let mode = read_u16(inode + o.inode_i_mode as u64).unwrap_or(0);
-    if mode & S_IFMT != 0o100000 {
-        return false;
-    }
-    read_u32(inode + o.inode_i_nlink as u64).map(|n| n > 1).unwrap_or(true)
-}
-
 /// A pipe or a socket reopened through `/proc/self/fd` (`echo > /dev/stdout`):
 /// not a file in any filesystem, so not a file write.
 #[inline(always)]
@@ -1134,15 +1123,7 @@ pub fn tp_sys_exit(ctx: RawTracePointContext) -> i32 {
         forget_write_hold();
         return 0;
     }
-    if multiply_linked(o, file) {
-        // A file with another name may be protected under that one, and this
-        // tier judges only the name it was opened by (under BPF LSM a new link
-        // of a protected file is refused before it exists; here link(2) has
-        // done its work before the kill lands).
-        kill_if_blocked(judge(&subject, Object::Unknown, op::OPEN, mechanism::TRACEPOINT, verdict::KILL, Settle::Refuse));
-        forget_write_hold();
-        return 0;
-    }
+
     // An `ask` is let through only with agentd's approval of this very open
     // (settle_ask, which also clears this thread's entry); anything else kills.
     kill_if_blocked(judge(&subject, Object::File(file), op::OPEN, mechanism::TRACEPOINT, verdict::KILL, Settle::Exit(file)));

@@ -1488,3 +1488,43 @@ pub fn receipts_name_who_approved_a_held_exec() {
     }
     assert!(shown.lines().any(|l| l.starts_with("approval.decided_by:") && l.ends_with(" root")), "{shown}");
 }
+
+/// Drift is put back: a root process outside any bound cgroup removes a binding
+/// from the pinned map with bpf(2) and deletes one of agentd's link pins; within
+/// a few seconds agentd has both back (the link never stopped enforcing: agentd
+/// holds it), the bound process is still denied, and each repair is a `tamper`
+/// receipt naming what was restored.
+pub fn drift_is_restored_and_recorded() {
+    let d = Daemon::start("drift");
+    let cg = Cgroup::new("drift");
+    let egress = "    default: deny\n";
+    d.identity_bound("drift-agent", &policy("drift-agent", ALLOW_ALL, ALLOW_ALL, egress), &cg);
+    let listener = Listener::start("127.0.0.1");
+    let target = listener.addr.to_string();
+    assert_eq!(probe(&d, &cg, &["connect", &target]), Outcome::Errno("EPERM".into()), "denied before the tampering");
+
+    let objects: Vec<PathBuf> = fs::read_dir(&d.pin_dir).expect("pin dir").flatten().map(|e| e.path()).collect();
+    let object = objects.iter().find(|p| p.join("maps/BINDINGS").exists()).expect("pinned maps");
+    let bindings = object.join("maps/BINDINGS");
+    let link = object.join("links/connect4");
+    let id = cg.id().to_string();
+    let bindings_s = bindings.to_str().expect("utf-8");
+    assert_eq!(probe_here(&d, &["bpf-map-lookup", bindings_s, &id]), Outcome::Ok, "the binding is in the pinned map");
+    assert_eq!(probe_here(&d, &["bpf-map-delete", bindings_s, &id]), Outcome::Ok, "an unbound root process can delete it");
+    fs::remove_file(&link).expect("remove a link pin");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let back = probe_here(&d, &["bpf-map-lookup", bindings_s, &id]) == Outcome::Ok && link.exists();
+        if back {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "agentd did not restore the binding and the link pin within 10 s:\n{}", d.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(probe(&d, &cg, &["connect", &target]), Outcome::Errno("EPERM".into()), "denied after the repair");
+    let list: serde_json::Value =
+        serde_json::from_str(&d.ctl_ok(&["receipts", "list", "--type", "tamper", "--json"])).expect("receipts --json");
+    let text = list.to_string();
+    assert!(text.contains("\"binding\"") && text.contains("\"link\""), "tamper receipts for the binding and the link: {text}");
+}

@@ -61,6 +61,7 @@ agentd_tests::scenario_tests!(outside_vm;
     // Receipts of LSM denials; the journal itself (rotation, SIGKILL, approvals)
     // does not depend on the kernel's mechanism and runs on the host tier.
     receipts_record_denials_and_an_export_verifies,
+    drift_is_restored_and_recorded,
     // The escape suite (issue 14): every way around enforcement, as root and not.
     escape_cgroup_moves_keep_the_identity,
     tamper_enforcement_is_out_of_reach,

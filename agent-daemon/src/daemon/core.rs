@@ -50,6 +50,9 @@ pub trait Kernel: Send {
     fn attribute_tasks(&mut self, path: &Path, cgroup_id: u64, id: u32) -> Result<usize, EnforceError>;
     /// The identity the kernel keeps for process `tgid`, wherever its cgroup is.
     fn task_identity(&self, tgid: u32) -> Option<u32>;
+    /// Puts back what the kernel lost of what was written (see
+    /// [`Enforcer::repair_drift`]); (what, which) per repair.
+    fn repair_drift(&mut self) -> Vec<(&'static str, String)>;
     fn kernel_bindings(&self) -> Result<Vec<(u64, u32)>, EnforceError>;
     fn report(&self) -> MechanismReport;
     fn counters(&self) -> Result<Counters, EnforceError>;
@@ -83,6 +86,9 @@ impl Kernel for Enforcer {
     }
     fn task_identity(&self, tgid: u32) -> Option<u32> {
         Enforcer::task_identity(self, tgid)
+    }
+    fn repair_drift(&mut self) -> Vec<(&'static str, String)> {
+        Enforcer::repair_drift(self)
     }
     fn kernel_bindings(&self) -> Result<Vec<(u64, u32)>, EnforceError> {
         Enforcer::kernel_bindings(self)
@@ -306,6 +312,44 @@ impl Core {
                 )))
             }
         }
+    }
+
+    /// Compares the kernel with the state and puts back what differs: link
+    /// pins, identity entries, rule sets, the guard, the protected paths, and
+    /// the bindings. Each repair is logged and recorded as a `tamper` receipt
+    /// (severity warning). Returns the repairs.
+    pub fn check_drift(&mut self, now: SystemTime) -> Vec<(String, String)> {
+        let mut fixed: Vec<(String, String)> = self.kernel.repair_drift().into_iter().map(|(w, t)| (w.to_string(), t)).collect();
+        let mut want: BTreeMap<u64, (u32, String)> = BTreeMap::new();
+        for b in self.state.bindings.values() {
+            if let Some(id) = self.state.identities.get(&b.identity).map(|i| i.id) {
+                want.insert(b.cgroup_id, (id, b.cgroup_path.clone()));
+            }
+        }
+        match self.kernel.kernel_bindings() {
+            Ok(have) => {
+                let have: BTreeMap<u64, u32> = have.into_iter().collect();
+                for (cg, (id, path)) in &want {
+                    // A bound cgroup that is gone is not drift (it comes back bound).
+                    if have.get(cg) != Some(id) && Path::new(path).is_dir() && self.kernel.bind(*cg, *id).is_ok() {
+                        fixed.push(("binding".into(), path.clone()));
+                    }
+                }
+                for cg in have.keys().filter(|cg| !want.contains_key(cg)) {
+                    if self.kernel.unbind(*cg).is_ok() {
+                        fixed.push(("binding".into(), format!("a binding of cgroup id {cg} agentd never made")));
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the kernel's bindings to check them"),
+        }
+        for (what, target) in &fixed {
+            warn!(what = %what, target = %target, "the kernel differed from agentd's state; restored");
+            if let Err(e) = self.record_tamper(what, target, "restored", now) {
+                warn!(error = %e, "could not record the repair");
+            }
+        }
+        fixed
     }
 
     /// Records that enforcement itself was reached for (a `tamper` receipt).

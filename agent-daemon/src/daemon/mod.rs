@@ -190,6 +190,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let hub = Hub::new();
     tokio::spawn(watch_expiry(core.clone()));
+    tokio::spawn(watch_drift(core.clone()));
 
     // Holds: an exec a policy asks about waits in the kernel for a person.
     let holds = Holds::new(HoldService::new(RateLimit::default()), exec_approvals, journal_at_stop.clone());
@@ -389,6 +390,23 @@ fn guard_enforcement(enforcer: &mut Enforcer, config: &Config, config_file: Opti
     enforcer.set_lib_dirs(&libs).map_err(DaemonError::Load)?;
     info!(agentd = me, reference_mnt_ns = ref_ns, mounts = table.len(), protected = ?protected.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>(), "enforcement guarded");
     Ok(())
+}
+
+/// Every second, compares the kernel with agentd's state and puts back what
+/// differs (see `Core::check_drift`): whoever reached around enforcement — a
+/// root process outside any bound cgroup, or, on the fallback tier, a call that
+/// landed before its caller was killed — is undone and recorded.
+async fn watch_drift(core: Arc<Mutex<Core>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let core = core.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            core.lock().unwrap_or_else(PoisonError::into_inner).check_drift(SystemTime::now());
+        })
+        .await;
+    }
 }
 
 /// Where the system keeps shared libraries (merged-/usr systems make several of

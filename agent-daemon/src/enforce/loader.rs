@@ -138,6 +138,14 @@ pub struct Enforcer {
     installed: StdHashMap<u32, Installed>,
     /// Next rule set id to hand out; never one the kernel still has entries for.
     next_ruleset: u32,
+    /// Each identity's kernel entry as last written (`None`: removed), to find drift.
+    written: StdHashMap<u32, Option<IdentityConfig>>,
+    /// The last `GUARD` and `PROTECTED_PATHS` written, likewise.
+    guard_written: Option<GuardConfig>,
+    protected_written: Vec<(PathBuf, u32)>,
+    /// Every pinned link, held open: a link whose pin is removed stays attached
+    /// while agentd runs, and drift repair pins it again.
+    links: Vec<(PathBuf, Option<FdLink>)>,
 }
 
 /// An identity's rule set in the kernel.
@@ -146,6 +154,8 @@ struct Installed {
     /// (policy hash, version) it was written from; `None` for one adopted from an
     /// earlier daemon (rewritten at the next install).
     source: Option<(String, u32)>,
+    /// What was written, to check that the kernel still holds it.
+    policy: Option<Box<CompiledPolicy>>,
 }
 
 /// Handle on `EXEC_APPROVALS`: what lets an approved `ask` exec through the kernel's
@@ -375,6 +385,10 @@ impl Enforcer {
             maps_dir: maps_dir.clone(),
             installed: StdHashMap::new(),
             next_ruleset: 1,
+            written: StdHashMap::new(),
+            guard_written: None,
+            protected_written: Vec::new(),
+            links: hold_links(&links_dir),
         };
         enforcer.adopt_rulesets()?;
         // Old builds' pins go only now that ours enforce.
@@ -433,6 +447,7 @@ impl Enforcer {
     ) -> Result<(), EnforceError> {
         let Some(policy) = policy else {
             self.identities.remove(&id).or_else(ignore_missing).map_err(kerr("removing identity"))?;
+            self.written.insert(id, None);
             if let Some(old) = self.installed.remove(&id) {
                 grace_period();
                 self.drop_ruleset(old.ruleset)?;
@@ -483,8 +498,10 @@ impl Enforcer {
             }
             return Err(kerr("writing IDENTITIES")(e));
         }
+        self.written.insert(id, Some(cfg));
         if fresh {
-            if let Some(old) = self.installed.insert(id, Installed { ruleset, source: Some(source) }) {
+            let inst = Installed { ruleset, source: Some(source), policy: Some(Box::new(policy.clone())) };
+            if let Some(old) = self.installed.insert(id, inst) {
                 grace_period();
                 self.drop_ruleset(old.ruleset)?;
             }
@@ -597,7 +614,7 @@ impl Enforcer {
         for entry in self.identities.iter() {
             let (id, cfg) = entry.map_err(kerr("reading IDENTITIES"))?;
             in_use.insert(cfg.ruleset);
-            self.installed.insert(id, Installed { ruleset: cfg.ruleset, source: None });
+            self.installed.insert(id, Installed { ruleset: cfg.ruleset, source: None, policy: None });
         }
         let mut present = BTreeSet::new();
         for k in self
@@ -714,13 +731,16 @@ impl Enforcer {
     pub fn set_guard(&mut self, agentd_tgid: u32, agentd_pgid: u32, ref_mnt_ns: u32) -> Result<(), EnforceError> {
         let lsm = self.report.kinds.iter().any(|k| k.kind == "exec" && k.effect == "deny");
         let g = GuardConfig { agentd_tgid, ref_mnt_ns, agentd_pgid, flags: if lsm { guard_flags::LSM } else { 0 } };
-        self.guard.set(0, g, 0).map_err(kerr("writing GUARD"))
+        self.guard.set(0, g, 0).map_err(kerr("writing GUARD"))?;
+        self.guard_written = Some(g);
+        Ok(())
     }
 
     /// Marks paths (in the reference view) no bound task may reach: `(path,
     /// protect bits)`; a directory covers what is below it. Replaces the set.
     pub fn protect(&mut self, paths: &[(PathBuf, u32)]) -> Result<(), EnforceError> {
         use std::os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _};
+        self.protected_written = paths.to_vec();
         let old: Vec<Key<PathKey>> = self.protected_paths.keys().filter_map(Result::ok).collect();
         let mut devs = BTreeSet::new();
         let mut keys = Vec::new();
@@ -764,6 +784,94 @@ impl Enforcer {
             self.lib_dirs.insert(&k, 1, 0).map_err(kerr("writing LIB_DIRS"))?;
         }
         Ok(())
+    }
+
+    /// Puts back what the kernel lost or was changed from what agentd wrote:
+    /// link pins, identity entries, rule sets (by their entry counts), the guard
+    /// and the protected paths. Returns (what, which) for each repair; bindings
+    /// are the caller's (it knows which cgroups should be bound).
+    pub fn repair_drift(&mut self) -> Vec<(&'static str, String)> {
+        let mut fixed = Vec::new();
+        for (path, link) in &mut self.links {
+            if path.exists() {
+                continue;
+            }
+            if let Some(l) = link.take() {
+                match l.pin(&*path) {
+                    Ok(p) => {
+                        *link = Some(FdLink::from(p));
+                        fixed.push(("link", path.display().to_string()));
+                    }
+                    Err(e) => warn!(pin = %path.display(), error = %e, "could not pin a link again; it stays attached while agentd runs"),
+                }
+            }
+        }
+        let written: Vec<(u32, Option<IdentityConfig>)> = self.written.iter().map(|(k, v)| (*k, *v)).collect();
+        for (id, want) in written {
+            let have = self.identities.get(&id, 0).ok();
+            if have == want {
+                continue;
+            }
+            let r = match want {
+                Some(cfg) => self.identities.insert(id, cfg, 0),
+                None => self.identities.remove(&id).or_else(ignore_missing),
+            };
+            match r {
+                Ok(()) => fixed.push(("identity", format!("identity #{id}"))),
+                Err(e) => warn!(identity = id, error = %e, "could not restore an identity's kernel entry"),
+            }
+        }
+        let counts = self.ruleset_counts();
+        let rulesets: Vec<(u32, u32, Box<CompiledPolicy>)> = self
+            .installed
+            .iter()
+            .filter_map(|(id, i)| i.policy.as_ref().map(|p| (*id, i.ruleset, p.clone())))
+            .collect();
+        for (id, ruleset, policy) in rulesets {
+            let want = expected_counts(&policy);
+            if counts.get(&ruleset).copied().unwrap_or_default() == want {
+                continue;
+            }
+            let repaired = self.drop_ruleset(ruleset).and_then(|()| self.write_ruleset(ruleset, &policy));
+            match repaired {
+                Ok(()) => fixed.push(("rules", format!("the rules of identity #{id} ({})", policy.name))),
+                Err(e) => warn!(identity = id, error = %e, "could not restore a rule set"),
+            }
+        }
+        if let Some(g) = self.guard_written {
+            if self.guard.get(&0, 0).ok() != Some(g) && self.guard.set(0, g, 0).is_ok() {
+                fixed.push(("guard", "agentd's own guard entry".to_string()));
+            }
+        }
+        let protected = self.protected_paths.keys().filter_map(Result::ok).count();
+        if !self.protected_written.is_empty() && protected != 2 * self.protected_written.len() {
+            let paths = self.protected_written.clone();
+            if self.protect(&paths).is_ok() {
+                fixed.push(("protected-paths", "agentd's protected paths".to_string()));
+            }
+        }
+        fixed
+    }
+
+    /// Entries per rule set, over every map a rule set writes.
+    fn ruleset_counts(&self) -> StdHashMap<u32, [usize; 7]> {
+        let mut c: StdHashMap<u32, [usize; 7]> = StdHashMap::new();
+        let tries = [&self.exec_rules, &self.write_rules, &self.unix_rules, &self.guarded_dirs];
+        for (i, trie) in tries.into_iter().enumerate() {
+            for k in trie.keys().filter_map(Result::ok) {
+                c.entry(u32::from_be_bytes(k.data().ruleset)).or_default()[i] += 1;
+            }
+        }
+        for k in self.egress_rules.keys().filter_map(Result::ok) {
+            c.entry(u32::from_be_bytes(k.data().ruleset)).or_default()[4] += 1;
+        }
+        for k in self.exec_inodes.keys().filter_map(Result::ok) {
+            c.entry(k.ruleset).or_default()[5] += 1;
+        }
+        for k in self.glob_states.keys().filter_map(Result::ok) {
+            c.entry(k.ruleset).or_default()[6] += 1;
+        }
+        c
     }
 
     /// A handle on `REF_MOUNTS`, for the thread that keeps it in step with the
@@ -838,6 +946,34 @@ impl EventReader {
             guard.clear_ready();
         }
     }
+}
+
+/// The entries `write_ruleset` makes for `policy`, per map, as `ruleset_counts`
+/// counts them.
+fn expected_counts(policy: &CompiledPolicy) -> [usize; 7] {
+    [
+        policy.exec.len(),
+        policy.write.len(),
+        policy.unix.len(),
+        policy.guarded.len(),
+        policy.egress.len(),
+        policy.exec_inodes.len(),
+        policy.globs.len(),
+    ]
+}
+
+/// Opens every pinned link under `links_dir`, to hold it (see `Enforcer::links`).
+fn hold_links(links_dir: &Path) -> Vec<(PathBuf, Option<FdLink>)> {
+    let Ok(entries) = fs::read_dir(links_dir) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        match aya::programs::links::PinnedLink::from_pin(&path) {
+            Ok(p) => out.push((path, Some(FdLink::from(p)))),
+            Err(err) => warn!(pin = %path.display(), error = %err, "could not open a pinned link to hold it"),
+        }
+    }
+    out
 }
 
 fn ignore_missing(e: aya::maps::MapError) -> Result<(), aya::maps::MapError> {

@@ -74,6 +74,9 @@ impl Kernel for Fake {
     fn task_identity(&self, _tgid: u32) -> Option<u32> {
         None
     }
+    fn repair_drift(&mut self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
     fn kernel_bindings(&self) -> Result<Vec<(u64, u32)>, EnforceError> {
         Ok(self.get().bindings.iter().map(|(c, i)| (*c, *i)).collect())
     }

@@ -190,8 +190,16 @@ impl Lab {
         let probe_dir = fs::canonicalize(&d.bins.probe).expect("probe path");
         let probe_dir = probe_dir.parent().expect("probe dir").to_str().expect("utf-8").to_string();
         let (allowed, refused) = (Echo::start("127.0.0.1"), Echo::start("127.0.0.1"));
+        // The probe's own directory, unless a system rule above already covers it
+        // (in the VM it is /bin): a duplicate rule is an error.
+        let system = ["/usr", "/bin", "/lib", "/lib64"];
+        let probe_rule = if system.iter().any(|d| probe_dir == *d || probe_dir.starts_with(&format!("{d}/"))) {
+            String::new()
+        } else {
+            format!("      - {{path: \"{probe_dir}/**\", action: allow}}\n")
+        };
         let text = format!(
-            "apiVersion: agentd.io/v1\nkind: AgentPolicy\nmetadata:\n  name: {name}\nspec:\n  mode: enforce\n  exec:\n    default: deny\n    rules:\n      - {{path: \"/usr/**\", action: allow}}\n      - {{path: \"/bin/**\", action: allow}}\n      - {{path: \"/lib/**\", action: allow}}\n      - {{path: \"/lib64/**\", action: allow}}\n      - {{path: \"{probe_dir}/**\", action: allow}}\n      - {{path: \"{okbin}/**\", action: allow}}\n      - {{path: \"{denybin}/**\", action: deny}}\n  write:\n    default: allow\n    rules:\n      - {{path: \"{ok}/**\", action: allow}}\n      - {{path: \"{deny}/**\", action: deny}}\n{extra_write}  egress:\n    default: deny\n    rules:\n      - {{cidr: 127.0.0.1/32, ports: [{}], action: allow}}\n",
+            "apiVersion: agentd.io/v1\nkind: AgentPolicy\nmetadata:\n  name: {name}\nspec:\n  mode: enforce\n  exec:\n    default: deny\n    rules:\n      - {{path: \"/usr/**\", action: allow}}\n      - {{path: \"/bin/**\", action: allow}}\n      - {{path: \"/lib/**\", action: allow}}\n      - {{path: \"/lib64/**\", action: allow}}\n{probe_rule}      - {{path: \"{okbin}/**\", action: allow}}\n      - {{path: \"{denybin}/**\", action: deny}}\n  write:\n    default: allow\n    rules:\n      - {{path: \"{ok}/**\", action: allow}}\n      - {{path: \"{deny}/**\", action: deny}}\n{extra_write}  egress:\n    default: deny\n    rules:\n      - {{cidr: 127.0.0.1/32, ports: [{}], action: allow}}\n",
             allowed.addr.port()
         );
         d.identity_bound(name, &text, &cg);

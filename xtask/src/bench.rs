@@ -5,6 +5,11 @@
 //! receipts per second, through the real journal (sealing, segment writes,
 //! fsync), beside the raw Ed25519 signing rate of this machine. Target: at least
 //! 50,000 receipts/s on 2 cores.
+//!
+//! Enforcement cost (needs root): fork+exec of /bin/true and open+close of a file,
+//! by a process in no bound cgroup and by a bound one, with agentd running (a
+//! policy applied, a cgroup bound) beside the same with no agentd, alternating.
+//! Printed as ratios; issue 18 owns the targets.
 
 use anyhow::{bail, Context as _, Result};
 
@@ -25,6 +30,15 @@ pub struct Args {
     /// system's temporary directory.
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// Also measure what agentd's kernel programs cost execs and opens (root).
+    #[arg(long)]
+    pub enforcement: bool,
+    /// fork+execs per sample of the enforcement bench.
+    #[arg(long, default_value_t = 1000)]
+    pub execs: u32,
+    /// opens per sample of the enforcement bench.
+    #[arg(long, default_value_t = 200_000)]
+    pub opens: u32,
 }
 
 pub fn command(args: Args) -> Result<bool> {
@@ -53,6 +67,9 @@ pub fn command(args: Args) -> Result<bool> {
         .find(|l| l.starts_with("BENCH "))
         .context("the receipts benchmark printed no BENCH line")?;
     let (rate, raw) = parse(line)?;
+    if args.enforcement {
+        enforcement_cost(&args)?;
+    }
     say(format!(
         "receipts: {rate:.0} durable signed receipts/s; raw Ed25519 on this machine: {raw:.0} signatures/s (ratio {:.2}); target {RECEIPTS_PER_SEC_TARGET:.0}/s: {}",
         rate / raw,
@@ -85,4 +102,135 @@ mod tests {
         assert_eq!(super::parse("BENCH receipts_per_sec=155000.5 raw_ed25519_signs_per_sec=66000").unwrap(), (155000.5, 66000.0));
         assert!(super::parse("BENCH receipts_per_sec=1").is_err());
     }
+}
+
+/// Runs `probe ARGS` (in `cgroup` when given) and reads its `elapsed_ns`.
+fn sample(probe: &std::path::Path, cgroup: Option<&std::path::Path>, args: &[&str]) -> Result<f64> {
+    let mut c = std::process::Command::new(probe);
+    match cgroup {
+        Some(cg) => c.arg("join").arg(cg).args(args),
+        None => c.args(args),
+    };
+    let out = c.output().with_context(|| format!("running {}", probe.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("elapsed_ns ").and_then(|v| v.trim().parse::<f64>().ok()))
+        .with_context(|| format!("probe {args:?} printed no elapsed_ns: {text} {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The median of `n` samples.
+fn median(mut f: impl FnMut() -> Result<f64>, n: usize) -> Result<f64> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(f()?);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[v.len() / 2])
+}
+
+fn enforcement_cost(args: &Args) -> Result<()> {
+    if !workspace::is_root() {
+        say("enforcement cost: skipped (needs root: it loads agentd's programs and makes cgroups)");
+        return Ok(());
+    }
+    let mut c = workspace::cargo();
+    c.args(["build", "--release", "-p", "agent-daemon", "-p", "agentd-tests", "--bin", "agentd", "--bin", "agentctl", "--bin", "probe"]);
+    cmd::run(&mut c, "fix the build error above")?;
+    let bin = workspace::target_dir()?.join("release");
+    let probe = bin.join("probe");
+    let cg_root = cgroup2_mount()?;
+    let dir = std::env::temp_dir().join(format!("agentd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bound = cg_root.join(format!("agentd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&bound)?;
+    let file = dir.join("target");
+    std::fs::write(&file, "x")?;
+    let (execs, opens) = (args.execs.to_string(), args.opens.to_string());
+    let file_s = file.to_string_lossy().to_string();
+    let measure = |cg: Option<&std::path::Path>| -> Result<(f64, f64)> {
+        let e = median(|| sample(&probe, cg, &["bench-exec", &execs]), 3)?;
+        let o = median(|| sample(&probe, cg, &["bench-open", &opens, &file_s]), 3)?;
+        Ok((e / f64::from(args.execs), o / f64::from(args.opens)))
+    };
+    say("enforcement cost: measuring with no agentd");
+    let (base_exec, base_open) = measure(None)?;
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/agentd-bench-{}", std::process::id()));
+    let socket = dir.join("agentd.sock");
+    let config = dir.join("agentd.yaml");
+    std::fs::write(&config, "")?;
+    let mut agentd = std::process::Command::new(bin.join("agentd"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--pin-dir")
+        .arg(&pins)
+        .env("AGENTD_CONFIG", &config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting agentd")?;
+    let ctl = |a: &[&str]| -> Result<()> {
+        let out = std::process::Command::new(bin.join("agentctl")).arg("--socket").arg(&socket).args(a).output()?;
+        if !out.status.success() {
+            bail!("agentctl {a:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let result = (|| -> Result<((f64, f64), (f64, f64))> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while ctl(&["status"]).is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("agentd did not answer within 120 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let policy = dir.join("bench.yaml");
+        std::fs::write(
+            &policy,
+            "apiVersion: agentd.io/v1\nkind: AgentPolicy\nmetadata:\n  name: bench\nspec:\n  exec: {default: allow}\n  write: {default: allow}\n  egress: {default: deny}\n",
+        )?;
+        ctl(&["policy", "apply", &policy.to_string_lossy()])?;
+        ctl(&["identity", "create", "bench", "--policy", "bench"])?;
+        ctl(&["bind", &bound.to_string_lossy(), "bench"])?;
+        say("enforcement cost: measuring with agentd running (an unbound process, then a bound one)");
+        Ok((measure(None)?, measure(Some(&bound))?))
+    })();
+    let _ = agentd.kill();
+    let _ = agentd.wait();
+    let _ = std::fs::remove_dir_all(&pins);
+    let _ = std::fs::remove_dir(&bound);
+    let _ = std::fs::remove_dir_all(&dir);
+    let ((un_exec, un_open), (b_exec, b_open)) = result?;
+    say(format!(
+        "enforcement cost, unbound process: exec {:.1} µs vs {:.1} µs with no agentd (x{:.3}); open {:.2} µs vs {:.2} µs (x{:.3})",
+        un_exec / 1e3,
+        base_exec / 1e3,
+        un_exec / base_exec,
+        un_open / 1e3,
+        base_open / 1e3,
+        un_open / base_open
+    ));
+    say(format!(
+        "enforcement cost, bound process: exec {:.1} µs (x{:.3} of no agentd); open {:.2} µs (x{:.3})",
+        b_exec / 1e3,
+        b_exec / base_exec,
+        b_open / 1e3,
+        b_open / base_open
+    ));
+    Ok(())
+}
+
+/// The cgroup2 mount point, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Result<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    for line in info.lines() {
+        let (pre, post) = line.split_once(" - ").unwrap_or((line, ""));
+        if post.split_whitespace().next() == Some("cgroup2") {
+            if let Some(mp) = pre.split_whitespace().nth(4) {
+                return Ok(std::path::PathBuf::from(mp));
+            }
+        }
+    }
+    bail!("no cgroup2 mount in /proc/self/mountinfo")
 }

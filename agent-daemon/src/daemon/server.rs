@@ -256,6 +256,35 @@ fn identity_pb(core: &Core, rec: &IdentityRecord, now: SystemTime) -> pb::Identi
     }
 }
 
+/// What keeps a bound agent inside its policy on this kernel, per protection,
+/// for `agentctl doctor` (the README's "Threat model" says the same per tier).
+fn protections(report: &MechanismReport) -> Vec<pb::Check> {
+    let lsm = report.kinds.iter().any(|k| k.kind == "system" && k.effect == "deny");
+    let stop = if lsm { "refused with EPERM (BPF LSM)" } else { "the caller is killed (SIGKILL) before its next instruction; the one call may already have taken effect" };
+    let check = |name: &str, detail: String| pb::Check { name: format!("protection: {name}"), ok: true, detail };
+    vec![
+        check(
+            "sticky identity",
+            format!("a bound process and every process it starts keep their identity wherever their cgroup goes (raw tracepoints sched_process_fork/exit, cgroup_attach_task); a cgroup.procs or cgroup.threads write out of the binding, or clone3(CLONE_INTO_CGROUP), is {stop}"),
+        ),
+        check(
+            "honest paths",
+            if lsm {
+                "every exec, write and executable mapping is judged on the file's path in the host's mount view, whatever namespace, bind mount, chroot, /proc/PID/root or reopened descriptor named it; deleted, detached and unmounted files are unresolved (denied)".to_string()
+            } else {
+                "opens, execs and mappings are judged on the file in the host's mount view; path syscalls (unlink, rename, chmod, link, ...) on their string, and only from the host's mount namespace: a symlink inside the string is followed by the kernel, not by the judge".to_string()
+            },
+        ),
+        check("enforcement out of reach", format!("bpf(), anything on bpffs, agentd's state (not even read: its keys sign receipts), configuration and socket, kernel modules, kexec, raw memory and I/O ports, kprobes/uprobes and tracepoints through perf, and signals or ptrace to agentd are {stop}; no policy key allows them")),
+        check("namespaces and mounts", format!("creating or entering a namespace, mount, umount, pivot_root and chroot are {stop}, unless the policy says spec.system.namespaces: allow (then only inside a mount namespace that is not the host's; paths stay judged in the host's view)")),
+        check("other processes", format!("ptrace, process_vm_writev, pidfd_getfd and /proc/PID/mem against a process of another identity, an unbound one or agentd are {stop} (spec.system.ptrace: allow permits them within the same identity)")),
+        check("executable mappings", format!("ld.so /path/to/file and dlopen: mapping a file's code to run is judged by the exec rules ({}); libraries no rule names, in the system's library directories, load freely", if lsm { "mmap_file, file_mprotect" } else { "mmap with PROT_EXEC; mprotect of an existing file mapping is not seen on this tier" })),
+        check("metadata, links, guarded directories", format!("chmod, chown, utimes and xattrs are writes; a hard link of a file the identity may not write is {stop}; renaming, removing or replacing a directory above what a deny or ask write rule protects is refused as a write to it")),
+        check("sockets", "only TCP and UDP over IP, unix and netlink sockets may be created, and ICMP ping sockets when a rule allows ICMP (and BPF LSM judges each destination); UDP-Lite, SCTP, vsock and the rest are refused with EPERM; unix connects are judged by egress.unix on the socket reached".to_string()),
+        check("drift", "every second agentd compares the kernel with its state (link pins, bindings, identities, rule sets, its own guard) and puts back what differs, with a tamper receipt".to_string()),
+    ]
+}
+
 fn binding_pb(b: &BindingRecord) -> pb::Binding {
     pb::Binding {
         cgroup_path: b.cgroup_path.clone(),
@@ -410,6 +439,7 @@ impl Agentd for Service {
                 detail: format!("unavailable ({e}): no write is held; {others}"),
             },
         });
+        checks.extend(protections(&report));
         Ok(Response::new(pb::DoctorReply { kernel_release: host::kernel_release(), mechanisms: mechanisms_pb(&report), checks }))
     }
 

@@ -328,12 +328,14 @@ impl Enforcer {
                 "this agentd was built with AYA_BUILD_SKIP=1 and has no eBPF programs; rebuild without it".into(),
             ));
         }
+        let t = std::time::Instant::now();
         let id = object_id();
         let root = config.pin_dir.join(&id);
         let maps_dir = root.join("maps");
         let links_dir = root.join("links");
         let offsets = kernel_offsets(Path::new(BTF_PATH))
             .map_err(|e| EnforceError::Unsupported { kind: "any action", why: e.to_string() })?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "object id and kernel offsets");
 
         // `sock_create` is pinned last: its presence marks a complete set.
         let adopt = links_dir.join(COMPLETE_MARKER).exists();

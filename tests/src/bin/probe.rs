@@ -210,6 +210,37 @@ fn run(args: &[String]) -> ! {
             std::thread::sleep(Duration::from_secs(a(1).parse().unwrap_or(1)));
             Ok(())
         }
+        // bench-exec N — fork and exec /bin/true N times; prints `elapsed_ns T`.
+        "bench-exec" => {
+            let n: u32 = a(1).parse().unwrap_or_else(|_| usage());
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                let st = std::process::Command::new("/bin/true").status();
+                if !matches!(st, Ok(s) if s.success()) {
+                    fail(std::io::Error::other("/bin/true failed"));
+                }
+            }
+            println!("elapsed_ns {}", start.elapsed().as_nanos());
+            Ok(())
+        }
+        // bench-open N PATH — open PATH read-only and close it N times; prints
+        // `elapsed_ns T`.
+        "bench-open" => {
+            let n: u32 = a(1).parse().unwrap_or_else(|_| usage());
+            let path = CString::new(a(2)).unwrap_or_else(|_| usage());
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                // SAFETY: a valid NUL-terminated path; the fd is closed at once.
+                let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+                if fd < 0 {
+                    fail(std::io::Error::last_os_error());
+                }
+                // SAFETY: we own fd.
+                unsafe { libc::close(fd) };
+            }
+            println!("elapsed_ns {}", start.elapsed().as_nanos());
+            Ok(())
+        }
         // Everything else: the escape attempts (probe/attempts.rs).
         _ => attempts::run(args, run).unwrap_or_else(|| usage()),
     };

@@ -451,7 +451,9 @@ question was answered, whatever the decision; 1 on errors.
 --json prints one object: policy, mode, action {kind, target, protocol}, decision
 (allow|deny|ask|audit: what the policy says), enforced (allow|deny|would_deny|hold: what
 the kernel does; an exec or TCP connect ask is held for a person, other asks are denied), rule_id (0:
-the default), rule, line, reason, identity, standing (active|revoked|expired|no-policy).
+the default), rule, line, reason, identity, standing (active|revoked|expired|no-policy),
+system {namespaces, ptrace} (allow|deny: the policy's spec.system; null when no policy
+was consulted). The text form shows system only when the policy allows one of them.
 
 EXAMPLES:
   agentctl policy test policies/coding-agent.yaml --exec /usr/bin/curl
@@ -470,11 +472,13 @@ exact path; for a pattern a path inside it, one a level deeper, its directory an
 sibling just outside; for a CIDR its first and last address and the ones just outside,
 at each edge of every port range and at a port no rule lists, over TCP and UDP.
 
-With --exit-code, exits 1 when some decision changes, or the mode does (like
-`git diff --exit-code`), and 0 otherwise. Errors exit 1 too, with a message.
+With --exit-code, exits 1 when some decision changes, or the mode or a spec.system
+setting does (like `git diff --exit-code`), and 0 otherwise. Errors exit 1 too, with a
+message.
 
 --json prints one object: old and new {file, policy, mode}, mode {old, new} or null,
-defaults [{kind, old, new}], rules [{change: added|removed|changed, kind, old, new}],
+defaults [{kind, old, new}], system [{key, old, new}] (spec.system settings that
+change), rules [{change: added|removed|changed, kind, old, new}],
 probes (how many actions were compared), decisions [{action, old, new}] (each side
 {decision, rule_id, rule, line}), changes_enforcement (what --exit-code reports).
 

@@ -79,6 +79,7 @@ fn show_text(reply: &pb::PolicyShowReply) -> String {
         ("version", p.version.to_string()),
         ("mode", p.mode),
         ("rules", p.rules.to_string()),
+        ("system", system_text(&reply.system_allows)),
         ("sha256", p.hash),
         ("applied_at", or_dash(&p.applied_at)),
     ]);
@@ -109,6 +110,15 @@ fn show_text(reply: &pb::PolicyShowReply) -> String {
         out.push_str(reply.yaml.trim_end());
     }
     out
+}
+
+/// `namespaces deny, ptrace allow`: every `spec.system` key, allowed or not.
+fn system_text(allows: &[String]) -> String {
+    policy::System::KEYS
+        .iter()
+        .map(|k| format!("{k} {}", if allows.iter().any(|a| a == k) { "allow" } else { "deny" }))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Checks files offline: every problem as `file:line:col: message` on stderr, and
@@ -206,6 +216,9 @@ mod tests {
         let s = show_text(&reply);
         assert!(s.starts_with("name:        coder\n"), "{s}");
         assert!(s.contains("description: -"), "{s}");
+        assert!(s.contains("\nsystem:      namespaces deny, ptrace deny\n"), "{s}");
+        let ptrace = pb::PolicyShowReply { system_allows: vec!["ptrace".into()], ..reply.clone() };
+        assert!(show_text(&ptrace).contains("\nsystem:      namespaces deny, ptrace allow\n"));
         assert!(
             s.lines()
                 .any(|l| l.starts_with('1') && l.contains("exec") && l.contains("{path: /usr/bin/git, action: allow}") && l.contains("41")),

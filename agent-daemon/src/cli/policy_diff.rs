@@ -76,6 +76,8 @@ pub struct DiffJson {
     /// `{old, new}` when the mode changes.
     pub mode: Option<ChangeJson>,
     pub defaults: Vec<DefaultJson>,
+    /// `spec.system` keys that change: [{key, old, new}], each allow or deny.
+    pub system: Vec<SystemJson>,
     pub rules: Vec<RuleChangeJson>,
     /// How many actions were judged under both policies.
     pub probes: usize,
@@ -101,6 +103,13 @@ pub struct ChangeJson {
 #[derive(Debug, Serialize)]
 pub struct DefaultJson {
     pub kind: &'static str,
+    pub old: &'static str,
+    pub new: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SystemJson {
+    pub key: &'static str,
     pub old: &'static str,
     pub new: &'static str,
 }
@@ -167,6 +176,11 @@ impl DiffReport {
                 .iter()
                 .map(|(k, o, n)| DefaultJson { kind: k.as_str(), old: o.as_str(), new: n.as_str() })
                 .collect(),
+            system: d
+                .system
+                .iter()
+                .map(|(k, o, n)| SystemJson { key: k, old: allow_or_deny(*o), new: allow_or_deny(*n) })
+                .collect(),
             rules: d
                 .rules
                 .iter()
@@ -206,6 +220,9 @@ impl DiffReport {
             settings.push(format!("mode: {} → {}", o.as_str(), n.as_str()));
         }
         settings.extend(d.defaults.iter().map(|(k, o, n)| format!("{} default: {o} → {n}", k.as_str())));
+        settings.extend(
+            d.system.iter().map(|(k, o, n)| format!("system.{k}: {} → {}", allow_or_deny(*o), allow_or_deny(*n))),
+        );
         if !settings.is_empty() {
             out.push(String::new());
             out.extend(settings);
@@ -272,6 +289,15 @@ fn same_but_udp(tcp: &DecisionChange, udp: &DecisionChange) -> bool {
             Action::Connect { addr: b, port: q, protocol: Protocol::Udp },
         ) => a == b && p == q && tcp.old == udp.old && tcp.new == udp.new,
         _ => false,
+    }
+}
+
+/// A `spec.system` setting as written.
+fn allow_or_deny(allowed: bool) -> &'static str {
+    if allowed {
+        "allow"
+    } else {
+        "deny"
     }
 }
 
@@ -444,6 +470,18 @@ spec:
         let v = serde_json::to_value(r.json()).unwrap();
         assert_eq!(v["mode"], serde_json::json!({"old": "enforce", "new": "monitor"}));
         assert_eq!(v["defaults"], serde_json::json!([{"kind": "exec", "old": "deny", "new": "audit"}]));
+    }
+
+    #[test]
+    fn system_opt_ins_are_settings() {
+        let new = format!("{OLD}  system:\n    namespaces: allow\n");
+        let (_dir, o, n) = files(OLD, &new);
+        let r = run(&o, &n, &mut FakeDaemon::default()).unwrap();
+        assert!(r.diff.changes_enforcement());
+        let text = r.render(true);
+        assert!(text.contains("\n\nsystem.namespaces: deny → allow\n"), "{text}");
+        let v = serde_json::to_value(r.json()).unwrap();
+        assert_eq!(v["system"], serde_json::json!([{"key": "namespaces", "old": "deny", "new": "allow"}]));
     }
 
     #[test]

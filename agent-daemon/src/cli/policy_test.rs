@@ -45,6 +45,8 @@ pub struct TestReport {
     pub identity: Option<String>,
     /// The identity's standing: active, revoked, expired or no-policy.
     pub standing: Option<&'static str>,
+    /// The policy's `spec.system` settings; `None` when no policy was consulted.
+    pub system: Option<SystemJson>,
     /// Where the policy came from; text only.
     #[serde(skip)]
     pub source: Option<Source>,
@@ -63,6 +65,20 @@ pub struct ActionJson {
     /// tcp or udp, for connect only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<&'static str>,
+}
+
+/// `spec.system`, each `allow` or `deny`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SystemJson {
+    pub namespaces: &'static str,
+    pub ptrace: &'static str,
+}
+
+impl SystemJson {
+    fn of(s: &policy::System) -> SystemJson {
+        let [(_, namespaces), (_, ptrace)] = s.entries();
+        SystemJson { namespaces, ptrace }
+    }
 }
 
 /// Parses `--connect`: `1.2.3.4:443` or `[2001:db8::1]:443`.
@@ -159,6 +175,7 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
         reason: decision.reason,
         identity: identity.as_ref().map(|i| i.name.clone()),
         standing: identity.is_some().then_some(standing.as_str()),
+        system: policy.as_ref().map(|p| SystemJson::of(&p.system)),
         source,
         notes,
     })
@@ -267,6 +284,11 @@ impl TestReport {
         let mut pairs = vec![("policy", policy)];
         if let (Some(name), Some(standing)) = (&self.identity, self.standing) {
             pairs.push(("identity", format!("{name} ({standing})")));
+        }
+        // Only when the policy opts into something: denied is what every policy
+        // says unless it does.
+        if let Some(s) = self.system.as_ref().filter(|s| s.namespaces == "allow" || s.ptrace == "allow") {
+            pairs.push(("system", format!("namespaces {}, ptrace {}", s.namespaces, s.ptrace)));
         }
         pairs.extend([("action", target), ("decision", decision), ("rule", rule), ("reason", self.reason.clone())]);
         pairs.extend(self.notes.iter().map(|n| ("note", n.clone())));
@@ -399,6 +421,17 @@ spec:
     }
 
     #[test]
+    fn system_opt_ins_are_shown_when_the_policy_has_any() {
+        let (_dir, f) = file(&format!("{CODER}  system:\n    ptrace: allow\n"));
+        let r = run(&[&f, "--exec", "/nonexistent-agentd-test/bin/git"], &mut FakeDaemon::default()).unwrap();
+        assert_eq!(r.system, Some(SystemJson { namespaces: "deny", ptrace: "allow" }));
+        assert!(r.text().contains("\nsystem:   namespaces deny, ptrace allow\naction:"), "{}", r.text());
+        let mut daemon = FakeDaemon::default().with_identity("gone", "coder", "revoked");
+        let r = run(&["--identity", "gone", "--exec", "/x"], &mut daemon).unwrap();
+        assert_eq!(r.system, None, "no policy consulted");
+    }
+
+    #[test]
     fn an_exec_ask_is_held_and_says_how_to_answer() {
         let (_dir, f) = file(CODER);
         let r = run(&[&f, "--exec", "/nonexistent-agentd-test/bin/curl"], &mut FakeDaemon::default()).unwrap();
@@ -510,13 +543,14 @@ spec:
             keys,
             [
                 "action", "decision", "enforced", "identity", "line", "mode", "policy", "reason", "rule", "rule_id",
-                "standing"
+                "standing", "system"
             ]
         );
         assert_eq!(v["action"], serde_json::json!({"kind": "exec", "target": "/nonexistent-agentd-test/bin/curl"}));
         assert_eq!((v["decision"].as_str(), v["enforced"].as_str()), (Some("ask"), Some("hold")));
         assert_eq!((v["rule_id"].as_u64(), v["line"].as_u64()), (Some(2), Some(11)));
         assert!(v["identity"].is_null() && v["standing"].is_null());
+        assert_eq!(v["system"], serde_json::json!({"namespaces": "deny", "ptrace": "deny"}));
         let r = run(&[&f, "--connect", "[::1]:443"], &mut FakeDaemon::default()).unwrap();
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["action"], serde_json::json!({"kind": "connect", "target": "[::1]:443", "protocol": "tcp"}));

@@ -480,6 +480,16 @@ impl Agentd for Service {
                     exec_default_hits: hit(agent_common::kind::EXEC, 0),
                     write_default_hits: hit(agent_common::kind::WRITE, 0),
                     egress_default_hits: hit(agent_common::kind::EGRESS, 0),
+                    system_allows: c
+                        .loaded(&name)
+                        .map(|l| {
+                            crate::policy::System::KEYS
+                                .into_iter()
+                                .filter(|k| l.policy.system.allows(k))
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
             })
             .await??;

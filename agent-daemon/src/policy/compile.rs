@@ -72,12 +72,12 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
         globs,
         exec_glob,
         write_glob,
-        // `egress.unix` and `spec.system` are not in the language yet: no unix
-        // rules, unix connects allowed by default, no system opt-ins.
+        // `egress.unix` is not in the language yet: no unix rules, unix connects
+        // allowed by default.
         unix: Vec::new(),
         unix_glob: 0,
         unix_default: agent_common::action::ALLOW,
-        system_flags: 0,
+        system_flags: policy.system.flags(),
         rules: policy.rule_infos(),
         warnings,
     })

@@ -23,7 +23,7 @@ use super::{
     glob::Glob,
     model::{
         mapped_addr, mapped_net, net_contains, ActionKind, EgressRule, Mode, PathRule, Policy, Protocol, RuleKind,
-        Target,
+        System, Target,
     },
     path::{FileSystem, RealPaths},
 };
@@ -112,6 +112,9 @@ pub struct PolicyDiff {
     pub mode: Option<(Mode, Mode)>,
     /// Per kind whose default changes: old and new default.
     pub defaults: Vec<(RuleKind, ActionKind, ActionKind)>,
+    /// Per `spec.system` key that changes: the key, and whether it was and is
+    /// allowed.
+    pub system: Vec<(&'static str, bool, bool)>,
     /// Exec, then write, then egress; in each, old rules in file order, then the
     /// added ones in file order.
     pub rules: Vec<RuleChange>,
@@ -124,13 +127,18 @@ pub struct PolicyDiff {
 impl PolicyDiff {
     /// Nothing differs that this diff looks at.
     pub fn is_empty(&self) -> bool {
-        self.mode.is_none() && self.defaults.is_empty() && self.rules.is_empty() && self.decisions.is_empty()
+        self.mode.is_none()
+            && self.defaults.is_empty()
+            && self.system.is_empty()
+            && self.rules.is_empty()
+            && self.decisions.is_empty()
     }
 
     /// Whether the kernel would treat some action differently: a probe's decision
-    /// changes, or the mode does (which changes what every deny does).
+    /// changes, or the mode does (which changes what every deny does), or a
+    /// `spec.system` opt-in does.
     pub fn changes_enforcement(&self) -> bool {
-        self.mode.is_some() || !self.decisions.is_empty()
+        self.mode.is_some() || !self.system.is_empty() || !self.decisions.is_empty()
     }
 }
 
@@ -149,6 +157,11 @@ pub(crate) fn diff_with(old: &Policy, new: &Policy, fs: &dyn RealPaths) -> Polic
     .into_iter()
     .filter(|(_, o, n)| o != n)
     .collect();
+    let system = System::KEYS
+        .into_iter()
+        .map(|k| (k, old.system.allows(k), new.system.allows(k)))
+        .filter(|(_, o, n)| o != n)
+        .collect();
 
     // Rules are paired old to new (a changed rule is still the same rule); `paired`
     // holds every pair's ids, so that a probe decided by a rule and by its edited
@@ -187,7 +200,7 @@ pub(crate) fn diff_with(old: &Policy, new: &Policy, fs: &dyn RealPaths) -> Polic
             (a.action != b.action || !same_rule).then(|| DecisionChange { probe: probe.clone(), old: a, new: b })
         })
         .collect();
-    PolicyDiff { mode, defaults, rules, probes: probes.len(), decisions }
+    PolicyDiff { mode, defaults, system, rules, probes: probes.len(), decisions }
 }
 
 /// A rule of either shape, as the diff shows it.
@@ -558,6 +571,16 @@ mod tests {
         // A mode change alone changes what the kernel does.
         let only_mode = d(CODER, &format!("  mode: monitor\n{CODER}"));
         assert!(only_mode.decisions.is_empty() && only_mode.changes_enforcement());
+    }
+
+    #[test]
+    fn a_system_opt_in_is_a_change_of_enforcement() {
+        let diff = d(CODER, &format!("{CODER}  system:\n    ptrace: allow\n    namespaces: deny\n"));
+        assert_eq!(diff.system, [("ptrace", false, true)]);
+        assert!(diff.decisions.is_empty() && diff.rules.is_empty());
+        assert!(!diff.is_empty() && diff.changes_enforcement());
+        // Written out as the default it is no change.
+        assert!(d(CODER, &format!("{CODER}  system: {{namespaces: deny}}\n")).is_empty());
     }
 
     #[test]

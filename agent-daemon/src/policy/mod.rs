@@ -53,7 +53,7 @@ pub use eval::{evaluate, evaluate_as, Action, Decision, Standing};
 pub use glob::{Glob, GlobError, KernelForm, Specificity};
 pub use model::{
     ActionKind, Approvals, EgressRule, EgressSection, Mode, PathRule, PathSection, Policy, PortRange, Protocol,
-    Receipts, RuleKind, Target,
+    Receipts, RuleKind, System, Target,
 };
 pub use validate::{API_VERSION, KIND};
 

@@ -131,6 +131,7 @@ pub struct Policy {
     pub exec: PathSection,
     pub write: PathSection,
     pub egress: EgressSection,
+    pub system: System,
     pub approvals: Approvals,
     pub receipts: Receipts,
     /// Things worth knowing that do not make the file wrong.
@@ -303,6 +304,52 @@ pub struct PortRange {
 impl PortRange {
     pub fn contains(self, port: u16) -> bool {
         (self.lo..=self.hi).contains(&port)
+    }
+}
+
+/// `spec.system`: opt-ins to things that could change what enforcement sees. Each
+/// is denied unless the policy allows it; nothing here can allow bpf(), kernel
+/// modules, kexec, raw memory, or reaching agentd or another identity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct System {
+    /// `namespaces: allow`: may create namespaces, and mount inside mount
+    /// namespaces it created (sandboxes such as bubblewrap). Paths are still judged
+    /// in the host's reference mount view, so this never weakens a path rule.
+    pub namespaces: bool,
+    /// `ptrace: allow`: may trace processes of the same identity (never another
+    /// identity's, an unbound process or agentd).
+    pub ptrace: bool,
+}
+
+impl System {
+    /// The keys of `spec.system`, in the order they are shown.
+    pub const KEYS: [&'static str; 2] = ["namespaces", "ptrace"];
+
+    /// Whether the key named `key` (one of [`System::KEYS`]) is allowed.
+    pub fn allows(&self, key: &str) -> bool {
+        match key {
+            "namespaces" => self.namespaces,
+            "ptrace" => self.ptrace,
+            _ => false,
+        }
+    }
+
+    /// Each key with `allow` or `deny`, e.g. for `policy show`.
+    pub fn entries(&self) -> [(&'static str, &'static str); 2] {
+        Self::KEYS.map(|k| (k, if self.allows(k) { "allow" } else { "deny" }))
+    }
+
+    /// `agent_common::identity_flags` bits of what is allowed.
+    pub fn flags(&self) -> u8 {
+        use agent_common::identity_flags;
+        let mut flags = 0;
+        if self.namespaces {
+            flags |= identity_flags::NAMESPACES;
+        }
+        if self.ptrace {
+            flags |= identity_flags::PTRACE;
+        }
+        flags
     }
 }
 

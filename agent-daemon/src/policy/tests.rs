@@ -348,7 +348,7 @@ fn unknown_key_points_at_the_key_with_a_suggestion() {
         &spec("  exec:\n    rules:\n      - {path: /x, color: red}\n"),
         &[(8, 9, Schema, "missing key \"action\""), (8, 20, Schema, "unknown key \"color\"")],
     );
-    expect(&spec("  egres:\n    default: deny\n"), &[(6, 3, Schema, "unknown key \"egres\" in spec (expected one of: mode, exec, write, egress, approvals, receipts); hint: did you mean \"egress\"?")]);
+    expect(&spec("  egres:\n    default: deny\n"), &[(6, 3, Schema, "unknown key \"egres\" in spec (expected one of: mode, exec, write, egress, system, approvals, receipts); hint: did you mean \"egress\"?")]);
     expect(&format!("{HEAD}  exec: {{}}\nextra: 1\n"), &[(7, 1, Schema, "unknown key \"extra\" in the policy")]);
     expect(
         &spec("  exec:\n    default: deny\n    default: allow\n"),
@@ -526,6 +526,52 @@ fn approvals_and_receipts_errors() {
     expect(
         &spec("  receipts:\n    signall: true\n"),
         &[(7, 5, Schema, "unknown key \"signall\" in receipts (expected one of: allows)")],
+    );
+}
+
+#[test]
+fn system_settings_default_to_deny_and_compile_to_identity_flags() {
+    use agent_common::identity_flags::{NAMESPACES, PTRACE};
+    let none = ok("  exec: {default: allow}\n");
+    assert_eq!(none.system, System::default());
+    assert_eq!(compile_with(&none, &NoFiles).unwrap().system_flags, 0);
+    let p = ok("  system:\n    namespaces: allow\n");
+    assert_eq!(p.system, System { namespaces: true, ptrace: false });
+    assert_eq!(compile_with(&p, &NoFiles).unwrap().system_flags, NAMESPACES);
+    let p = ok("  system: {namespaces: allow, ptrace: allow}\n");
+    assert_eq!(compile_with(&p, &NoFiles).unwrap().system_flags, NAMESPACES | PTRACE);
+    assert_eq!(ok("  system: {ptrace: deny}\n").system, System::default());
+    // An empty section is every key's default.
+    assert_eq!(ok("  system: {}\n").system, System::default());
+}
+
+#[test]
+fn system_errors() {
+    expect(
+        &spec("  system:\n    ptrace: allow\n    bpf: allow\n"),
+        &[(8, 5, Schema, "unknown key \"bpf\" in system (expected one of: namespaces, ptrace)")],
+    );
+    expect(
+        &spec("  system:\n    namespace: allow\n"),
+        &[(7, 5, Schema, "unknown key \"namespace\" in system (expected one of: namespaces, ptrace); hint: did you mean \"namespaces\"?")],
+    );
+    expect(
+        &spec("  system:\n    ptrace: ask\n"),
+        &[(
+            7,
+            13,
+            Invalid,
+            "system.ptrace \"ask\" is not one of: allow, deny; hint: `ptrace` is allowed or denied as a whole",
+        )],
+    );
+    expect(
+        &spec("  system:\n    ptrace: alow\n"),
+        &[(7, 13, Invalid, "system.ptrace \"alow\" is not one of: allow, deny; hint: did you mean \"allow\"?")],
+    );
+    expect(&spec("  system: allow\n"), &[(6, 11, Schema, "system must be a mapping, found a scalar")]);
+    expect(
+        &spec("  system:\n    ptrace: allow\n    ptrace: deny\n"),
+        &[(8, 5, Schema, "key \"ptrace\" appears twice in system (first at line 7)")],
     );
 }
 

@@ -15,7 +15,7 @@ use super::{
     glob::{Glob, GlobError},
     model::{
         mapped_net, ActionKind, Approvals, EgressRule, EgressSection, Mode, PathRule, PathSection, Policy, PortRange,
-        Protocol, Receipts, Target,
+        Protocol, Receipts, System, Target,
     },
     parse::{Node, Value},
     path,
@@ -27,12 +27,13 @@ pub const KIND: &str = "AgentPolicy";
 
 const TOP_KEYS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
 const METADATA_KEYS: &[&str] = &["name", "description"];
-const SPEC_KEYS: &[&str] = &["mode", "exec", "write", "egress", "approvals", "receipts"];
+const SPEC_KEYS: &[&str] = &["mode", "exec", "write", "egress", "system", "approvals", "receipts"];
 const SECTION_KEYS: &[&str] = &["default", "rules"];
 const PATH_RULE_KEYS: &[&str] = &["path", "action"];
 const EGRESS_RULE_KEYS: &[&str] = &["cidr", "host", "ports", "protocol", "action"];
 const APPROVALS_KEYS: &[&str] = &["timeout", "on_timeout", "max_pending"];
 const RECEIPTS_KEYS: &[&str] = &["allows"];
+const SYSTEM_KEYS: &[&str] = &System::KEYS;
 
 /// Validates a parsed document into a policy.
 pub(crate) fn validate(file: &str, text: &str, root: &Node) -> Result<Policy, PolicyErrors> {
@@ -117,14 +118,14 @@ impl Validator {
             "add a `spec:` with exec, write and egress sections (see policies/)".to_string(),
         );
         let mut mode = Mode::Enforce;
-        let mut sections: [Option<&Node>; 5] = [None; 5];
+        let mut sections: [Option<&Node>; 6] = [None; 6];
         if let Some(spec) = spec.and_then(|s| self.mapping(s, "spec", SPEC_KEYS)) {
             if let Some(m) = spec.get("mode") {
                 mode = self
                     .choice(m, "spec.mode", &[("enforce", Mode::Enforce), ("monitor", Mode::Monitor)])
                     .unwrap_or_default();
             }
-            for (i, key) in ["exec", "write", "egress", "approvals", "receipts"].into_iter().enumerate() {
+            for (i, key) in ["exec", "write", "egress", "approvals", "receipts", "system"].into_iter().enumerate() {
                 sections[i] = spec.get(key);
             }
         }
@@ -133,6 +134,7 @@ impl Validator {
         let egress = self.egress_section(sections[2]);
         let approvals = sections[3].map(|n| self.approvals(n)).unwrap_or_default();
         let receipts = sections[4].map(|n| self.receipts(n)).unwrap_or_default();
+        let system = sections[5].map(|n| self.system(n)).unwrap_or_default();
         self.path_conflicts(&exec);
         self.path_conflicts(&write);
         self.egress_conflicts(&egress);
@@ -146,6 +148,7 @@ impl Validator {
             exec,
             write,
             egress,
+            system,
             approvals,
             receipts,
             warnings: Vec::new(),
@@ -522,6 +525,36 @@ impl Validator {
                 None
             }
         }
+    }
+
+    /// `spec.system`: each key `allow` or `deny` (left out: deny).
+    fn system(&mut self, node: &Node) -> System {
+        let mut system = System::default();
+        let Some(m) = self.mapping(node, "system", SYSTEM_KEYS) else { return system };
+        for (key, _, value) in &m.entries {
+            let what = format!("system.{key}");
+            // ask and audit have no meaning here: the kernel either lets the
+            // whole class through (within its limits) or refuses it.
+            let allowed = match self.string(value, &what) {
+                Some(s @ ("ask" | "audit")) => {
+                    self.error(
+                        ErrorKind::Invalid,
+                        value.at,
+                        format!("{what} {s:?} is not one of: allow, deny"),
+                        format!("`{key}` is allowed or denied as a whole: write `{key}: allow` or `{key}: deny`"),
+                    );
+                    None
+                }
+                Some(_) => self.choice(value, &what, &[("allow", true), ("deny", false)]),
+                None => None,
+            };
+            match (*key, allowed) {
+                ("namespaces", Some(a)) => system.namespaces = a,
+                ("ptrace", Some(a)) => system.ptrace = a,
+                _ => {}
+            }
+        }
+        system
     }
 
     fn receipts(&mut self, node: &Node) -> Receipts {

@@ -21,7 +21,7 @@ mod receipts;
 mod run;
 mod status;
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
@@ -448,6 +448,10 @@ current directory), like the process's working directory; --exec takes the path 
 gets (no $PATH lookup); symlinks are resolved on this machine. Exits 0 whenever the
 question was answered, whatever the decision; 1 on errors.
 
+--connect ADDR --protocol icmp asks about a ping: ICMP has no port, and only a rule
+with `protocol: icmp` allows it (never the egress default, nor a rule without a
+protocol, which covers TCP and UDP).
+
 --json prints one object: policy, mode, action {kind, target, protocol}, decision
 (allow|deny|ask|audit: what the policy says), enforced (allow|deny|would_deny|hold: what
 the kernel does; an exec or TCP connect ask is held for a person, other asks are denied), rule_id (0:
@@ -460,6 +464,7 @@ EXAMPLES:
   agentctl policy test coding-agent --write .git/hooks/pre-commit --cwd /home/alice/work
   agentctl policy test coding-agent --connect 140.82.112.3:443
   agentctl policy test coding-agent --connect '[2001:db8::1]:53' --protocol udp
+  agentctl policy test coding-agent --connect 10.0.0.1 --protocol icmp
   agentctl policy test --identity coder --exec /usr/bin/git
   agentctl policy test new.yaml --identity coder --write /etc/passwd --json | jq -r .enforced")]
     Test(PolicyTestArgs),
@@ -503,10 +508,11 @@ pub struct PolicyTestArgs {
     /// Create, modify, rename or remove the file at PATH.
     #[arg(long, value_name = "PATH")]
     pub write: Option<PathBuf>,
-    /// Connect to ADDR:PORT (IPv6 in brackets: [2001:db8::1]:443).
+    /// Connect to ADDR:PORT (IPv6 in brackets: [2001:db8::1]:443); with
+    /// --protocol icmp, ping ADDR (no port: ICMP has none).
     #[arg(long, value_name = "ADDR:PORT", value_parser = policy_test::parse_connect)]
-    pub connect: Option<SocketAddr>,
-    /// The transport of --connect [default: tcp].
+    pub connect: Option<policy_test::ConnectArg>,
+    /// The protocol of --connect [default: tcp].
     // `requires` alone is not enough: clap waives it when the missing argument
     // conflicts with a present one, as --connect does with --exec and --write.
     #[arg(long, value_enum, requires = "connect", conflicts_with_all = ["exec", "write"])]
@@ -527,6 +533,8 @@ pub struct PolicyTestArgs {
 pub enum ProtocolArg {
     Tcp,
     Udp,
+    /// ICMP or ICMPv6 echo ("ping"): --connect takes the address alone.
+    Icmp,
 }
 
 /// `policy diff`.
@@ -906,9 +914,12 @@ mod tests {
         assert_eq!(a.write, Some(PathBuf::from("src/main.rs")));
         assert_eq!((a.cwd, a.identity.as_deref()), (Some(PathBuf::from("/home/alice/work")), Some("c")));
         let a = policy_test(&["coder", "--connect", "[2001:db8::1]:53", "--protocol", "udp"]);
-        assert_eq!(a.connect, Some("[2001:db8::1]:53".parse().unwrap()));
+        let to = |a: &str, port| Some(policy_test::ConnectArg { addr: a.parse().unwrap(), port });
+        assert_eq!(a.connect, to("2001:db8::1", Some(53)));
         assert_eq!(a.protocol, Some(ProtocolArg::Udp));
-        assert_eq!(policy_test(&["p", "--connect", "1.2.3.4:443"]).connect, Some("1.2.3.4:443".parse().unwrap()));
+        assert_eq!(policy_test(&["p", "--connect", "1.2.3.4:443"]).connect, to("1.2.3.4", Some(443)));
+        let a = policy_test(&["p", "--connect", "10.0.0.1", "--protocol", "icmp"]);
+        assert_eq!((a.connect, a.protocol), (to("10.0.0.1", None), Some(ProtocolArg::Icmp)));
         // The identity's own policy when no FILE|NAME is given.
         let a = policy_test(&["--identity", "coder", "--exec", "/usr/bin/git"]);
         assert_eq!((a.policy, a.identity.as_deref()), (None, Some("coder")));
@@ -923,14 +934,15 @@ mod tests {
             (&["policy", "test", "p.yaml", "--exec", "/x", "--protocol", "udp"], ErrorKind::ArgumentConflict),
             (&["policy", "test", "p.yaml", "--protocol", "udp"], ErrorKind::MissingRequiredArgument),
             (&["policy", "test", "p.yaml", "--connect", "1.2.3.4:1", "--protocol", "sctp"], ErrorKind::InvalidValue),
-            (&["policy", "test", "p.yaml", "--connect", "1.2.3.4"], ErrorKind::ValueValidation),
-            (&["policy", "test", "p.yaml", "--connect", "2001:db8::1:443"], ErrorKind::ValueValidation),
+            // An address without a port parses (ICMP takes one); `policy test`
+            // refuses it for TCP and UDP, also with exit code 2.
+            (&["policy", "test", "p.yaml", "--connect", "[2001:db8::1]443"], ErrorKind::ValueValidation),
             (&["policy", "test", "p.yaml", "--connect", "example.com:443"], ErrorKind::ValueValidation),
         ] {
             let e = usage_error(args);
             assert_eq!((e.kind(), e.exit_code()), (kind, 2), "{args:?}: {e}");
         }
-        let e = usage_error(&["policy", "test", "p.yaml", "--connect", "2001:db8::1:443"]).to_string();
+        let e = usage_error(&["policy", "test", "p.yaml", "--connect", "[2001:db8::1]443"]).to_string();
         assert!(e.contains("brackets"), "{e}");
     }
 

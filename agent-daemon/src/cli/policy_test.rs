@@ -7,7 +7,7 @@
 //! text, and an identity's policy and standing.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -81,19 +81,31 @@ impl SystemJson {
     }
 }
 
-/// Parses `--connect`: `1.2.3.4:443` or `[2001:db8::1]:443`.
-pub fn parse_connect(s: &str) -> Result<SocketAddr, String> {
+/// `--connect`: an address and, except for ICMP, a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectArg {
+    pub addr: IpAddr,
+    pub port: Option<u16>,
+}
+
+/// Parses `--connect`: `1.2.3.4:443` or `[2001:db8::1]:443`; for ICMP the address
+/// alone, `1.2.3.4`, `2001:db8::1` or `[2001:db8::1]` (whether a port is needed is
+/// checked once the protocol is known).
+pub fn parse_connect(s: &str) -> Result<ConnectArg, String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(addr);
+        return Ok(ConnectArg { addr: addr.ip(), port: Some(addr.port()) });
     }
-    let hint = if s.contains(':') && !s.starts_with('[') && s.parse::<std::net::Ipv6Addr>().is_ok() {
+    if let Ok(addr) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s).parse::<IpAddr>() {
+        return Ok(ConnectArg { addr, port: None });
+    }
+    let hint = if s.starts_with('[') || s.matches(':').count() > 1 {
         "an IPv6 address goes in brackets, then the port"
-    } else if s.parse::<std::net::Ipv4Addr>().is_ok() {
-        "it has no port"
     } else {
         "an IP address (not a host name) and a port are needed"
     };
-    Err(format!("{s:?} is not ADDR:PORT ({hint}), e.g. 1.2.3.4:443 or [2001:db8::1]:443"))
+    Err(format!(
+        "{s:?} is not ADDR:PORT ({hint}), e.g. 1.2.3.4:443 or [2001:db8::1]:443 (with --protocol icmp, the address alone)"
+    ))
 }
 
 pub async fn test(socket: &Path, args: &PolicyTestArgs) -> Result<(), CliError> {
@@ -145,6 +157,7 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
         notes.push(match &action {
             Action::Exec { .. } => "the exec waits until a person runs `agentctl approve ID` or `agentctl deny ID` (see `agentctl approvals watch`); at the policy's approvals.timeout it gets on_timeout".into(),
             a if held(a) => "the connect waits at agentd's hold proxy until a person approves it (then it reaches its destination) or denies it (then it is reset); see `agentctl approvals watch`".into(),
+            Action::Connect { protocol: Protocol::Icmp, .. } => "nothing holds an ICMP packet: it is denied (EPERM)".into(),
             Action::Write { .. } => "an open of an existing file for writing waits in the kernel for a person (`agentctl approvals list`; approve, or deny: EPERM; denied at the deadline); creating, renaming, linking, removing or truncating it by path is stopped and becomes a request, whose approval lets this identity write exactly this file for 2 minutes (`--for D`: for D), so a retry goes through".into(),
             _ => "the datagram is stopped (EPERM; nothing can hold one) and becomes a request in `agentctl approvals list`; approving it lets this identity send to exactly this address and port for 2 minutes (`--for D`: for D)".into(),
         });
@@ -209,14 +222,37 @@ fn action(args: &PolicyTestArgs) -> Result<Action, CliError> {
     if let Some(path) = &args.write {
         return Ok(Action::Write { path: absolute(path, args.cwd.as_deref())? });
     }
-    if let Some(addr) = args.connect {
+    if let Some(ConnectArg { addr, port }) = args.connect {
         let protocol = match args.protocol {
             None | Some(ProtocolArg::Tcp) => Protocol::Tcp,
             Some(ProtocolArg::Udp) => Protocol::Udp,
+            Some(ProtocolArg::Icmp) => Protocol::Icmp,
         };
-        return Ok(Action::Connect { addr: addr.ip(), port: addr.port(), protocol });
+        return match (protocol, port) {
+            (Protocol::Icmp, None) => Ok(Action::Connect { addr, port: 0, protocol }),
+            // A port would suggest that ICMP rules have ports; they do not.
+            (Protocol::Icmp, Some(_)) => Err(CliError::Usage(format!(
+                "ICMP has no ports: give the address alone, e.g. --connect {} --protocol icmp",
+                bracketed(addr)
+            ))),
+            (_, Some(port)) => Ok(Action::Connect { addr, port, protocol }),
+            (_, None) => Err(CliError::Usage(format!(
+                "--connect {} has no port: give ADDR:PORT, e.g. {}:443{} (only --protocol icmp takes an address alone)",
+                bracketed(addr),
+                bracketed(addr),
+                if addr.is_ipv6() { ", an IPv6 address in brackets" } else { "" }
+            ))),
+        };
     }
     Err(CliError::Usage("give one of --exec PATH, --write PATH or --connect ADDR:PORT".into()))
+}
+
+/// An address as it is written before a port: IPv6 in brackets.
+fn bracketed(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
 }
 
 /// `path` as the kernel sees it from a process in `cwd` (default: ours): joined to
@@ -242,6 +278,9 @@ pub fn action_json(action: &Action) -> ActionJson {
     match action {
         Action::Exec { path } => ActionJson { kind: "exec", target: path.display().to_string(), protocol: None },
         Action::Write { path } => ActionJson { kind: "write", target: path.display().to_string(), protocol: None },
+        Action::Connect { addr, protocol: Protocol::Icmp, .. } => {
+            ActionJson { kind: "connect", target: addr.to_string(), protocol: Some(Protocol::Icmp.as_str()) }
+        }
         Action::Connect { addr, port, protocol } => ActionJson {
             kind: "connect",
             target: SocketAddr::new(*addr, *port).to_string(),
@@ -559,14 +598,44 @@ spec:
 
     #[test]
     fn connect_takes_addr_and_port() {
-        assert_eq!(parse_connect("1.2.3.4:443"), Ok("1.2.3.4:443".parse().unwrap()));
-        assert_eq!(parse_connect("[2001:db8::1]:443"), Ok("[2001:db8::1]:443".parse().unwrap()));
-        assert_eq!(parse_connect("[::ffff:127.0.0.1]:80").map(|a| a.port()), Ok(80));
+        let arg = |a: &str, port| Ok(ConnectArg { addr: a.parse().unwrap(), port });
+        assert_eq!(parse_connect("1.2.3.4:443"), arg("1.2.3.4", Some(443)));
+        assert_eq!(parse_connect("[2001:db8::1]:443"), arg("2001:db8::1", Some(443)));
+        assert_eq!(parse_connect("[::ffff:127.0.0.1]:80").map(|a| a.port), Ok(Some(80)));
+        // An address alone is for ICMP; whether it may be alone is checked later.
+        assert_eq!(parse_connect("1.2.3.4"), arg("1.2.3.4", None));
+        assert_eq!(parse_connect("2001:db8::1"), arg("2001:db8::1", None));
+        assert_eq!(parse_connect("[2001:db8::1]"), arg("2001:db8::1", None));
         let err = |s| parse_connect(s).unwrap_err();
-        assert!(err("1.2.3.4").contains("no port"), "{}", err("1.2.3.4"));
-        assert!(err("2001:db8::1").contains("brackets"), "{}", err("2001:db8::1"));
-        assert!(err("2001:db8::1:443").contains("brackets"), "{}", err("2001:db8::1:443"));
+        assert!(err("[2001:db8::1]443").contains("brackets"), "{}", err("[2001:db8::1]443"));
         assert!(err("api.github.com:443").contains("not a host name"), "{}", err("api.github.com:443"));
         assert!(err("1.2.3.4:99999").contains("e.g. 1.2.3.4:443"));
+    }
+
+    #[test]
+    fn icmp_is_an_address_alone_and_only_an_icmp_rule_allows_it() {
+        let text = CODER.replace(
+            "      - {cidr: \"2001:db8::/32\"",
+            "      - {cidr: 127.0.0.0/8, protocol: icmp, action: allow}\n      - {cidr: \"2001:db8::/32\"",
+        );
+        let (_dir, f) = file(&text.replace("  egress:\n    default: deny", "  egress:\n    default: allow"));
+        let mut daemon = FakeDaemon::default();
+        let r = run(&[&f, "--connect", "127.0.0.1", "--protocol", "icmp"], &mut daemon).unwrap();
+        assert_eq!((r.decision, r.enforced, r.rule_id, r.line), ("allow", "allow", 6, Some(21)));
+        assert_eq!(r.action, ActionJson { kind: "connect", target: "127.0.0.1".into(), protocol: Some("icmp") });
+        assert!(r.text().contains("action:   connect icmp 127.0.0.1\n"), "{}", r.text());
+        // Not by the allowing default.
+        let r = run(&[&f, "--connect", "2001:db8::1", "--protocol", "icmp"], &mut daemon).unwrap();
+        assert_eq!((r.decision, r.rule_id), ("deny", 0));
+        assert!(r.reason.contains("the egress default does not apply"), "{}", r.reason);
+        // A port with ICMP, or none without it, is a usage error that says why.
+        let err = run(&[&f, "--connect", "127.0.0.1:80", "--protocol", "icmp"], &mut daemon).unwrap_err();
+        assert!(err.to_string().contains("ICMP has no ports"), "{err}");
+        let err = run(&[&f, "--connect", "127.0.0.1"], &mut daemon).unwrap_err();
+        assert!(err.to_string().contains("has no port: give ADDR:PORT, e.g. 127.0.0.1:443"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+        // A port written after an IPv6 address without brackets is part of it.
+        let err = run(&[&f, "--connect", "2001:db8::1:443"], &mut daemon).unwrap_err();
+        assert!(err.to_string().contains("e.g. [2001:db8::1:443]:443, an IPv6 address in brackets"), "{err}");
     }
 }

@@ -12,8 +12,10 @@
 //!   of the trie's match and the automaton's.
 //! - Egress: one entry per distinct network, holding its own port rules followed by
 //!   those of every shorter network that covers it, in the format's precedence
-//!   order. The lookup finds the longest network containing the address, and the
-//!   first port rule that matches is then the evaluator's most specific rule.
+//!   order (ICMP rules, port 0..=65535 and protocol 1, ahead of the rest). The
+//!   lookup finds the longest network containing the address, and the first port
+//!   rule that matches is then the evaluator's most specific rule; for ICMP
+//!   (looked up as port 0, protocol 1) no match is a deny, never the default.
 //!
 //! What the kernel cannot enforce yet is either refused (if skipping it could let
 //! something through) or skipped with a warning (if that only denies more).
@@ -28,7 +30,7 @@ use super::{
     error::{ErrorKind, Errors, Location, PolicyErrors},
     eval::effective_pattern,
     glob::KernelForm,
-    model::{mapped_net, net_contains, ActionKind, EgressRule, Mode, PathSection, Policy, RuleKind, Target},
+    model::{mapped_net, net_contains, ActionKind, EgressRule, Mode, PathSection, Policy, Protocol, RuleKind, Target},
     path::{real_path, FileId, FileSystem, RealPaths},
     validate::egress_rank_within_net,
 };
@@ -77,10 +79,22 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
         unix: Vec::new(),
         unix_glob: 0,
         unix_default: agent_common::action::ALLOW,
-        system_flags: policy.system.flags(),
+        system_flags: policy.system.flags() | icmp_flag(policy),
         rules: policy.rule_infos(),
         warnings,
     })
+}
+
+/// `identity_flags::ICMP` when some rule can let ICMP through (allow, audit, or
+/// ask, which the kernel judges per destination): without it the kernel refuses
+/// to create ICMP sockets at all.
+fn icmp_flag(policy: &Policy) -> u8 {
+    let lets_through = |r: &EgressRule| r.protocol == Some(Protocol::Icmp) && r.action != ActionKind::Deny;
+    if policy.egress.rules.iter().any(lets_through) {
+        agent_common::identity_flags::ICMP
+    } else {
+        0
+    }
 }
 
 /// Pins every exact exec rule whose file exists to its (dev, inode), so the file
@@ -276,11 +290,20 @@ impl Compiler<'_> {
         for net in nets {
             let mut applicable: Vec<&((u128, u8), &EgressRule)> =
                 cidrs.iter().filter(|((a, len), _)| *len <= net.1 && net_contains((*a, *len), net.0)).collect();
-            applicable.sort_by_key(|((_, len), r)| (Reverse(*len), egress_rank_within_net(r)));
+            // ICMP rules first: no TCP or UDP lookup can match them, so where they
+            // sit changes nothing for those, and ahead of the rest an ICMP lookup
+            // finds its rule before any rule without a protocol (TCP and UDP
+            // only, but stored as protocol 0). Among themselves, and among the
+            // rest, the format's order: longest network, then the network's own.
+            applicable.sort_by_key(|((_, len), r)| {
+                (r.protocol != Some(Protocol::Icmp), Reverse(*len), egress_rank_within_net(r))
+            });
             let mut list: Vec<PortRule> = Vec::new();
             'rules: for (_, r) in &applicable {
                 let all = [super::model::PortRange { lo: 0, hi: u16::MAX }];
                 let ranges = if r.ports.is_empty() { &all[..] } else { &r.ports[..] };
+                // An ICMP rule has no ports: 0..=65535 holds the 0 the kernel
+                // looks ICMP up with.
                 let protocol = r.protocol.map_or(0, |p| p.number());
                 for pr in ranges {
                     list.push(PortRule {
@@ -291,7 +314,8 @@ impl Compiler<'_> {
                         _pad: [0; 2],
                         rule_id: r.id,
                     });
-                    // Every port and protocol: nothing after it can ever be reached.
+                    // Every port of TCP and UDP: nothing after it can ever be
+                    // reached (ICMP rules all came before).
                     if protocol == 0 && pr.lo == 0 && pr.hi == u16::MAX {
                         break 'rules;
                     }

@@ -176,6 +176,38 @@ impl CompiledPolicy {
         Ok(out)
     }
 
+    /// The kernel's egress decision for a connection to `addr` and `port` over IP
+    /// protocol `protocol` (6 TCP, 17 UDP; ICMP and ICMPv6 are looked up as 1
+    /// with port 0), as the egress programs in agent-ebpf decide it: the longest
+    /// entry whose network holds the address, then its first port rule that
+    /// matches the port and the protocol, where protocol 0 is TCP and UDP only.
+    /// No rule matches: the egress default, except for ICMP, which is denied. The
+    /// tests hold this model to the evaluator.
+    pub fn egress_lookup(&self, addr: std::net::IpAddr, port: u16, protocol: u8) -> (u8, u32) {
+        const ICMP: u8 = 1;
+        let a = u128::from_be_bytes(match addr {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        });
+        let best = self
+            .egress
+            .iter()
+            .filter(|e| {
+                let mask = if e.prefix_len == 0 { 0 } else { u128::MAX << (128 - e.prefix_len) };
+                u128::from_be_bytes(e.addr) & mask == a & mask
+            })
+            .max_by_key(|e| e.prefix_len);
+        let rules = best.map_or(&[][..], |e| &e.value.rules[..(e.value.count as usize).min(e.value.rules.len())]);
+        let matches = |r: &&agent_common::PortRule| {
+            (r.port_lo..=r.port_hi).contains(&port) && (r.protocol == protocol || (r.protocol == 0 && protocol != ICMP))
+        };
+        match rules.iter().find(matches) {
+            Some(r) => (r.action, r.rule_id),
+            None if protocol == ICMP => (agent_common::action::DENY, 0),
+            None => (self.egress_default, 0),
+        }
+    }
+
     /// The kernel's decision for `real` (an absolute real path) by the exec or
     /// write tables, step for step as `decide_path` in agent-ebpf does it, the exec
     /// (dev, inode) pins aside: a longest-prefix match over the first

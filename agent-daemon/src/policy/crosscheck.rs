@@ -13,38 +13,12 @@ use agent_common::PATH_KEY_LEN;
 
 use super::{
     compile::compile_with,
-    compiled::CompiledPolicy,
     eval::evaluate_with,
     model::{mapped_net, Target},
     parse,
     path::{real_path, FakeLinks, FileSystem, RealPaths},
     Action, Policy, Protocol, RuleKind,
 };
-
-/// The kernel's egress decision.
-fn kernel_egress(c: &CompiledPolicy, addr: IpAddr, port: u16, protocol: u8) -> (u8, u32) {
-    // The programs store and look up IPv4 as IPv4-mapped IPv6.
-    let a = u128::from_be_bytes(match addr {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    });
-    let best = c
-        .egress
-        .iter()
-        .filter(|e| {
-            let mask = if e.prefix_len == 0 { 0 } else { u128::MAX << (128 - e.prefix_len) };
-            u128::from_be_bytes(e.addr) & mask == a & mask
-        })
-        .max_by_key(|e| e.prefix_len);
-    if let Some(e) = best {
-        for r in &e.value.rules[..e.value.count as usize] {
-            if (r.port_lo..=r.port_hi).contains(&port) && (r.protocol == 0 || r.protocol == protocol) {
-                return (r.action, r.rule_id);
-            }
-        }
-    }
-    (c.egress_default, 0)
-}
 
 /// A small deterministic generator (xorshift64*): reproducible probes without a
 /// dependency.
@@ -175,11 +149,17 @@ fn check(p: &Policy, fs: &dyn RealPaths, extra_paths: &[&str]) -> usize {
             for protocol in [Protocol::Tcp, Protocol::Udp] {
                 let action = Action::Connect { addr, port, protocol };
                 let d = evaluate_with(p, &action, fs);
-                let k = kernel_egress(&c, addr, port, protocol.number());
+                let k = c.egress_lookup(addr, port, protocol.number());
                 assert_eq!((d.action.code(), d.rule_id), k, "{}: {action} -> {}", p.name(), d.reason);
                 n += 1;
             }
         }
+        // ICMP has no port: the kernel looks it up with port 0.
+        let action = Action::Connect { addr, port: 0, protocol: Protocol::Icmp };
+        let d = evaluate_with(p, &action, fs);
+        let k = c.egress_lookup(addr, 0, Protocol::Icmp.number());
+        assert_eq!((d.action.code(), d.rule_id), k, "{}: {action} -> {}", p.name(), d.reason);
+        n += 1;
     }
     n
 }
@@ -234,6 +214,11 @@ spec:
       - {cidr: 192.168.1.0/24, action: deny}
       - {cidr: 192.168.1.128/25, ports: [80, "100-200"], protocol: tcp, action: audit}
       - {host: api.github.com, ports: [443], action: allow}
+      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}
+      - {cidr: 10.1.2.0/24, protocol: icmp, action: deny}
+      - {cidr: 10.1.2.3/32, protocol: icmp, action: audit}
+      - {cidr: "fd00::/8", protocol: icmp, action: ask}
+      - {cidr: 192.168.1.0/24, protocol: icmp, action: allow}
 "#;
 
 /// Allow by default, with holes.
@@ -260,6 +245,7 @@ spec:
       - {cidr: 169.254.169.254/32, action: deny}
       - {cidr: "fe80::/10", action: deny}
       - {cidr: 0.0.0.0/0, ports: [25, 465, 587], protocol: tcp, action: deny}
+      - {cidr: 192.168.0.0/16, protocol: icmp, action: allow}
 "#;
 
 /// `*` and `**` everywhere, against trie rules at every specificity: the

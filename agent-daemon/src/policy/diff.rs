@@ -286,8 +286,8 @@ fn judge(p: &Policy, probe: &Action, fs: &dyn RealPaths) -> Outcome {
 enum Probe {
     Exec(String),
     Write(String),
-    /// Address, port, UDP (else TCP).
-    Connect(IpAddr, u16, bool),
+    /// Address, port (0 for ICMP), protocol.
+    Connect(IpAddr, u16, Protocol),
 }
 
 impl Probe {
@@ -295,9 +295,7 @@ impl Probe {
         match self {
             Probe::Exec(p) => Action::Exec { path: PathBuf::from(p) },
             Probe::Write(p) => Action::Write { path: PathBuf::from(p) },
-            Probe::Connect(addr, port, udp) => {
-                Action::Connect { addr: *addr, port: *port, protocol: if *udp { Protocol::Udp } else { Protocol::Tcp } }
-            }
+            Probe::Connect(addr, port, protocol) => Action::Connect { addr: *addr, port: *port, protocol: *protocol },
         }
     }
 }
@@ -356,7 +354,8 @@ fn path_probes(pattern: &Glob) -> Vec<String> {
 /// For every CIDR rule of either policy: its first and last address and one just
 /// outside each end; at each, the edges of every port range of every rule whose
 /// network holds it (one below, first, last, one above) and a port no rule lists;
-/// over TCP and UDP.
+/// over TCP and UDP, and ICMP when either policy has an ICMP rule (without one
+/// ICMP is denied everywhere, so nothing about it can change).
 fn egress_probes(rules: &[&EgressRule]) -> BTreeSet<Probe> {
     let nets: Vec<(&EgressRule, IpNet)> = rules
         .iter()
@@ -373,8 +372,12 @@ fn egress_probes(rules: &[&EgressRule]) -> BTreeSet<Probe> {
         addrs.insert(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
         addrs.insert(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)));
     }
+    let icmp = rules.iter().any(|r| r.protocol == Some(Protocol::Icmp));
     let mut out = BTreeSet::new();
     for addr in addrs {
+        if icmp {
+            out.insert(Probe::Connect(addr, 0, Protocol::Icmp));
+        }
         let mut ports: BTreeSet<u16> = unlisted.into_iter().collect();
         for (r, net) in &nets {
             if !net_contains(mapped_net(net), mapped_addr(addr)) {
@@ -389,8 +392,8 @@ fn egress_probes(rules: &[&EgressRule]) -> BTreeSet<Probe> {
             }
         }
         for port in ports {
-            out.insert(Probe::Connect(addr, port, false));
-            out.insert(Probe::Connect(addr, port, true));
+            out.insert(Probe::Connect(addr, port, Protocol::Tcp));
+            out.insert(Probe::Connect(addr, port, Protocol::Udp));
         }
     }
     out
@@ -609,6 +612,24 @@ mod tests {
         // TCP to the DNS server, and the port just above, stay denied.
         assert!(!got.iter().any(|g| g.starts_with("connect tcp 192.168.1.0:53")), "{got:#?}");
         assert!(!got.iter().any(|g| g.starts_with("connect udp 192.168.1.0:54")), "{got:#?}");
+    }
+
+    #[test]
+    fn icmp_rules_are_probed_only_over_icmp() {
+        let ping = CODER.replace(
+            "      - {cidr: \"::1/128\", action: allow}\n",
+            "      - {cidr: \"::1/128\", action: allow}\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}\n",
+        );
+        let diff = d(CODER, &ping);
+        assert!(matches!(&diff.rules[..], [RuleChange::Added { kind: RuleKind::Egress, new }] if new.id == 7));
+        let got = changes(&diff);
+        assert!(got.contains(&"connect icmp 10.0.0.0: deny → allow".to_string()), "{got:#?}");
+        assert!(got.contains(&"connect icmp 10.255.255.255: deny → allow".to_string()), "{got:#?}");
+        // Just outside, and over TCP and UDP, nothing changes; nor for ::1, whose
+        // rule has no protocol (TCP and UDP only).
+        assert!(got.iter().all(|g| g.starts_with("connect icmp 10.")), "{got:#?}");
+        // Without ICMP rules on either side there is nothing to probe.
+        assert!(!probes(&pol(CODER), &pol(CODER)).iter().any(|a| a.to_string().starts_with("connect icmp")));
     }
 
     #[test]

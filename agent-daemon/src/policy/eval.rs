@@ -38,7 +38,8 @@ pub enum Action {
     Exec { path: PathBuf },
     /// Create, modify, rename or remove the file at `path`.
     Write { path: PathBuf },
-    /// Open a connection (or send a datagram) to `addr:port`.
+    /// Open a connection (or send a datagram) to `addr:port`; for ICMP (an
+    /// echo request from a ping socket) `port` is 0 and means nothing.
     Connect { addr: IpAddr, port: u16, protocol: Protocol },
 }
 
@@ -47,6 +48,7 @@ impl fmt::Display for Action {
         match self {
             Action::Exec { path } => write!(f, "exec {}", path.display()),
             Action::Write { path } => write!(f, "write {}", path.display()),
+            Action::Connect { addr, protocol: Protocol::Icmp, .. } => write!(f, "connect icmp {addr}"),
             Action::Connect { addr, port, protocol } => {
                 write!(f, "connect {} {}", protocol.as_str(), SocketAddr::new(*addr, *port))
             }
@@ -191,6 +193,14 @@ fn connect_decision(policy: &Policy, addr: IpAddr, port: u16, protocol: Protocol
             rule_id: r.id,
             rule_text: Some(r.text.clone()),
             reason: format!("{} by rule {} at line {} (cidr {net})", r.action, r.id, r.at.line),
+        },
+        // The kernel denies ICMP that no rule allows, whatever the default: a
+        // default written for TCP and UDP must not open ping to the world.
+        None if protocol == Protocol::Icmp => Decision {
+            action: ActionKind::Deny,
+            rule_id: 0,
+            rule_text: None,
+            reason: "no icmp rule matches; ICMP is denied unless a rule with `protocol: icmp` allows it (the egress default does not apply to it)".to_string(),
         },
         None => {
             let hosts = policy.egress.rules.iter().filter(|r| matches!(r.target, Target::Host(_))).count();

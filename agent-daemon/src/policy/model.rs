@@ -78,18 +78,25 @@ impl Mode {
 }
 
 /// The transport of an egress rule or a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     Tcp,
     Udp,
+    /// ICMP and ICMPv6 ("ping" sockets). It has no ports, and only a rule that
+    /// names it matches it: a rule without `protocol` is TCP and UDP, and the
+    /// egress default never applies to it (no rule: deny).
+    Icmp,
 }
 
 impl Protocol {
-    /// IP protocol number, as the kernel's port rules store it.
+    /// IP protocol number, as the kernel's port rules store it. ICMPv6 (58) is
+    /// stored and looked up as ICMP (1): one rule covers both families, as a
+    /// `cidr` rule does.
     pub fn number(self) -> u8 {
         match self {
             Protocol::Tcp => 6,
             Protocol::Udp => 17,
+            Protocol::Icmp => 1,
         }
     }
 
@@ -97,6 +104,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
         }
     }
 }
@@ -267,9 +275,10 @@ pub struct EgressSection {
 pub struct EgressRule {
     pub id: u32,
     pub target: Target,
-    /// Inclusive ranges, sorted and merged; empty means every port.
+    /// Inclusive ranges, sorted and merged; empty means every port (always
+    /// empty for ICMP, which has none).
     pub ports: Vec<PortRange>,
-    /// `None` means both TCP and UDP.
+    /// `None` means both TCP and UDP (never ICMP).
     pub protocol: Option<Protocol>,
     pub action: ActionKind,
     pub at: Location,
@@ -279,9 +288,19 @@ pub struct EgressRule {
 }
 
 impl EgressRule {
+    /// Whether the rule covers `protocol` (a rule without one covers TCP and UDP).
+    pub fn covers_protocol(&self, protocol: Protocol) -> bool {
+        match self.protocol {
+            Some(p) => p == protocol,
+            None => protocol != Protocol::Icmp,
+        }
+    }
+
+    /// Whether the rule matches a connection to `port` over `protocol` (the port
+    /// of an ICMP connection means nothing).
     pub fn matches_port(&self, port: u16, protocol: Protocol) -> bool {
-        (self.ports.is_empty() || self.ports.iter().any(|r| r.contains(port)))
-            && self.protocol.is_none_or(|p| p == protocol)
+        self.covers_protocol(protocol)
+            && (protocol == Protocol::Icmp || self.ports.is_empty() || self.ports.iter().any(|r| r.contains(port)))
     }
 }
 

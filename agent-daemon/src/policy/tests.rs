@@ -226,6 +226,75 @@ fn ipv4_ipv6_and_mapped_addresses() {
 }
 
 #[test]
+fn icmp_is_allowed_only_by_a_rule_that_names_it() {
+    let icmp = |p: &Policy, addr: &str| connect(p, addr, 0, Protocol::Icmp);
+    let p = ok("  egress:\n    default: allow\n    rules:\n      - {cidr: 10.0.0.0/8, action: allow}\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}\n      - {cidr: 10.1.0.0/16, protocol: icmp, action: deny}\n      - {cidr: 10.1.2.0/24, ports: [443], action: audit}\n      - {cidr: \"2001:db8::/32\", protocol: icmp, action: audit}\n");
+    assert_eq!(icmp(&p, "10.9.9.9"), (Allow, 2));
+    assert_eq!(icmp(&p, "10.1.9.9"), (Deny, 3));
+    // A longer network without an ICMP rule does not hide the covering ICMP rule.
+    assert_eq!(icmp(&p, "10.1.2.3"), (Deny, 3));
+    // Neither the allowing default nor a rule without a protocol lets ICMP out.
+    assert_eq!(icmp(&p, "192.0.2.1"), (Deny, 0));
+    assert_eq!(icmp(&p, "2001:db8::1"), (Audit, 5));
+    // ...and an ICMP rule lets nothing else out.
+    assert_eq!(connect(&p, "10.9.9.9", 80, Tcp), (Allow, 1));
+    assert_eq!(connect(&p, "10.1.9.9", 80, Udp), (Allow, 1));
+    let p = ok("  egress:\n    default: deny\n    rules:\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}\n");
+    assert_eq!(connect(&p, "10.0.0.1", 80, Tcp), (Deny, 0));
+    assert_eq!(connect(&p, "10.0.0.1", 53, Udp), (Deny, 0));
+    let d = evaluate_with(
+        &p,
+        &Action::Connect { addr: "192.0.2.1".parse().unwrap(), port: 0, protocol: Protocol::Icmp },
+        &NoFiles,
+    );
+    assert_eq!(d.reason, "connect icmp 192.0.2.1: no icmp rule matches; ICMP is denied unless a rule with `protocol: icmp` allows it (the egress default does not apply to it)");
+}
+
+#[test]
+fn icmp_rules_conflict_only_with_icmp_rules() {
+    // A protocol-less rule (TCP and UDP) never shadows an ICMP rule, nor the other way.
+    assert!(errors(&spec("  egress:\n    rules:\n      - {cidr: 10.0.0.0/8, action: deny}\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}\n")).is_empty());
+    expect(
+        &spec("  egress:\n    rules:\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: deny}\n"),
+        &[(9, 9, Conflict, "egress rule duplicates the rule at line 8 (same cidr, ports and protocol); hint: only the stronger one (deny) could ever apply")],
+    );
+}
+
+#[test]
+fn icmp_rules_compile_first_in_each_entry_and_set_the_icmp_flag() {
+    use agent_common::identity_flags::ICMP;
+    let p = ok("  egress:\n    rules:\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}\n      - {cidr: 10.1.0.0/16, action: deny}\n      - {cidr: 10.1.0.0/16, ports: [22], protocol: tcp, action: allow}\n");
+    let c = compile_with(&p, &NoFiles).unwrap();
+    assert_eq!(c.system_flags, ICMP);
+    let e16 = c.egress.iter().find(|e| e.prefix_len == 112).unwrap();
+    let rules: Vec<(u16, u16, u8, u8, u32)> = e16.value.rules[..e16.value.count as usize]
+        .iter()
+        .map(|r| (r.port_lo, r.port_hi, r.protocol, r.action, r.rule_id))
+        .collect();
+    // One code for ICMP and ICMPv6, every "port" (the kernel looks ICMP up with
+    // port 0), and ahead of the every-port rule without a protocol, which would
+    // otherwise end the list.
+    assert_eq!(
+        rules,
+        vec![(0, 65535, 1, action::ALLOW, 1), (22, 22, 6, action::ALLOW, 3), (0, 65535, 0, action::DENY, 2)]
+    );
+    let k = |addr: &str, port, proto| c.egress_lookup(addr.parse().unwrap(), port, proto);
+    assert_eq!(k("10.1.0.1", 0, 1), (action::ALLOW, 1));
+    assert_eq!(k("10.1.0.1", 0, 6), (action::DENY, 2));
+    assert_eq!(k("192.0.2.1", 0, 1), (action::DENY, 0));
+    // Only a rule that can let ICMP through sets the flag.
+    for (rules, flag) in [
+        ("{cidr: 10.0.0.0/8, protocol: icmp, action: deny}", 0),
+        ("{cidr: 10.0.0.0/8, protocol: icmp, action: audit}", ICMP),
+        ("{cidr: 10.0.0.0/8, protocol: icmp, action: ask}", ICMP),
+        ("{cidr: 10.0.0.0/8, action: allow}", 0),
+    ] {
+        let p = ok(&format!("  egress:\n    default: allow\n    rules:\n      - {rules}\n"));
+        assert_eq!(compile_with(&p, &NoFiles).unwrap().system_flags, flag, "{rules}");
+    }
+}
+
+#[test]
 fn port_range_edges() {
     let p = ok("  egress:\n    rules:\n      - {cidr: 10.0.0.0/8, ports: [\"8000-8100\", 1, 65535], action: allow}\n");
     for (port, want) in
@@ -460,8 +529,17 @@ fn egress_errors() {
     );
     expect(&rule("cidr: 10.0.0.0/8, ports: [], action: allow"), &[(8, 35, Invalid, "ports is empty")]);
     expect(
-        &rule("cidr: 10.0.0.0/8, protocol: icmp, action: allow"),
-        &[(8, 38, Invalid, "protocol \"icmp\" is not one of: tcp, udp")],
+        &rule("cidr: 10.0.0.0/8, protocol: icpm, action: allow"),
+        &[(8, 38, Invalid, "protocol \"icpm\" is not one of: tcp, udp, icmp; hint: did you mean \"icmp\"?")],
+    );
+    // `      - {cidr: 10.0.0.0/8, protocol: icmp, ports: ` is 50 characters.
+    expect(
+        &rule("cidr: 10.0.0.0/8, protocol: icmp, ports: [7], action: allow"),
+        &[(8, 51, Invalid, "an icmp rule has no ports: ICMP has none; hint: remove `ports`")],
+    );
+    expect(
+        &rule("host: example.com, protocol: icmp, action: allow"),
+        &[(8, 16, Invalid, "host \"example.com\" with protocol icmp: ICMP is allowed by address only")],
     );
     expect(&rule("host: example.com, action: deny"), &[(8, 37, Invalid, "host \"example.com\" with action deny: host rules can only allow or ask; hint: a name's addresses are never all known")]);
     expect(&rule("host: example.com, action: audit"), &[(8, 37, Invalid, "host rules can only allow or ask")]);

@@ -279,11 +279,22 @@ impl Validator {
         let action = action.and_then(|a| self.action(a, "action"));
         let protocol = match m.get("protocol") {
             None => Some(None),
-            Some(p) => self.choice(p, "protocol", &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)]).map(Some),
+            Some(p) => self
+                .choice(p, "protocol", &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp), ("icmp", Protocol::Icmp)])
+                .map(Some),
         };
-        let ports = match m.get("ports") {
-            None => Some(Vec::new()),
-            Some(p) => self.ports(p),
+        let ports = match (m.get("ports"), protocol) {
+            (None, _) => Some(Vec::new()),
+            (Some(p), Some(Some(Protocol::Icmp))) => {
+                self.error(
+                    ErrorKind::Invalid,
+                    p.at,
+                    "an icmp rule has no ports: ICMP has none",
+                    "remove `ports` (the rule covers ICMP and ICMPv6 to the whole cidr)".to_string(),
+                );
+                None
+            }
+            (Some(p), _) => self.ports(p),
         };
         let target = match (m.get("cidr"), m.get("host")) {
             (Some(_), Some(h)) => {
@@ -318,6 +329,15 @@ impl Validator {
                 action_at.unwrap_or(m.at),
                 format!("host {h:?} with action {a}: host rules can only allow or ask"),
                 hint.to_string(),
+            );
+            return None;
+        }
+        if let (Some((Target::Host(h), at)), Some(Some(Protocol::Icmp))) = (&target, protocol) {
+            self.error(
+                ErrorKind::Invalid,
+                *at,
+                format!("host {h:?} with protocol icmp: ICMP is allowed by address only"),
+                "write the addresses as a cidr rule with `protocol: icmp`".to_string(),
             );
             return None;
         }
@@ -783,7 +803,9 @@ pub(crate) fn egress_rank_within_net(r: &EgressRule) -> (bool, bool, std::cmp::R
 
 /// Whether `earlier` matches some (protocol, port) that `r` matches.
 fn overlaps(earlier: &EgressRule, r: &EgressRule) -> bool {
-    let proto = earlier.protocol.is_none() || r.protocol.is_none() || earlier.protocol == r.protocol;
+    let proto = [Protocol::Tcp, Protocol::Udp, Protocol::Icmp]
+        .into_iter()
+        .any(|p| earlier.covers_protocol(p) && r.covers_protocol(p));
     proto
         && (earlier.ports.is_empty()
             || r.ports.is_empty()
@@ -797,12 +819,13 @@ fn shadowed(r: &EgressRule, earlier: &[&EgressRule]) -> bool {
     let protocols: &[Protocol] = match r.protocol {
         Some(Protocol::Tcp) => &[Protocol::Tcp],
         Some(Protocol::Udp) => &[Protocol::Udp],
+        Some(Protocol::Icmp) => &[Protocol::Icmp],
         None => &[Protocol::Tcp, Protocol::Udp],
     };
     protocols.iter().all(|&p| {
         let mut have: Vec<PortRange> = earlier
             .iter()
-            .filter(|o| o.protocol.is_none_or(|op| op == p))
+            .filter(|o| o.covers_protocol(p))
             .flat_map(|o| if o.ports.is_empty() { all.to_vec() } else { o.ports.clone() })
             .collect();
         have.sort();

@@ -107,7 +107,8 @@ pub enum VectorAction {
     /// kernel replay does: see [`Vector::prepare`]). A relative `path` is opened
     /// from `cwd`, which is then `@ROOT@/...`.
     Write { path: String, cwd: Option<String> },
-    /// A non-blocking TCP connect, or a UDP connect and send.
+    /// A non-blocking TCP connect, a UDP connect and send, or an ICMP echo
+    /// request from a ping socket (`addr`'s port is then 0).
     Connect { addr: SocketAddr, protocol: Protocol },
 }
 
@@ -522,6 +523,7 @@ struct RawAction {
 enum RawProtocol {
     Tcp,
     Udp,
+    Icmp,
 }
 
 #[derive(Deserialize)]
@@ -709,14 +711,32 @@ impl Checker<'_> {
             return Some(VectorAction::Write { path, cwd: a.cwd });
         }
         let text = a.connect.unwrap_or_default();
-        let addr: SocketAddr = match text.parse() {
+        let protocol = match a.protocol {
+            None | Some(RawProtocol::Tcp) => Protocol::Tcp,
+            Some(RawProtocol::Udp) => Protocol::Udp,
+            Some(RawProtocol::Icmp) => Protocol::Icmp,
+        };
+        // ICMP has no ports: an address alone (held with port 0).
+        let parsed = match protocol {
+            Protocol::Icmp => match text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                Ok(ip) => Ok(SocketAddr::new(ip, 0)),
+                Err(_) if text.parse::<SocketAddr>().is_ok() => {
+                    Err(format!("connect {text:?}: ICMP has no ports: give the address alone"))
+                }
+                Err(_) => Err(format!("connect {text:?} is not an IPv4 or IPv6 address")),
+            },
+            _ => text
+                .parse::<SocketAddr>()
+                .map_err(|_| format!("connect {text:?} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")),
+        };
+        let addr = match parsed {
             Ok(a) => a,
-            Err(_) => {
-                fail(format!("connect {text:?} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)"));
+            Err(e) => {
+                fail(e);
                 return None;
             }
         };
-        if addr.port() == 0 {
+        if addr.port() == 0 && protocol != Protocol::Icmp {
             fail(format!("connect {text:?}: port 0 is not a port a connection goes to"));
             return None;
         }
@@ -727,10 +747,6 @@ impl Checker<'_> {
             ));
             return None;
         }
-        let protocol = match a.protocol {
-            None | Some(RawProtocol::Tcp) => Protocol::Tcp,
-            Some(RawProtocol::Udp) => Protocol::Udp,
-        };
         Some(VectorAction::Connect { addr, protocol })
     }
 }
@@ -800,7 +816,7 @@ mod tests {
 
     use super::*;
     use crate::policy::{
-        model::{mapped_addr, RuleKind},
+        model::RuleKind,
         path::{real_path, FileSystem, RealPaths as _},
     };
 
@@ -838,21 +854,8 @@ mod tests {
             }
             Action::Write { path } => lookup(RuleKind::Write, path),
             Action::Connect { addr, port, protocol } => {
-                let a = mapped_addr(*addr);
-                let best = c
-                    .egress
-                    .iter()
-                    .filter(|e| {
-                        let mask = if e.prefix_len == 0 { 0 } else { u128::MAX << (128 - e.prefix_len) };
-                        u128::from_be_bytes(e.addr) & mask == a & mask
-                    })
-                    .max_by_key(|e| e.prefix_len);
-                best.and_then(|e| {
-                    e.value.rules[..e.value.count as usize].iter().find(|r| {
-                        (r.port_lo..=r.port_hi).contains(port) && (r.protocol == 0 || r.protocol == protocol.number())
-                    })
-                })
-                .map_or((code(c.egress_default), 0), |r| (code(r.action), r.rule_id))
+                let (a, rule) = c.egress_lookup(*addr, *port, protocol.number());
+                (code(a), rule)
             }
         }
     }
@@ -1040,6 +1043,10 @@ vectors:
             ("decision: deny, rule: 3", "decision: block, rule: 3", "\"block\" is not one of"),
             ("bin/tool, type: exec}", "../tool, type: exec}", "must not have empty, `.` or `..` components"),
             ("name: second", "name: first", "13: vector \"first\": a vector by this name comes earlier"),
+            ("protocol: udp", "protocol: icmp", "ICMP has no ports: give the address alone"),
+            ("\"[2001:db8::1]:443\", protocol: udp", "\"2001:db8::1\"", "is not ADDRESS:PORT"),
+            ("\"[2001:db8::1]:443\", protocol: udp", "\"nowhere\", protocol: icmp", "is not an IPv4 or IPv6 address"),
+            ("\"[2001:db8::1]:443\", protocol: udp", "\"8.8.8.8\", protocol: icmp", "outside the ranges"),
         ];
         for (from, to, want) in cases {
             let text = GOOD.replace(from, to);

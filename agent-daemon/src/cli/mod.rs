@@ -452,6 +452,11 @@ question was answered, whatever the decision; 1 on errors.
 with `protocol: icmp` allows it (never the egress default, nor a rule without a
 protocol, which covers TCP and UDP).
 
+--connect-unix PATH asks about a connect to a local socket (egress.unix), judged by
+the socket file's real path; @NAME is an abstract socket, matched by exact name.
+agentd's own socket (--socket), container runtimes' and systemd's sockets and the
+D-Bus buses are denied by built-in rules unless the policy names them exactly.
+
 --json prints one object: policy, mode, action {kind, target, protocol}, decision
 (allow|deny|ask|audit: what the policy says), enforced (allow|deny|would_deny|hold: what
 the kernel does; an exec or TCP connect ask is held for a person, other asks are denied), rule_id (0:
@@ -465,17 +470,21 @@ EXAMPLES:
   agentctl policy test coding-agent --connect 140.82.112.3:443
   agentctl policy test coding-agent --connect '[2001:db8::1]:53' --protocol udp
   agentctl policy test coding-agent --connect 10.0.0.1 --protocol icmp
+  agentctl policy test coding-agent --connect-unix /var/run/docker.sock
+  agentctl policy test coding-agent --connect-unix @my-service
   agentctl policy test --identity coder --exec /usr/bin/git
   agentctl policy test new.yaml --identity coder --write /etc/passwd --json | jq -r .enforced")]
     Test(PolicyTestArgs),
     /// Compare two policies: changed rules, then the actions whose decision changes.
     #[command(after_help = "\
 OLD and NEW are each a policy file or the name of an applied policy. Rules are matched
-by what they are about (kind and path; egress target), not by position: reordering is
-no change. Decisions are compared on probes at every rule's edges, from both sides: its
-exact path; for a pattern a path inside it, one a level deeper, its directory and a
-sibling just outside; for a CIDR its first and last address and the ones just outside,
-at each edge of every port range and at a port no rule lists, over TCP and UDP.
+by what they are about (kind and path; egress target; unix path or @name), not by
+position: reordering is no change. Decisions are compared on probes at every rule's
+edges, from both sides: its exact path; for a pattern a path inside it, one a level
+deeper, its directory and a sibling just outside (exec, write, and unix sockets, the
+built-in unix rules included); for a CIDR its first and last address and the ones just
+outside, at each edge of every port range and at a port no rule lists, over TCP and
+UDP, and over ICMP when either policy has an icmp rule.
 
 With --exit-code, exits 1 when some decision changes, or the mode or a spec.system
 setting does (like `git diff --exit-code`), and 0 otherwise. Errors exit 1 too, with a
@@ -497,7 +506,7 @@ EXAMPLES:
 
 /// `policy test`: a policy (or identity) and exactly one action.
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("action").required(true).args(["exec", "write", "connect"])))]
+#[command(group(ArgGroup::new("action").required(true).args(["exec", "write", "connect", "connect_unix"])))]
 pub struct PolicyTestArgs {
     /// A policy file, or the name of an applied policy (default: the identity's).
     #[arg(value_name = "FILE|NAME", required_unless_present = "identity")]
@@ -515,8 +524,12 @@ pub struct PolicyTestArgs {
     /// The protocol of --connect [default: tcp].
     // `requires` alone is not enough: clap waives it when the missing argument
     // conflicts with a present one, as --connect does with --exec and --write.
-    #[arg(long, value_enum, requires = "connect", conflicts_with_all = ["exec", "write"])]
+    #[arg(long, value_enum, requires = "connect", conflicts_with_all = ["exec", "write", "connect_unix"])]
     pub protocol: Option<ProtocolArg>,
+    /// Connect to the local (AF_UNIX) socket at PATH, or to the abstract socket
+    /// @NAME (judged by egress.unix).
+    #[arg(long, value_name = "PATH|@NAME")]
+    pub connect_unix: Option<PathBuf>,
     /// Judge as this identity: its standing, and its policy unless FILE|NAME is given.
     #[arg(long, value_name = "NAME")]
     pub identity: Option<String>,
@@ -681,7 +694,7 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Receipts(ReceiptsCmd::Key(ReceiptsKeyCmd::Show(f))) => receipts::key_show(&socket, f.json).await.map(ok),
         Command::Receipts(ReceiptsCmd::Key(ReceiptsKeyCmd::Rotate(f))) => receipts::key_rotate(&socket, f.json).await.map(ok),
-        Command::Policy(PolicyCmd::Validate { files }) => policy::validate(&files).map(ok),
+        Command::Policy(PolicyCmd::Validate { files }) => policy::validate(&socket, &files).map(ok),
         Command::Policy(PolicyCmd::Apply { file, json }) => policy::apply(&socket, &file, json.json).await.map(ok),
         Command::Policy(PolicyCmd::List(f)) => policy::list(&socket, f.json).await.map(ok),
         Command::Policy(PolicyCmd::Show { name, json, yaml }) => {
@@ -920,6 +933,8 @@ mod tests {
         assert_eq!(policy_test(&["p", "--connect", "1.2.3.4:443"]).connect, to("1.2.3.4", Some(443)));
         let a = policy_test(&["p", "--connect", "10.0.0.1", "--protocol", "icmp"]);
         assert_eq!((a.connect, a.protocol), (to("10.0.0.1", None), Some(ProtocolArg::Icmp)));
+        let a = policy_test(&["p", "--connect-unix", "/run/docker.sock"]);
+        assert_eq!((a.connect_unix, a.connect), (Some(PathBuf::from("/run/docker.sock")), None));
         // The identity's own policy when no FILE|NAME is given.
         let a = policy_test(&["--identity", "coder", "--exec", "/usr/bin/git"]);
         assert_eq!((a.policy, a.identity.as_deref()), (None, Some("coder")));
@@ -933,6 +948,8 @@ mod tests {
             (&["policy", "test", "p.yaml", "--exec", "/x", "--write", "/y"], ErrorKind::ArgumentConflict),
             (&["policy", "test", "p.yaml", "--exec", "/x", "--protocol", "udp"], ErrorKind::ArgumentConflict),
             (&["policy", "test", "p.yaml", "--protocol", "udp"], ErrorKind::MissingRequiredArgument),
+            (&["policy", "test", "p.yaml", "--connect-unix", "/x", "--protocol", "udp"], ErrorKind::ArgumentConflict),
+            (&["policy", "test", "p.yaml", "--connect-unix", "/x", "--exec", "/y"], ErrorKind::ArgumentConflict),
             (&["policy", "test", "p.yaml", "--connect", "1.2.3.4:1", "--protocol", "sctp"], ErrorKind::InvalidValue),
             // An address without a port parses (ICMP takes one); `policy test`
             // refuses it for TCP and UDP, also with exit code 2.

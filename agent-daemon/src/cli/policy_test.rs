@@ -8,6 +8,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
@@ -58,9 +59,10 @@ pub struct TestReport {
 /// The action judged, with relative paths made absolute.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ActionJson {
-    /// exec, write or connect.
+    /// exec, write, connect or unix (a connect to a local socket).
     pub kind: &'static str,
-    /// The absolute path, or `ADDR:PORT`.
+    /// The absolute path (for unix, or `@name` for an abstract socket), or
+    /// `ADDR:PORT` (for ICMP, `ADDR`).
     pub target: String,
     /// tcp or udp, for connect only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,7 +151,7 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
     let decision = evaluate_as(policy.as_ref(), standing, &action);
     let mode = policy.as_ref().map(Policy::mode);
     let line = match (&policy, decision.rule_id) {
-        (Some(p), id) if id != 0 => p.rule(id).map(|(_, _, at)| at.line),
+        (Some(p), id) => p.rule_line(id),
         _ => None,
     };
     let mut notes = Vec::new();
@@ -222,6 +224,13 @@ fn action(args: &PolicyTestArgs) -> Result<Action, CliError> {
     if let Some(path) = &args.write {
         return Ok(Action::Write { path: absolute(path, args.cwd.as_deref())? });
     }
+    if let Some(path) = &args.connect_unix {
+        // `@name` is an abstract socket, not a path relative to anything.
+        if path.as_os_str().as_bytes().starts_with(b"@") {
+            return Ok(Action::ConnectUnix { path: path.clone() });
+        }
+        return Ok(Action::ConnectUnix { path: absolute(path, args.cwd.as_deref())? });
+    }
     if let Some(ConnectArg { addr, port }) = args.connect {
         let protocol = match args.protocol {
             None | Some(ProtocolArg::Tcp) => Protocol::Tcp,
@@ -244,7 +253,7 @@ fn action(args: &PolicyTestArgs) -> Result<Action, CliError> {
             ))),
         };
     }
-    Err(CliError::Usage("give one of --exec PATH, --write PATH or --connect ADDR:PORT".into()))
+    Err(CliError::Usage("give one of --exec PATH, --write PATH, --connect ADDR:PORT or --connect-unix PATH".into()))
 }
 
 /// An address as it is written before a port: IPv6 in brackets.
@@ -286,6 +295,7 @@ pub fn action_json(action: &Action) -> ActionJson {
             target: SocketAddr::new(*addr, *port).to_string(),
             protocol: Some(protocol.as_str()),
         },
+        Action::ConnectUnix { path } => ActionJson { kind: "unix", target: path.display().to_string(), protocol: None },
     }
 }
 
@@ -316,9 +326,10 @@ impl TestReport {
             (None, _) if standing_denies => "none (the identity is denied everything)".to_string(),
             (None, _) => format!("0 (the {} default)", self.action.kind.replace("connect", "egress")),
         };
-        let target = match self.action.protocol {
-            Some(p) => format!("{} {p} {}", self.action.kind, self.action.target),
-            None => format!("{} {}", self.action.kind, self.action.target),
+        let target = match (self.action.kind, self.action.protocol) {
+            (kind, Some(p)) => format!("{kind} {p} {}", self.action.target),
+            ("unix", None) => format!("connect unix {}", self.action.target),
+            (kind, None) => format!("{kind} {}", self.action.target),
         };
         let mut pairs = vec![("policy", policy)];
         if let (Some(name), Some(standing)) = (&self.identity, self.standing) {
@@ -468,6 +479,38 @@ spec:
         let mut daemon = FakeDaemon::default().with_identity("gone", "coder", "revoked");
         let r = run(&["--identity", "gone", "--exec", "/x"], &mut daemon).unwrap();
         assert_eq!(r.system, None, "no policy consulted");
+    }
+
+    #[test]
+    fn unix_sockets_by_path_abstract_name_and_built_in_rule() {
+        let unix = "    unix:\n      default: deny\n      rules:\n        - {path: \"/nonexistent-agentd-test/run/**\", action: allow}\n        - {path: \"@ctl\", action: audit}\n";
+        let (_dir, f) = file(&format!("{CODER}{unix}"));
+        let mut daemon = FakeDaemon::default();
+        let r = run(&[&f, "--connect-unix", "/nonexistent-agentd-test/run/app.sock"], &mut daemon).unwrap();
+        assert_eq!((r.decision, r.enforced, r.rule_id, r.line), ("allow", "allow", 7, Some(25)));
+        assert_eq!(
+            r.action,
+            ActionJson { kind: "unix", target: "/nonexistent-agentd-test/run/app.sock".into(), protocol: None }
+        );
+        assert!(r.text().contains("action:   connect unix /nonexistent-agentd-test/run/app.sock\n"), "{}", r.text());
+        // Relative to --cwd, like every path.
+        let r = run(&[&f, "--connect-unix", "run/x.sock", "--cwd", "/nonexistent-agentd-test"], &mut daemon).unwrap();
+        assert_eq!((r.action.target.as_str(), r.rule_id), ("/nonexistent-agentd-test/run/x.sock", 7));
+        // An abstract socket is a name, not a relative path.
+        let r = run(&[&f, "--connect-unix", "@ctl", "--cwd", "/nonexistent-agentd-test"], &mut daemon).unwrap();
+        assert_eq!((r.action.target.as_str(), r.decision, r.rule_id), ("@ctl", "audit", 8));
+        let r = run(&[&f, "--connect-unix", "/nonexistent-agentd-test/other.sock"], &mut daemon).unwrap();
+        assert_eq!((r.decision, r.rule_id), ("deny", 0));
+        assert!(r.text().contains("\nrule:     0 (the unix default)\n"), "{}", r.text());
+        // A built-in rule: an id, no line, and the text says why.
+        let r = run(&[&f, "--connect-unix", "/run/agentd/agentd.sock"], &mut daemon).unwrap();
+        assert_eq!((r.decision, r.rule_id, r.line), ("deny", 9, None));
+        let text = r.text();
+        assert!(
+            text.contains("\nrule:     9: {path: /run/agentd/agentd.sock, action: deny}  # built-in: agentd's own API"),
+            "{text}"
+        );
+        assert_eq!(daemon.asked, 0, "a file needs no daemon");
     }
 
     #[test]

@@ -30,7 +30,11 @@ use super::{
     error::{ErrorKind, Errors, Location, PolicyErrors},
     eval::effective_pattern,
     glob::KernelForm,
-    model::{mapped_net, net_contains, ActionKind, EgressRule, Mode, PathSection, Policy, Protocol, RuleKind, Target},
+    glob::Specificity,
+    model::{
+        mapped_net, net_contains, ActionKind, EgressRule, Mode, PathRule, PathSection, Policy, Protocol, RuleKind,
+        Target, UnixRule, UnixSection, UnixTarget,
+    },
     path::{real_path, FileId, FileSystem, RealPaths},
     validate::egress_rank_within_net,
 };
@@ -42,15 +46,21 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyErrors> {
 
 pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<CompiledPolicy, PolicyErrors> {
     let mut c = Compiler { policy, errors: Errors::new(&policy.file), warnings: policy.warnings.clone() };
-    let exec = c.paths(RuleKind::Exec, &policy.exec, fs);
+    let exec = c.paths(RuleKind::Exec, &policy.exec, &ranks(&policy.exec, fs), fs);
     let exec_inodes = exec_inodes(&policy.exec, fs);
-    let write = c.paths(RuleKind::Write, &policy.write, fs);
+    let write = c.paths(RuleKind::Write, &policy.write, &ranks(&policy.write, fs), fs);
+    let unix = c.unix(fs);
     let mut globs = c.automaton(RuleKind::Exec, &exec, 1, MAX_GLOB_STATES);
     let exec_glob = if globs.is_empty() { 0 } else { 1 };
     let write_first = 1 + globs.len() as u16;
     let write_states = c.automaton(RuleKind::Write, &write, write_first, MAX_GLOB_STATES - globs.len());
     let write_glob = if write_states.is_empty() { 0 } else { write_first };
     globs.extend(write_states);
+    // Never empty: the built-in rules for per-user sockets are patterns.
+    let unix_first = 1 + globs.len() as u16;
+    let unix_states = c.automaton(RuleKind::Unix, &unix, unix_first, MAX_GLOB_STATES - globs.len());
+    let unix_glob = if unix_states.is_empty() { 0 } else { unix_first };
+    globs.extend(unix_states);
     let egress = c.egress();
     if policy.unheld_ask() {
         c.warnings.push(format!(
@@ -74,11 +84,9 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
         globs,
         exec_glob,
         write_glob,
-        // `egress.unix` is not in the language yet: no unix rules, unix connects
-        // allowed by default.
-        unix: Vec::new(),
-        unix_glob: 0,
-        unix_default: agent_common::action::ALLOW,
+        unix: unix.entries,
+        unix_glob,
+        unix_default: policy.unix.default.code(),
         system_flags: policy.system.flags() | icmp_flag(policy),
         rules: policy.rule_infos(),
         warnings,
@@ -95,6 +103,19 @@ fn icmp_flag(policy: &Policy) -> u8 {
     } else {
         0
     }
+}
+
+/// A unix rule on a path as a path rule, to lay it out like the others.
+fn path_rule(r: &UnixRule) -> Option<PathRule> {
+    let UnixTarget::Path(pattern) = &r.target else { return None };
+    Some(PathRule {
+        id: r.id,
+        pattern: pattern.clone(),
+        action: r.action,
+        at: r.at,
+        path_at: r.target_at,
+        text: r.text.clone(),
+    })
 }
 
 /// Pins every exact exec rule whose file exists to its (dev, inode), so the file
@@ -153,7 +174,7 @@ fn show_key(key: &[u8]) -> String {
     String::from_utf8_lossy(key.strip_suffix(b"\0").unwrap_or(key)).into_owned()
 }
 
-/// Automaton states one policy may use in the kernel, both kinds together: a
+/// Automaton states one policy may use in the kernel, all kinds together: a
 /// quarter of `GLOB_STATES`, so that several policies, and an old and a new
 /// version during an apply, fit beside each other.
 pub const MAX_GLOB_STATES: usize = agent_common::GLOB_STATES_MAX as usize / 4;
@@ -161,9 +182,10 @@ pub const MAX_GLOB_STATES: usize = agent_common::GLOB_STATES_MAX as usize / 4;
 /// A kind's rules for the kernel: trie entries, and the patterns the trie cannot
 /// express, for the automaton.
 struct PathTables {
+    /// Sorted by key.
     entries: Vec<PathEntry>,
     patterns: Vec<automaton::Pattern>,
-    /// Where the first pattern rule is, for errors about the automaton.
+    /// Where the first pattern rule of the file is, for errors about the automaton.
     first_pattern: Option<Location>,
 }
 
@@ -181,9 +203,36 @@ fn ranks(section: &PathSection, fs: &dyn RealPaths) -> BTreeMap<u32, u32> {
     order.into_iter().enumerate().map(|(i, (_, id))| (id, i as u32 + 1)).collect()
 }
 
+/// The same for `egress.unix`, built-in rules included: first by
+/// [`UnixRule::tier`] (the file's patterns, the built-in rules, the file's exact
+/// paths and abstract names), then as above. The evaluator orders by the same key.
+fn unix_ranks(section: &UnixSection, fs: &dyn RealPaths) -> BTreeMap<u32, u32> {
+    let mut order: Vec<_> = section
+        .all()
+        .map(|r| {
+            let spec = match &r.target {
+                UnixTarget::Path(g) => effective_pattern(g, fs).specificity(),
+                UnixTarget::Abstract(name) => {
+                    Specificity { exact: true, literal_len: name.len() + 1, star_first: false }
+                }
+            };
+            ((r.tier(), spec, r.action, Reverse(r.id)), r.id)
+        })
+        .collect();
+    order.sort();
+    order.into_iter().enumerate().map(|(i, (_, id))| (id, i as u32 + 1)).collect()
+}
+
 impl Compiler<'_> {
-    fn paths(&mut self, kind: RuleKind, section: &PathSection, fs: &dyn RealPaths) -> PathTables {
-        let rank = ranks(section, fs);
+    /// A kind's path rules as trie entries and automaton patterns, each with its
+    /// rank from `rank`.
+    fn paths(
+        &mut self,
+        kind: RuleKind,
+        section: &PathSection,
+        rank: &BTreeMap<u32, u32>,
+        fs: &dyn RealPaths,
+    ) -> PathTables {
         let mut by_key: BTreeMap<Vec<u8>, &super::model::PathRule> = BTreeMap::new();
         let mut patterns = Vec::new();
         let mut first_pattern = None;
@@ -199,7 +248,7 @@ impl Compiler<'_> {
                 first_pattern.get_or_insert(r.path_at);
                 continue;
             };
-        let key = path_key(&form, fs);
+            let key = path_key(&form, fs);
             if key.len() > PATH_KEY_LEN {
                 self.errors.push(
                     ErrorKind::Limit,
@@ -253,10 +302,68 @@ impl Compiler<'_> {
         PathTables { entries, patterns, first_pattern }
     }
 
+    /// `egress.unix`: the file's path rules laid out as write rules are, its
+    /// abstract names as exact keys of their own, and the built-in rules, except
+    /// where the file names a protected path exactly (its rule has that key).
+    fn unix(&mut self, fs: &dyn RealPaths) -> PathTables {
+        let section = &self.policy.unix;
+        let rank = unix_ranks(section, fs);
+        let paths =
+            PathSection { default: section.default, rules: section.rules.iter().filter_map(path_rule).collect() };
+        let mut t = self.paths(RuleKind::Unix, &paths, &rank, fs);
+        let value =
+            |r: &UnixRule| KernelPathRule { action: r.action.code(), _pad: [0; 3], rule_id: r.id, rank: rank[&r.id] };
+        for r in &section.rules {
+            if let UnixTarget::Abstract(name) = &r.target {
+                // At most 109 bytes: validation keeps names to what a socket address holds.
+                t.entries.push(PathEntry { key: UnixTarget::abstract_key(name.as_bytes()), value: value(r) });
+            }
+        }
+        for b in &section.builtins {
+            let UnixTarget::Path(pattern) = &b.target else { continue };
+            let Some(form) = pattern.kernel_form() else {
+                t.patterns.push(automaton::Pattern {
+                    regex: effective_pattern(pattern, fs).regex(),
+                    rule_id: b.id,
+                    rank: rank[&b.id],
+                    action: b.action.code(),
+                });
+                continue;
+            };
+            let key = path_key(&form, fs);
+            if key.len() > PATH_KEY_LEN {
+                // Skipping it would let the socket through: refuse the policy.
+                self.errors.push(
+                    ErrorKind::Limit,
+                    Location::new(1, 1),
+                    format!(
+                        "the built-in rule {} for {} cannot be enforced: its real path ({}) is {} bytes as a kernel key, over the kernel's {PATH_KEY_LEN}",
+                        b.id,
+                        pattern,
+                        show_key(&key),
+                        key.len()
+                    ),
+                    Some("run agentd with a --socket whose real path is shorter".into()),
+                );
+                continue;
+            }
+            if !t.entries.iter().any(|e| e.key == key) {
+                t.entries.push(PathEntry { key, value: value(b) });
+            }
+        }
+        t.entries.sort_by(|a, b| a.key.cmp(&b.key));
+        t
+    }
+
     /// The automaton for one kind's patterns, numbered from `first`; empty when
     /// the kind has none.
     fn automaton(&mut self, kind: RuleKind, t: &PathTables, first: u16, limit: usize) -> Vec<GlobState> {
-        let Some(at) = t.first_pattern else { return Vec::new() };
+        if t.patterns.is_empty() {
+            return Vec::new();
+        }
+        // Only built-in patterns: blame the top of the file (the other kinds'
+        // patterns used up the room).
+        let at = t.first_pattern.unwrap_or(Location::new(1, 1));
         match automaton::build(&t.patterns, first, limit) {
             Ok(states) => states,
             Err(e) => {

@@ -2,7 +2,8 @@
 //! reviewer needs more, the actions whose decision changes.
 //!
 //! Rules are matched by what they are about (kind and path pattern; egress target,
-//! ports and protocol), never by id or position, so a reorder is no change.
+//! ports and protocol; unix path or abstract name), never by id or position, so a
+//! reorder is no change. The built-in unix rules are the same on both sides.
 //! Decisions are compared on probes built from both policies' rules: for every
 //! rule, actions on it, just inside it and just outside its edges, where a change
 //! of any rule shows. A pattern matches endlessly many paths, so this is not a proof
@@ -23,7 +24,7 @@ use super::{
     glob::Glob,
     model::{
         mapped_addr, mapped_net, net_contains, ActionKind, EgressRule, Mode, PathRule, Policy, Protocol, RuleKind,
-        System, Target,
+        System, Target, UnixRule, UnixTarget,
     },
     path::{FileSystem, RealPaths},
 };
@@ -115,12 +116,12 @@ pub struct PolicyDiff {
     /// Per `spec.system` key that changes: the key, and whether it was and is
     /// allowed.
     pub system: Vec<(&'static str, bool, bool)>,
-    /// Exec, then write, then egress; in each, old rules in file order, then the
-    /// added ones in file order.
+    /// Exec, then write, then egress, then unix; in each, old rules in file
+    /// order, then the added ones in file order.
     pub rules: Vec<RuleChange>,
     /// How many actions were judged under both.
     pub probes: usize,
-    /// In probe order: exec, write, connect; paths and addresses ascending.
+    /// In probe order: exec, write, connect, unix; paths and addresses ascending.
     pub decisions: Vec<DecisionChange>,
 }
 
@@ -153,6 +154,7 @@ pub(crate) fn diff_with(old: &Policy, new: &Policy, fs: &dyn RealPaths) -> Polic
         (RuleKind::Exec, old.exec.default, new.exec.default),
         (RuleKind::Write, old.write.default, new.write.default),
         (RuleKind::Egress, old.egress.default, new.egress.default),
+        (RuleKind::Unix, old.unix.default, new.unix.default),
     ]
     .into_iter()
     .filter(|(_, o, n)| o != n)
@@ -190,6 +192,18 @@ pub(crate) fn diff_with(old: &Policy, new: &Policy, fs: &dyn RealPaths) -> Polic
         |a, b| a.target == b.target,
         |a, b| a.action == b.action && a.ports == b.ports && a.protocol == b.protocol,
     ));
+    let (o, n): (Vec<_>, Vec<_>) = (old.unix.rules.iter().collect(), new.unix.rules.iter().collect());
+    rules.extend(match_rules(
+        &mut paired,
+        RuleKind::Unix,
+        &o,
+        &n,
+        |a, b| a.target == b.target,
+        |_, _| false,
+        |a, b| a.action == b.action,
+    ));
+    // The built-in rules are one list, whose ids move with the file's rules.
+    paired.extend(old.unix.builtins.iter().zip(&new.unix.builtins).map(|(a, b)| (a.id, b.id)));
 
     let probes = probes(old, new);
     let decisions = probes
@@ -210,6 +224,15 @@ trait Shown {
 }
 
 impl Shown for &PathRule {
+    fn id(&self) -> u32 {
+        self.id
+    }
+    fn shown(&self) -> RuleRef {
+        RuleRef { id: self.id, line: self.at.line, text: self.text.clone(), action: self.action }
+    }
+}
+
+impl Shown for &UnixRule {
     fn id(&self) -> u32 {
         self.id
     }
@@ -277,7 +300,7 @@ fn match_rules<R: Shown>(
 /// The decision for `probe`, and the rule that made it.
 fn judge(p: &Policy, probe: &Action, fs: &dyn RealPaths) -> Outcome {
     let d = evaluate_with(p, probe, fs);
-    let line = if d.rule_id == 0 { None } else { p.rule(d.rule_id).map(|(_, _, at)| at.line) };
+    let line = p.rule_line(d.rule_id);
     Outcome { action: d.action, rule_id: d.rule_id, line, rule_text: d.rule_text }
 }
 
@@ -288,6 +311,8 @@ enum Probe {
     Write(String),
     /// Address, port (0 for ICMP), protocol.
     Connect(IpAddr, u16, Protocol),
+    /// A local socket's path, or `@name`.
+    Unix(String),
 }
 
 impl Probe {
@@ -296,6 +321,7 @@ impl Probe {
             Probe::Exec(p) => Action::Exec { path: PathBuf::from(p) },
             Probe::Write(p) => Action::Write { path: PathBuf::from(p) },
             Probe::Connect(addr, port, protocol) => Action::Connect { addr: *addr, port: *port, protocol: *protocol },
+            Probe::Unix(p) => Action::ConnectUnix { path: PathBuf::from(p) },
         }
     }
 }
@@ -317,6 +343,16 @@ fn probes(old: &Policy, new: &Policy) -> Vec<Action> {
     }
     let egress: Vec<&EgressRule> = old.egress.rules.iter().chain(&new.egress.rules).collect();
     set.extend(egress_probes(&egress));
+    // Unix sockets: probed like paths, the built-in rules' too (their edges show
+    // a changed default), and every abstract name as itself.
+    for r in old.unix.all().chain(new.unix.all()) {
+        match &r.target {
+            UnixTarget::Path(g) => set.extend(path_probes(g).into_iter().map(Probe::Unix)),
+            UnixTarget::Abstract(name) => {
+                set.insert(Probe::Unix(format!("@{name}")));
+            }
+        }
+    }
     set.iter().map(Probe::action).collect()
 }
 
@@ -630,6 +666,35 @@ mod tests {
         assert!(got.iter().all(|g| g.starts_with("connect icmp 10.")), "{got:#?}");
         // Without ICMP rules on either side there is nothing to probe.
         assert!(!probes(&pol(CODER), &pol(CODER)).iter().any(|a| a.to_string().starts_with("connect icmp")));
+    }
+
+    #[test]
+    fn unix_rules_and_their_default() {
+        let with = |unix: &str| format!("{CODER}    unix:\n{unix}");
+        let old = with("      default: allow\n      rules:\n        - {path: \"/srv/app/**\", action: allow}\n");
+        let new = with("      default: deny\n      rules:\n        - {path: \"/srv/app/**\", action: audit}\n        - {path: /run/docker.sock, action: allow}\n        - {path: \"@ctl\", action: deny}\n");
+        let diff = d(&old, &new);
+        assert_eq!(diff.defaults, [(RuleKind::Unix, ActionKind::Allow, ActionKind::Deny)]);
+        let kinds: Vec<_> =
+            diff.rules.iter().map(|c| (c.kind(), c.old_rule().map(|r| r.id), c.new_rule().map(|r| r.id))).collect();
+        assert_eq!(
+            kinds,
+            [(RuleKind::Unix, Some(7), Some(7)), (RuleKind::Unix, None, Some(8)), (RuleKind::Unix, None, Some(9))]
+        );
+        let got = changes(&diff);
+        for want in [
+            "connect unix /srv/app/x: allow → audit",
+            "connect unix /srv/appx: allow → deny",
+            "connect unix /run/docker.sock: deny → allow",
+            "connect unix @ctl: allow → deny",
+        ] {
+            assert!(got.iter().any(|g| g == want), "missing {want:?} in {got:#?}");
+        }
+        // The other protected sockets stay denied by their built-in rules, whose
+        // ids moved by two: no change.
+        assert!(!got.iter().any(|g| g.starts_with("connect unix /run/podman/podman.sock")), "{got:#?}");
+        assert!(!got.iter().any(|g| g.starts_with("connect unix /run/user/x/bus:")), "{got:#?}");
+        assert!(got.iter().any(|g| g.starts_with("connect unix /run/user/x/bus/x: allow → deny")), "{got:#?}");
     }
 
     #[test]

@@ -33,6 +33,11 @@ fn write(p: &Policy, path: &str) -> (ActionKind, u32) {
     (d.action, d.rule_id)
 }
 
+fn unix(p: &Policy, path: &str) -> (ActionKind, u32) {
+    let d = evaluate_with(p, &Action::ConnectUnix { path: path.into() }, &NoFiles);
+    (d.action, d.rule_id)
+}
+
 fn connect(p: &Policy, addr: &str, port: u16, protocol: Protocol) -> (ActionKind, u32) {
     let d = evaluate_with(p, &Action::Connect { addr: addr.parse().unwrap(), port, protocol }, &NoFiles);
     (d.action, d.rule_id)
@@ -68,6 +73,14 @@ spec:
       - {cidr: "::1/128", action: allow}
       - {host: api.github.com, ports: [443], action: allow}     # by DNS name
       - {host: "*.githubusercontent.com", ports: [443], action: ask}
+    unix:                          # connects to local (AF_UNIX) sockets by path
+      default: allow               # allow | deny | audit
+      rules:
+        - {path: /run/docker.sock, action: deny}
+  system:                          # what could change what enforcement sees; each defaults to deny
+    namespaces: deny               # allow: create namespaces and mount inside ones it created
+                                   # (sandboxes such as bubblewrap); paths stay judged honestly
+    ptrace: deny                   # allow: trace processes of the same identity only
   approvals:
     timeout: 60s                   # hold deadline
     on_timeout: deny
@@ -89,12 +102,25 @@ fn the_format_example_parses_with_every_field() {
     assert!(!p.receipts.allows);
     assert_eq!(p.text(), SPEC_EXAMPLE);
     assert_eq!(p.hash().len(), 64);
-    // Ids: exec, then write, then egress, from 1.
+    // Ids: exec, then write, then egress, then egress.unix, from 1; then the
+    // built-in unix rules.
     let infos = p.rule_infos();
-    assert_eq!(infos.len(), 9);
+    assert_eq!(infos.iter().filter(|r| !r.builtin).count(), 10);
+    assert_eq!(infos.len(), 10 + p.unix.builtins.len());
     for (i, r) in infos.iter().enumerate() {
         assert_eq!(r.id, i as u32 + 1);
     }
+    assert_eq!((infos[9].kind, infos[9].line, infos[9].builtin), ("unix", 29, false));
+    assert_eq!(infos[9].text, "{path: /run/docker.sock, action: deny}");
+    assert_eq!((infos[10].kind, infos[10].line, infos[10].index, infos[10].builtin), ("unix", 0, 1, true));
+    assert!(
+        infos[10].text.starts_with("{path: /run/agentd/agentd.sock, action: deny}  # built-in: "),
+        "{}",
+        infos[10].text
+    );
+    assert_eq!(p.rule_line(10), Some(29));
+    assert_eq!(p.rule_line(11), None);
+    assert_eq!((p.unix.default, p.system), (Allow, System::default()));
     assert_eq!(
         (infos[0].kind, infos[0].line, infos[0].text.as_str()),
         ("exec", 11, "{path: /usr/bin/git, action: allow}")
@@ -372,6 +398,203 @@ fn both_spellings_of_a_symlinked_path_get_one_decision() {
     let keys: Vec<&[u8]> = c.exec.iter().map(|e| e.key.as_slice()).collect();
     assert_eq!(keys, vec![&b"/usr/bin/"[..], b"/usr/bin/dash\0"]);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+// ----- egress.unix -------------------------------------------------------------------
+
+/// The id of the built-in rule protecting `path` (by its text).
+fn builtin_id(p: &Policy, path: &str) -> u32 {
+    p.unix.builtins.iter().find(|r| r.text.starts_with(&format!("{{path: {path}, "))).map(|r| r.id).unwrap()
+}
+
+#[test]
+fn unix_rules_match_paths_like_write_rules() {
+    let p = ok("  egress:\n    unix:\n      default: deny\n      rules:\n        - {path: /srv/app/app.sock, action: allow}\n        - {path: \"/srv/app/**\", action: audit}\n        - {path: \"/srv/*/debug.sock\", action: deny}\n        - {path: \"/srv/**\", action: allow}\n        - {path: \"@app-control\", action: allow}\n");
+    // Ids follow exec, write and egress rules (none here): 1..5, then the built-in ones.
+    assert_eq!(unix(&p, "/srv/app/app.sock"), (Allow, 1));
+    assert_eq!(unix(&p, "/srv/app/other.sock"), (Audit, 2));
+    // Longer literal prefix wins: /srv/app/ over /srv/*.
+    assert_eq!(unix(&p, "/srv/app/debug.sock"), (Audit, 2));
+    assert_eq!(unix(&p, "/srv/web/debug.sock"), (Deny, 3));
+    assert_eq!(unix(&p, "/srv/web/x.sock"), (Allow, 4));
+    assert_eq!(unix(&p, "/srv/app/../web/x.sock"), (Allow, 4));
+    assert_eq!(unix(&p, "/tmp/x.sock"), (Deny, 0));
+    assert_eq!(unix(&p, "relative.sock"), (Deny, 0));
+    // Abstract sockets: by exact name only, never by a path pattern.
+    assert_eq!(unix(&p, "@app-control"), (Allow, 5));
+    assert_eq!(unix(&p, "@app-control2"), (Deny, 0));
+    assert_eq!(unix(&p, "@srv/app/app.sock"), (Deny, 0));
+    let c = compile_with(&p, &NoFiles).unwrap();
+    assert_eq!(c.unix_default, action::DENY);
+    let mut keys: Vec<(&[u8], u32)> = c.unix.iter().map(|e| (e.key.as_slice(), e.value.rule_id)).collect();
+    keys.retain(|(_, id)| *id <= 5);
+    assert_eq!(keys, vec![(&b"/srv/"[..], 4), (b"/srv/app/", 2), (b"/srv/app/app.sock\0", 1), (b"@app-control\0", 5)]);
+    assert_ne!(c.unix_glob, 0);
+    let k = |path: &str| c.path_lookup(RuleKind::Unix, path.as_bytes());
+    assert_eq!(k("/srv/web/debug.sock"), Some((action::DENY, 3)));
+    assert_eq!(k("@app-control"), Some((action::ALLOW, 5)));
+    assert_eq!(k("@app-control2"), Some((action::DENY, 0)));
+}
+
+#[test]
+fn built_in_rules_protect_sockets_that_start_work_elsewhere() {
+    let p = ok("  egress:\n    unix:\n      default: allow\n      rules:\n        - {path: \"/run/**\", action: allow}\n        - {path: \"/run/user/**\", action: audit}\n");
+    for path in [
+        "/run/agentd/agentd.sock",
+        "/run/docker.sock",
+        "/run/containerd/containerd.sock",
+        "/run/podman/podman.sock",
+        "/run/crio/crio.sock",
+        "/run/systemd/private",
+        "/run/dbus/system_bus_socket",
+    ] {
+        assert_eq!(unix(&p, path), (Deny, builtin_id(&p, path)), "{path}");
+    }
+    // Per-user sockets, for every user; not whatever else is in their directory.
+    for (path, pattern) in [
+        ("/run/user/1000/bus", "/run/user/*/bus"),
+        ("/run/user/0/systemd/private", "/run/user/*/systemd/private"),
+        ("/run/user/1000/podman/podman.sock", "/run/user/*/podman/podman.sock"),
+        ("/run/user/1001/docker.sock", "/run/user/*/docker.sock"),
+    ] {
+        assert_eq!(unix(&p, path), (Deny, builtin_id(&p, pattern)), "{path}");
+    }
+    assert_eq!(unix(&p, "/run/user/1000/pipewire-0"), (Audit, 2));
+    assert_eq!(unix(&p, "/run/app.sock"), (Allow, 1));
+    // The ids come after every rule of the file, agentd's socket first.
+    assert_eq!(p.unix.builtins[0].id, 3);
+    assert_eq!(builtin_id(&p, "/run/agentd/agentd.sock"), 3);
+    let d = evaluate_with(&p, &Action::ConnectUnix { path: "/run/docker.sock".into() }, &NoFiles);
+    assert!(d.reason.contains("by built-in rule") && d.reason.contains("Docker"), "{}", d.reason);
+    assert!(d.rule_text.unwrap().contains("# built-in: "));
+}
+
+#[test]
+fn an_exact_rule_replaces_a_built_in_one_and_a_pattern_does_not() {
+    let p = ok("  egress:\n    unix:\n      default: deny\n      rules:\n        - {path: /run/docker.sock, action: allow}\n        - {path: /run/user/1000/bus, action: audit}\n        - {path: \"/run/user/1000/**\", action: allow}\n        - {path: /run/agentd/agentd.sock, action: deny}\n");
+    assert_eq!(unix(&p, "/run/docker.sock"), (Allow, 1));
+    assert_eq!(unix(&p, "/run/user/1000/bus"), (Audit, 2));
+    assert_eq!(unix(&p, "/run/user/1001/bus"), (Deny, builtin_id(&p, "/run/user/*/bus")));
+    assert_eq!(unix(&p, "/run/user/1000/docker.sock"), (Deny, builtin_id(&p, "/run/user/*/docker.sock")));
+    assert_eq!(unix(&p, "/run/user/1000/other"), (Allow, 3));
+    // Written by the file, with the file's id.
+    assert_eq!(unix(&p, "/run/agentd/agentd.sock"), (Deny, 4));
+    let c = compile_with(&p, &NoFiles).unwrap();
+    // The file's rule has the key; the built-in one is not written.
+    let at = |key: &[u8]| c.unix.iter().filter(|e| e.key == key).map(|e| e.value.rule_id).collect::<Vec<_>>();
+    assert_eq!(at(b"/run/docker.sock\0"), [1]);
+    assert_eq!(at(b"/run/agentd/agentd.sock\0"), [4]);
+    assert_eq!(at(b"/run/podman/podman.sock\0"), [builtin_id(&p, "/run/podman/podman.sock")]);
+    let k = |path: &str| c.path_lookup(RuleKind::Unix, path.as_bytes());
+    assert_eq!(k("/run/user/1000/bus"), Some((action::AUDIT, 2)));
+    assert_eq!(k("/run/user/1001/bus"), Some((action::DENY, builtin_id(&p, "/run/user/*/bus"))));
+    assert_eq!(k("/run/user/1000/other"), Some((action::ALLOW, 3)));
+}
+
+#[test]
+fn protected_paths_are_compiled_to_real_paths() {
+    // /var/run is /run on most machines: a rule through it names the same socket.
+    let fs = FakeLinks(vec![("/var/run", "/run")]);
+    let p = ok("  egress:\n    unix:\n      rules:\n        - {path: /var/run/docker.sock, action: audit}\n");
+    let c = compile_with(&p, &fs).unwrap();
+    assert!(c.unix.iter().any(|e| e.key == b"/run/docker.sock\0" && e.value.rule_id == 1));
+    let d = evaluate_with(&p, &Action::ConnectUnix { path: "/var/run/docker.sock".into() }, &fs);
+    assert_eq!((d.action, d.rule_id), (Audit, 1));
+    let d = evaluate_with(&p, &Action::ConnectUnix { path: "/var/run/podman/podman.sock".into() }, &fs);
+    assert_eq!((d.action, d.rule_id), (Deny, builtin_id(&p, "/run/podman/podman.sock")));
+    assert!(d.reason.contains("(real path /run/podman/podman.sock)"), "{}", d.reason);
+}
+
+#[test]
+fn agentds_own_socket_is_the_one_given() {
+    let text = format!("{HEAD}  egress:\n    unix: {{default: allow}}\n");
+    let p = super::parse_with("t.yaml", &text, &Builtins::new(Path::new("/srv/agentd/ctl.sock"))).unwrap();
+    assert_eq!(unix(&p, "/srv/agentd/ctl.sock"), (Deny, 1));
+    assert_eq!(unix(&p, "/run/agentd/agentd.sock"), (Allow, 0));
+    // The number of built-in rules does not depend on it: ids stay put.
+    assert_eq!(p.unix.builtins.len(), ok("  mode: enforce\n").unix.builtins.len());
+}
+
+#[test]
+fn unix_defaults() {
+    // No section: allow (the built-in rules still protect what they protect).
+    let p = ok("  egress:\n    default: deny\n");
+    assert_eq!(unix(&p, "/tmp/x.sock"), (Allow, 0));
+    assert_eq!(compile_with(&p, &NoFiles).unwrap().unix_default, action::ALLOW);
+    assert_eq!(unix(&ok("  mode: enforce\n"), "/tmp/x.sock"), (Allow, 0));
+    let p = ok("  egress:\n    unix: {default: audit}\n");
+    assert_eq!(unix(&p, "/tmp/x.sock"), (Audit, 0));
+    assert_eq!(unix(&p, "@x"), (Audit, 0));
+    assert_eq!(compile_with(&p, &NoFiles).unwrap().unix_default, action::AUDIT);
+    assert_eq!(unix(&p, "/run/docker.sock").0, Deny);
+}
+
+#[test]
+fn unix_errors() {
+    let rule = |r: &str| spec(&format!("  egress:\n    unix:\n      rules:\n        - {{{r}}}\n"));
+    // `        - {path: ` is 17 characters: a path value starts in column 18 of line 9.
+    expect(&rule("path: /run/app.sock, action: ask"), &[(9, 41, Invalid, "action \"ask\" is not possible for unix sockets: nothing can hold a connect to a local socket; hint: use deny, or audit to allow it and report it")]);
+    expect(
+        &spec("  egress:\n    unix:\n      default: ask\n"),
+        &[(8, 16, Invalid, "egress.unix.default \"ask\" is not possible for unix sockets")],
+    );
+    expect(
+        &spec("  egress:\n    unix:\n      defualt: deny\n"),
+        &[(
+            8,
+            7,
+            Schema,
+            "unknown key \"defualt\" in egress.unix (expected one of: default, rules); hint: did you mean \"default\"?",
+        )],
+    );
+    expect(
+        &spec("  egress:\n    unixx:\n      default: deny\n"),
+        &[(
+            7,
+            5,
+            Schema,
+            "unknown key \"unixx\" in egress (expected one of: default, rules, unix); hint: did you mean \"unix\"?",
+        )],
+    );
+    expect(
+        &rule("path: run/app.sock, action: allow"),
+        &[(9, 18, Invalid, "path \"run/app.sock\" is relative: rules match absolute paths only; hint: write it from the root, e.g. \"/run/app.sock\"")],
+    );
+    expect(&rule("path: \"@\", action: allow"), &[(9, 18, Invalid, "the abstract socket name after `@` is empty")]);
+    expect(&rule("path: \"@app*\", action: allow"), &[(9, 18, Invalid, "abstract socket name \"@app*\" has `*`")]);
+    expect(
+        &rule(&format!("path: \"@{}\", action: allow", "a".repeat(108))),
+        &[(9, 18, Invalid, "is 108 bytes, longer than the 107 a socket address holds")],
+    );
+    expect(
+        &rule("path: /run/app.sock, acton: deny"),
+        &[(
+            9,
+            33,
+            Schema,
+            "unknown key \"acton\" in unix rule (expected one of: path, action); hint: did you mean \"action\"?",
+        )],
+    );
+    expect(&rule("action: deny"), &[(9, 11, Schema, "missing key \"path\" in unix rule")]);
+    expect(
+        &spec("  egress:\n    unix:\n      rules: /run/docker.sock\n"),
+        &[(8, 14, Schema, "egress.unix.rules must be a list, found a scalar; hint: write one rule per line, each starting with `- {path: /run/docker.sock, action: deny}`")],
+    );
+}
+
+#[test]
+fn unix_conflicts() {
+    expect(
+        &spec("  egress:\n    unix:\n      rules:\n        - {path: \"@x\", action: allow}\n        - {path: \"@x\", action: deny}\n"),
+        &[(10, 11, Conflict, "rule for path \"@x\" duplicates the rule at line 9")],
+    );
+    expect(
+        &spec("  egress:\n    unix:\n      rules:\n        - {path: \"/run/user/*/bus\", action: allow}\n"),
+        &[(9, 11, Conflict, "unix rule for \"/run/user/*/bus\" can never match: the built-in rule 10 protects every socket it names (a user's session bus asks their systemd to start units outside this identity's cgroup); hint: only an exact path replaces a built-in rule")],
+    );
+    // An exact path is how a built-in rule is replaced: no conflict.
+    assert!(errors(&spec("  egress:\n    unix:\n      rules:\n        - {path: /run/user/1000/bus, action: allow}\n"))
+        .is_empty());
 }
 
 // ----- validation errors, each at its line and column -----------------------------
@@ -680,7 +903,7 @@ fn path_keys_exact_and_prefix() {
         ]
     );
     assert_eq!((c.exec_default, c.write_default, c.egress_default), (action::DENY, action::DENY, action::DENY));
-    assert_eq!(c.rules.len(), 4);
+    assert_eq!(c.rules.iter().filter(|r| !r.builtin).count(), 4);
     assert_eq!(c.rules[1].line, 10);
     assert_eq!(c.name, "t");
     assert_eq!(c.hash, p.hash());

@@ -324,6 +324,8 @@ impl TestReport {
             (Some(text), Some(line)) => format!("{}, line {line}: {text}", self.rule_id),
             (Some(text), None) => format!("{}: {text}", self.rule_id),
             (None, _) if standing_denies => "none (the identity is denied everything)".to_string(),
+            // ICMP never falls to the egress default: no rule is a deny of its own.
+            (None, _) if self.action.protocol == Some("icmp") => "0 (no icmp rule: denied)".to_string(),
             (None, _) => format!("0 (the {} default)", self.action.kind.replace("connect", "egress")),
         };
         let target = match (self.action.kind, self.action.protocol) {
@@ -671,6 +673,7 @@ spec:
         let r = run(&[&f, "--connect", "2001:db8::1", "--protocol", "icmp"], &mut daemon).unwrap();
         assert_eq!((r.decision, r.rule_id), ("deny", 0));
         assert!(r.reason.contains("the egress default does not apply"), "{}", r.reason);
+        assert!(r.text().contains("\nrule:     0 (no icmp rule: denied)\n"), "{}", r.text());
         // A port with ICMP, or none without it, is a usage error that says why.
         let err = run(&[&f, "--connect", "127.0.0.1:80", "--protocol", "icmp"], &mut daemon).unwrap_err();
         assert!(err.to_string().contains("ICMP has no ports"), "{err}");

@@ -1153,6 +1153,9 @@ fn shipped_policies_decide_as_documented() {
     assert_eq!(ev(&d, wr("/etc/passwd")), Deny);
     assert_eq!(ev(&d, co("127.0.0.1", 8080)), Allow);
     assert_eq!(ev(&d, co("1.1.1.1", 443)), Deny);
+    assert_eq!(ev(&d, Action::ConnectUnix { path: "/run/systemd/journal/socket".into() }), Allow);
+    assert_eq!(ev(&d, Action::ConnectUnix { path: "/run/containerd/containerd.sock".into() }), Deny);
+    assert_eq!(ev(&d, Action::ConnectUnix { path: "/run/agentd/agentd.sock".into() }), Deny);
 
     let c = get("coding-agent.yaml");
     assert_eq!(ev(&c, ex("/usr/bin/git")), Allow);
@@ -1161,6 +1164,14 @@ fn shipped_policies_decide_as_documented() {
     assert_eq!(ev(&c, wr("/home/alice/work/src/lib.rs")), Allow);
     assert_eq!(ev(&c, wr("/home/alice/work/.git/hooks/pre-commit")), Deny);
     assert_eq!(ev(&c, wr("/home/alice/.ssh/authorized_keys")), Deny);
+    let ux = |p: &str| Action::ConnectUnix { path: p.into() };
+    assert_eq!(ev(&c, ux("/tmp/ssh-XXXXabcd/agent.4242")), Deny);
+    assert_eq!(ev(&c, ux("/run/user/1000/gnupg/S.gpg-agent")), Deny);
+    assert_eq!(ev(&c, ux("/run/docker.sock")), Deny);
+    assert_eq!(ev(&c, ux("/run/user/1000/bus")), Deny);
+    assert_eq!(ev(&c, ux("/run/systemd/resolve/io.systemd.Resolve")), Allow);
+    assert_eq!(ev(&c, ux("/home/alice/work/target/dev.sock")), Allow);
+    assert_eq!(ev(&c, Action::Connect { addr: "127.0.0.1".parse().unwrap(), port: 0, protocol: Protocol::Icmp }), Deny);
 
     let m = get("mcp-server-readonly.yaml");
     assert_eq!(ev(&m, wr("/home/alice/notes.txt")), Deny);
@@ -1168,7 +1179,8 @@ fn shipped_policies_decide_as_documented() {
     assert_eq!(ev(&m, co("140.82.112.5", 80)), Deny);
 
     let l = get("lockdown.yaml");
-    for a in [ex("/usr/bin/ls"), wr("/tmp/x"), co("127.0.0.1", 80)] {
+    let ux = Action::ConnectUnix { path: "/tmp/x.sock".into() };
+    for a in [ex("/usr/bin/ls"), wr("/tmp/x"), co("127.0.0.1", 80), ux] {
         assert_eq!(ev(&l, a), Deny);
     }
 }

@@ -386,7 +386,16 @@ impl Compiler<'_> {
         let mut cidrs: Vec<((u128, u8), &EgressRule)> = Vec::new();
         for r in &policy.egress.rules {
             match &r.target {
-                Target::Cidr(net) => cidrs.push((mapped_net(net), r)),
+                Target::Cidr(net) => {
+                    if r.protocol == Some(Protocol::Icmp) && r.action == ActionKind::Ask {
+                        // Narrowing only, but not what `ask` says: tell.
+                        self.warnings.push(format!(
+                            "{}:{}:{}: icmp rule {} asks, but nothing can hold a ping: it is denied",
+                            policy.file, r.at.line, r.at.column, r.text
+                        ));
+                    }
+                    cidrs.push((mapped_net(net), r))
+                }
                 Target::Host(host) => self.host_rule(r, host, default),
             }
         }

@@ -318,6 +318,14 @@ fn icmp_rules_compile_first_in_each_entry_and_set_the_icmp_flag() {
         let p = ok(&format!("  egress:\n    default: allow\n    rules:\n      - {rules}\n"));
         assert_eq!(compile_with(&p, &NoFiles).unwrap().system_flags, flag, "{rules}");
     }
+    let p = ok("  egress:\n    rules:\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: ask}\n");
+    let w = compile_with(&p, &NoFiles).unwrap().warnings;
+    assert!(
+        w.iter().any(|w| w.starts_with(
+            "t.yaml:8:9: icmp rule {cidr: 10.0.0.0/8, protocol: icmp, action: ask} asks, but nothing can hold a ping"
+        )),
+        "{w:?}"
+    );
 }
 
 #[test]

@@ -542,9 +542,19 @@ pub fn expired_identity_is_denied_by_the_kernel() {
 pub fn conformance_vectors_match_the_kernel() {
     let mut d = Daemon::start("vectors");
     let files = Scratch::new("vectors");
-    let (n, problems) = crate::replay::replay_vectors(&mut d, &files.0);
+    let crate::replay::Replayed { replayed: n, skipped, problems } = crate::replay::replay_vectors(&mut d, &files.0);
     let total: usize = crate::replay::vector_files().iter().map(|f| f.vectors.len()).sum();
-    assert_eq!(n, total, "every vector is replayed");
+    let not_yet: usize = skipped.values().sum();
+    // Skipped on purpose, and said so: the kernel programs for egress.unix and
+    // ICMP are being written. Every other vector must be replayed.
+    if not_yet > 0 {
+        let kinds: Vec<String> = skipped.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!(
+            "conformance: not replayed: {not_yet} unix/icmp vectors (the replay does not drive these actions; unix_sockets_and_icmp_are_judged checks the kernel side) ({})",
+            kinds.join(", ")
+        );
+    }
+    assert_eq!(n + not_yet, total, "every vector is replayed or counted as not replayed yet");
     assert!(problems.is_empty(), "{} of {n} vectors disagree with the kernel:\n{}", problems.len(), problems.join("\n"));
     println!("conformance: {n} vectors replayed, the kernel agreed on all");
 }
@@ -1527,4 +1537,44 @@ pub fn drift_is_restored_and_recorded() {
         serde_json::from_str(&d.ctl_ok(&["receipts", "list", "--type", "tamper", "--json"])).expect("receipts --json");
     let text = list.to_string();
     assert!(text.contains("\"binding\"") && text.contains("\"link\""), "tamper receipts for the binding and the link: {text}");
+}
+
+/// `egress.unix` is judged in the kernel on the socket reached: a rule's socket
+/// is refused (EPERM under BPF LSM; the fallback kills the connecting process
+/// before it can send), another is reached; agentd's own socket is refused by the
+/// built-in rule whatever the default; a symlink to the refused socket changes
+/// nothing. ICMP: a ping socket exists only for a policy with an ICMP rule and
+/// where BPF LSM judges each destination.
+pub fn unix_sockets_and_icmp_are_judged() {
+    // Ping sockets are for the groups in this range (restored on drop).
+    let _ping = crate::escape::Sysctl::set("/proc/sys/net/ipv4/ping_group_range", "0 2147483647");
+    let d = Daemon::start("unix");
+    let files = Scratch::new("unix");
+    let denied = files.path("denied.sock");
+    let allowed = files.path("allowed.sock");
+    let alias = files.path("alias.sock");
+    let _l1 = std::os::unix::net::UnixListener::bind(&denied).expect("bind denied.sock");
+    let _l2 = std::os::unix::net::UnixListener::bind(&allowed).expect("bind allowed.sock");
+    std::os::unix::fs::symlink(&denied, &alias).expect("symlink");
+    let cg = Cgroup::new("unix");
+    let egress = format!(
+        "    default: deny\n    rules:\n      - {{cidr: 127.0.0.1/32, protocol: icmp, action: allow}}\n    unix:\n      default: allow\n      rules:\n        - {{path: \"{denied}\", action: deny}}\n"
+    );
+    d.identity_bound("unix-agent", &policy("unix-agent", ALLOW_ALL, ALLOW_ALL, &egress), &cg);
+    let lsm = d.effect("exec").1 == "deny";
+    let refused = if lsm { Outcome::Errno("EPERM".into()) } else { Outcome::Killed(libc::SIGKILL) };
+    assert_eq!(probe_in(&d, &cg, &["unix-connect", &allowed]), Outcome::Ok, "a socket no rule names");
+    assert_eq!(probe_in(&d, &cg, &["unix-connect", &denied]), refused, "the rule's socket");
+    assert_eq!(probe_in(&d, &cg, &["unix-connect", &alias]), refused, "the rule's socket through a symlink");
+    let own = d.socket.to_str().expect("utf-8").to_string();
+    assert_eq!(probe_in(&d, &cg, &["unix-connect", &own]), refused, "agentd's own socket (built-in rule)");
+    assert_eq!(probe_here(&d, &["unix-connect", &denied]), Outcome::Ok, "an unbound process");
+    event_where(&d, |e| e["kind"] == "unix" && e["target"].as_str().is_some_and(|t| t == denied));
+    if lsm {
+        assert_eq!(probe_in(&d, &cg, &["ping", "127.0.0.1"]), Outcome::Ok, "ICMP where a rule allows it");
+        assert_eq!(probe_in(&d, &cg, &["ping", "127.0.0.2"]), Outcome::Errno("EPERM".into()), "ICMP no rule allows");
+    } else {
+        // No hook judges an ICMP destination without BPF LSM: the socket is refused.
+        assert_eq!(probe_in(&d, &cg, &["ping", "127.0.0.1"]), Outcome::Errno("EPERM".into()), "ICMP sockets on the fallback");
+    }
 }

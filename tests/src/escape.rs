@@ -510,13 +510,13 @@ impl Drop for Cont {
 }
 
 /// A sysctl set for a test and restored on drop.
-struct Sysctl {
+pub struct Sysctl {
     path: &'static str,
     old: String,
 }
 
 impl Sysctl {
-    fn set(path: &'static str, value: &str) -> Sysctl {
+    pub fn set(path: &'static str, value: &str) -> Sysctl {
         let old = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
         fs::write(path, value).unwrap_or_else(|e| panic!("write {path}: {e}"));
         Sysctl { path, old }

@@ -86,7 +86,7 @@ pub fn hits(d: &Daemon, policy: &str) -> Hits {
         let kind = r["kind"].as_str().unwrap_or("?").to_string();
         out.insert((kind, r["id"].as_u64().unwrap_or(u64::MAX)), four(&r["hits"]));
     }
-    for kind in ["exec", "write", "egress"] {
+    for kind in ["exec", "write", "egress", "unix"] {
         out.insert((kind.to_string(), 0), four(&v[format!("{kind}_default_hits")]));
     }
     out
@@ -287,7 +287,7 @@ mod embedded {
 
 use agentd::policy::{
     vectors::{parse_file, Vector, VectorAction, VectorFile, Verdict},
-    Standing,
+    Protocol, Standing,
 };
 
 /// What the kernel must do for `v` of a file whose identity has `standing`.
@@ -317,6 +317,21 @@ pub fn expect_of(v: &Vector, standing: Standing) -> Expect {
     Expect { blocked, held_by, counts: Some((rule, counter)) }
 }
 
+/// Why `v` is not replayed against the kernel, if it is not: the format and the
+/// userspace evaluator judge it (the unit tests check both, and the model of the
+/// compiled tables), the kernel judges such actions (the scenario
+/// `unix_sockets_and_icmp_are_judged`), but this replay does not drive them yet:
+/// many name sockets of the machine itself, and ICMP is refused outright where
+/// BPF LSM does not run. Such vectors are counted and reported, never dropped
+/// silently.
+pub fn not_replayed_yet(v: &Vector) -> Option<&'static str> {
+    match v.action {
+        VectorAction::Connect { protocol: Protocol::Icmp, .. } => Some("icmp"),
+        VectorAction::Unix { .. } => Some("unix"),
+        _ => None,
+    }
+}
+
 /// Whether `v` is an exec, write or TCP connect the kernel holds for approval.
 pub fn held(v: &Vector, standing: Standing) -> bool {
     standing == Standing::Active && v.expected.decision == Verdict::Ask && (is_exec(v) || is_write(v) || is_tcp(v))
@@ -341,6 +356,9 @@ pub fn act_of(v: &Vector, root: &Path) -> Act {
         VectorAction::Exec { path } => Act::Exec { path: sub(path) },
         VectorAction::Write { path, cwd } => Act::Write { path: sub(path), cwd: cwd.as_deref().map(sub) },
         VectorAction::Connect { addr, protocol } => Act::Connect { addr: *addr, udp: protocol.number() == 17 },
+        // `not_replayed_yet` keeps these out of the replay until the kernel and
+        // `probe` can do them.
+        VectorAction::Unix { path } => panic!("{path}: unix vectors are not replayed yet"),
     }
 }
 
@@ -360,12 +378,22 @@ struct Staged {
     cg: Cgroup,
 }
 
+/// What [`replay_vectors`] did.
+pub struct Replayed {
+    /// Vectors replayed in a real process.
+    pub replayed: usize,
+    /// Vectors not replayed yet, per [`not_replayed_yet`] reason.
+    pub skipped: BTreeMap<&'static str, usize>,
+    pub problems: Vec<String>,
+}
+
 /// Replays every conformance vector against the real kernel: each file's fixture
 /// is made under its own scratch root, its policy applied and an identity of the
 /// file's standing (active, revoked, expired, or with a policy that no longer
 /// compiles) bound to a fresh cgroup; then each action is done by a real process
-/// in that cgroup. Returns (vectors replayed, problems).
-pub fn replay_vectors(d: &mut Daemon, scratch: &Path) -> (usize, Vec<String>) {
+/// in that cgroup. Vectors the kernel cannot judge yet ([`not_replayed_yet`]) are
+/// counted apart.
+pub fn replay_vectors(d: &mut Daemon, scratch: &Path) -> Replayed {
     const PLACEHOLDER: &str = "apiVersion: agentd.io/v1\nkind: AgentPolicy\nmetadata:\n  name: NAME\nspec:\n  exec: {default: allow}\n  write: {default: allow}\n  egress: {default: allow}\n";
     let expiry = std::time::Duration::from_secs(4);
     let mut staged = Vec::new();
@@ -409,6 +437,7 @@ pub fn replay_vectors(d: &mut Daemon, scratch: &Path) -> (usize, Vec<String>) {
     // Expired identities last, once their expiry has surely passed.
     staged.sort_by_key(|s| s.file.identity == Standing::Expired);
     let (mut n, mut problems) = (0, Vec::new());
+    let mut skipped: BTreeMap<&'static str, usize> = BTreeMap::new();
     for s in &staged {
         if s.file.identity == Standing::Expired {
             if let Some(t) = expiring_since {
@@ -435,6 +464,10 @@ pub fn replay_vectors(d: &mut Daemon, scratch: &Path) -> (usize, Vec<String>) {
         let before = hits(d, &s.name);
         let mut want_moves: BTreeMap<(String, u64), [bool; 4]> = BTreeMap::new();
         for v in &s.file.vectors {
+            if let Some(what) = not_replayed_yet(v) {
+                *skipped.entry(what).or_default() += 1;
+                continue;
+            }
             let act = act_of(v, &s.root);
             prepare(&act, &d.bins.probe);
             let want = expect_of(v, s.file.identity);
@@ -464,7 +497,7 @@ pub fn replay_vectors(d: &mut Daemon, scratch: &Path) -> (usize, Vec<String>) {
                 s.file.path.display()
             ));
             let mut before = hits(d, &s.name);
-            for v in &s.file.vectors {
+            for v in s.file.vectors.iter().filter(|v| not_replayed_yet(v).is_none()) {
                 let act = act_of(v, &s.root);
                 let want = expect_of(v, s.file.identity);
                 let (found, after) = check(d, &s.cg, &s.name, &act, &want, &blocked_outcome(&act, &want, &blocked), before);
@@ -475,5 +508,5 @@ pub fn replay_vectors(d: &mut Daemon, scratch: &Path) -> (usize, Vec<String>) {
             }
         }
     }
-    (n, problems)
+    Replayed { replayed: n, skipped, problems }
 }

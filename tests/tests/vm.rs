@@ -62,6 +62,7 @@ agentd_tests::scenario_tests!(outside_vm;
     // does not depend on the kernel's mechanism and runs on the host tier.
     receipts_record_denials_and_an_export_verifies,
     drift_is_restored_and_recorded,
+    unix_sockets_and_icmp_are_judged,
     // The escape suite (issue 14): every way around enforcement, as root and not.
     escape_cgroup_moves_keep_the_identity,
     tamper_enforcement_is_out_of_reach,

@@ -21,7 +21,7 @@ mod receipts;
 mod run;
 mod status;
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
@@ -448,33 +448,51 @@ current directory), like the process's working directory; --exec takes the path 
 gets (no $PATH lookup); symlinks are resolved on this machine. Exits 0 whenever the
 question was answered, whatever the decision; 1 on errors.
 
+--connect ADDR --protocol icmp asks about a ping: ICMP has no port, and only a rule
+with `protocol: icmp` allows it (never the egress default, nor a rule without a
+protocol, which covers TCP and UDP).
+
+--connect-unix PATH asks about a connect to a local socket (egress.unix), judged by
+the socket file's real path; @NAME is an abstract socket, matched by exact name.
+agentd's own socket (--socket), container runtimes' and systemd's sockets and the
+D-Bus buses are denied by built-in rules unless the policy names them exactly.
+
 --json prints one object: policy, mode, action {kind, target, protocol}, decision
 (allow|deny|ask|audit: what the policy says), enforced (allow|deny|would_deny|hold: what
 the kernel does; an exec or TCP connect ask is held for a person, other asks are denied), rule_id (0:
-the default), rule, line, reason, identity, standing (active|revoked|expired|no-policy).
+the default), rule, line, reason, identity, standing (active|revoked|expired|no-policy),
+system {namespaces, ptrace} (allow|deny: the policy's spec.system; null when no policy
+was consulted). The text form shows system only when the policy allows one of them.
 
 EXAMPLES:
   agentctl policy test policies/coding-agent.yaml --exec /usr/bin/curl
   agentctl policy test coding-agent --write .git/hooks/pre-commit --cwd /home/alice/work
   agentctl policy test coding-agent --connect 140.82.112.3:443
   agentctl policy test coding-agent --connect '[2001:db8::1]:53' --protocol udp
+  agentctl policy test coding-agent --connect 10.0.0.1 --protocol icmp
+  agentctl policy test coding-agent --connect-unix /var/run/docker.sock
+  agentctl policy test coding-agent --connect-unix @my-service
   agentctl policy test --identity coder --exec /usr/bin/git
   agentctl policy test new.yaml --identity coder --write /etc/passwd --json | jq -r .enforced")]
     Test(PolicyTestArgs),
     /// Compare two policies: changed rules, then the actions whose decision changes.
     #[command(after_help = "\
 OLD and NEW are each a policy file or the name of an applied policy. Rules are matched
-by what they are about (kind and path; egress target), not by position: reordering is
-no change. Decisions are compared on probes at every rule's edges, from both sides: its
-exact path; for a pattern a path inside it, one a level deeper, its directory and a
-sibling just outside; for a CIDR its first and last address and the ones just outside,
-at each edge of every port range and at a port no rule lists, over TCP and UDP.
+by what they are about (kind and path; egress target; unix path or @name), not by
+position: reordering is no change. Decisions are compared on probes at every rule's
+edges, from both sides: its exact path; for a pattern a path inside it, one a level
+deeper, its directory and a sibling just outside (exec, write, and unix sockets, the
+built-in unix rules included); for a CIDR its first and last address and the ones just
+outside, at each edge of every port range and at a port no rule lists, over TCP and
+UDP, and over ICMP when either policy has an icmp rule.
 
-With --exit-code, exits 1 when some decision changes, or the mode does (like
-`git diff --exit-code`), and 0 otherwise. Errors exit 1 too, with a message.
+With --exit-code, exits 1 when some decision changes, or the mode or a spec.system
+setting does (like `git diff --exit-code`), and 0 otherwise. Errors exit 1 too, with a
+message.
 
 --json prints one object: old and new {file, policy, mode}, mode {old, new} or null,
-defaults [{kind, old, new}], rules [{change: added|removed|changed, kind, old, new}],
+defaults [{kind, old, new}], system [{key, old, new}] (spec.system settings that
+change), rules [{change: added|removed|changed, kind, old, new}],
 probes (how many actions were compared), decisions [{action, old, new}] (each side
 {decision, rule_id, rule, line}), changes_enforcement (what --exit-code reports).
 
@@ -488,7 +506,7 @@ EXAMPLES:
 
 /// `policy test`: a policy (or identity) and exactly one action.
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("action").required(true).args(["exec", "write", "connect"])))]
+#[command(group(ArgGroup::new("action").required(true).args(["exec", "write", "connect", "connect_unix"])))]
 pub struct PolicyTestArgs {
     /// A policy file, or the name of an applied policy (default: the identity's).
     #[arg(value_name = "FILE|NAME", required_unless_present = "identity")]
@@ -499,14 +517,19 @@ pub struct PolicyTestArgs {
     /// Create, modify, rename or remove the file at PATH.
     #[arg(long, value_name = "PATH")]
     pub write: Option<PathBuf>,
-    /// Connect to ADDR:PORT (IPv6 in brackets: [2001:db8::1]:443).
+    /// Connect to ADDR:PORT (IPv6 in brackets: [2001:db8::1]:443); with
+    /// --protocol icmp, ping ADDR (no port: ICMP has none).
     #[arg(long, value_name = "ADDR:PORT", value_parser = policy_test::parse_connect)]
-    pub connect: Option<SocketAddr>,
-    /// The transport of --connect [default: tcp].
+    pub connect: Option<policy_test::ConnectArg>,
+    /// The protocol of --connect [default: tcp].
     // `requires` alone is not enough: clap waives it when the missing argument
     // conflicts with a present one, as --connect does with --exec and --write.
-    #[arg(long, value_enum, requires = "connect", conflicts_with_all = ["exec", "write"])]
+    #[arg(long, value_enum, requires = "connect", conflicts_with_all = ["exec", "write", "connect_unix"])]
     pub protocol: Option<ProtocolArg>,
+    /// Connect to the local (AF_UNIX) socket at PATH, or to the abstract socket
+    /// @NAME (judged by egress.unix).
+    #[arg(long, value_name = "PATH|@NAME")]
+    pub connect_unix: Option<PathBuf>,
     /// Judge as this identity: its standing, and its policy unless FILE|NAME is given.
     #[arg(long, value_name = "NAME")]
     pub identity: Option<String>,
@@ -523,6 +546,8 @@ pub struct PolicyTestArgs {
 pub enum ProtocolArg {
     Tcp,
     Udp,
+    /// ICMP or ICMPv6 echo ("ping"): --connect takes the address alone.
+    Icmp,
 }
 
 /// `policy diff`.
@@ -669,7 +694,7 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Receipts(ReceiptsCmd::Key(ReceiptsKeyCmd::Show(f))) => receipts::key_show(&socket, f.json).await.map(ok),
         Command::Receipts(ReceiptsCmd::Key(ReceiptsKeyCmd::Rotate(f))) => receipts::key_rotate(&socket, f.json).await.map(ok),
-        Command::Policy(PolicyCmd::Validate { files }) => policy::validate(&files).map(ok),
+        Command::Policy(PolicyCmd::Validate { files }) => policy::validate(&socket, &files).map(ok),
         Command::Policy(PolicyCmd::Apply { file, json }) => policy::apply(&socket, &file, json.json).await.map(ok),
         Command::Policy(PolicyCmd::List(f)) => policy::list(&socket, f.json).await.map(ok),
         Command::Policy(PolicyCmd::Show { name, json, yaml }) => {
@@ -902,9 +927,14 @@ mod tests {
         assert_eq!(a.write, Some(PathBuf::from("src/main.rs")));
         assert_eq!((a.cwd, a.identity.as_deref()), (Some(PathBuf::from("/home/alice/work")), Some("c")));
         let a = policy_test(&["coder", "--connect", "[2001:db8::1]:53", "--protocol", "udp"]);
-        assert_eq!(a.connect, Some("[2001:db8::1]:53".parse().unwrap()));
+        let to = |a: &str, port| Some(policy_test::ConnectArg { addr: a.parse().unwrap(), port });
+        assert_eq!(a.connect, to("2001:db8::1", Some(53)));
         assert_eq!(a.protocol, Some(ProtocolArg::Udp));
-        assert_eq!(policy_test(&["p", "--connect", "1.2.3.4:443"]).connect, Some("1.2.3.4:443".parse().unwrap()));
+        assert_eq!(policy_test(&["p", "--connect", "1.2.3.4:443"]).connect, to("1.2.3.4", Some(443)));
+        let a = policy_test(&["p", "--connect", "10.0.0.1", "--protocol", "icmp"]);
+        assert_eq!((a.connect, a.protocol), (to("10.0.0.1", None), Some(ProtocolArg::Icmp)));
+        let a = policy_test(&["p", "--connect-unix", "/run/docker.sock"]);
+        assert_eq!((a.connect_unix, a.connect), (Some(PathBuf::from("/run/docker.sock")), None));
         // The identity's own policy when no FILE|NAME is given.
         let a = policy_test(&["--identity", "coder", "--exec", "/usr/bin/git"]);
         assert_eq!((a.policy, a.identity.as_deref()), (None, Some("coder")));
@@ -918,15 +948,18 @@ mod tests {
             (&["policy", "test", "p.yaml", "--exec", "/x", "--write", "/y"], ErrorKind::ArgumentConflict),
             (&["policy", "test", "p.yaml", "--exec", "/x", "--protocol", "udp"], ErrorKind::ArgumentConflict),
             (&["policy", "test", "p.yaml", "--protocol", "udp"], ErrorKind::MissingRequiredArgument),
+            (&["policy", "test", "p.yaml", "--connect-unix", "/x", "--protocol", "udp"], ErrorKind::ArgumentConflict),
+            (&["policy", "test", "p.yaml", "--connect-unix", "/x", "--exec", "/y"], ErrorKind::ArgumentConflict),
             (&["policy", "test", "p.yaml", "--connect", "1.2.3.4:1", "--protocol", "sctp"], ErrorKind::InvalidValue),
-            (&["policy", "test", "p.yaml", "--connect", "1.2.3.4"], ErrorKind::ValueValidation),
-            (&["policy", "test", "p.yaml", "--connect", "2001:db8::1:443"], ErrorKind::ValueValidation),
+            // An address without a port parses (ICMP takes one); `policy test`
+            // refuses it for TCP and UDP, also with exit code 2.
+            (&["policy", "test", "p.yaml", "--connect", "[2001:db8::1]443"], ErrorKind::ValueValidation),
             (&["policy", "test", "p.yaml", "--connect", "example.com:443"], ErrorKind::ValueValidation),
         ] {
             let e = usage_error(args);
             assert_eq!((e.kind(), e.exit_code()), (kind, 2), "{args:?}: {e}");
         }
-        let e = usage_error(&["policy", "test", "p.yaml", "--connect", "2001:db8::1:443"]).to_string();
+        let e = usage_error(&["policy", "test", "p.yaml", "--connect", "[2001:db8::1]443"]).to_string();
         assert!(e.contains("brackets"), "{e}");
     }
 

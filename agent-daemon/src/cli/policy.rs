@@ -79,6 +79,7 @@ fn show_text(reply: &pb::PolicyShowReply) -> String {
         ("version", p.version.to_string()),
         ("mode", p.mode),
         ("rules", p.rules.to_string()),
+        ("system", system_text(&reply.system_allows)),
         ("sha256", p.hash),
         ("applied_at", or_dash(&p.applied_at)),
     ]);
@@ -89,7 +90,9 @@ fn show_text(reply: &pb::PolicyShowReply) -> String {
     };
     let mut t = output::table(&["ID", "KIND", "LINE", "RULE", "ALLOW", "DENY", "WOULD-DENY", "AUDIT"]);
     for r in &reply.rules {
-        let mut row = vec![r.id.to_string(), r.kind.clone(), r.line.to_string(), r.text.clone()];
+        // Line 0: a built-in unix rule, not written in the file.
+        let line = if r.line == 0 { "built-in".to_string() } else { r.line.to_string() };
+        let mut row = vec![r.id.to_string(), r.kind.clone(), line, r.text.clone()];
         row.extend(counts(&r.hits));
         t.add_row(row);
     }
@@ -97,6 +100,7 @@ fn show_text(reply: &pb::PolicyShowReply) -> String {
         ("exec", &reply.exec_default_hits),
         ("write", &reply.write_default_hits),
         ("egress", &reply.egress_default_hits),
+        ("unix", &reply.unix_default_hits),
     ] {
         let mut row = vec!["0".to_string(), kind.to_string(), "-".to_string(), format!("(default of {kind})")];
         row.extend(counts(h));
@@ -111,9 +115,21 @@ fn show_text(reply: &pb::PolicyShowReply) -> String {
     out
 }
 
+/// `namespaces deny, ptrace allow`: every `spec.system` key, allowed or not.
+fn system_text(allows: &[String]) -> String {
+    policy::System::KEYS
+        .iter()
+        .map(|k| format!("{k} {}", if allows.iter().any(|a| a == k) { "allow" } else { "deny" }))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Checks files offline: every problem as `file:line:col: message` on stderr, and
-/// `FILE: ok (N rules)` on stdout for each good file. Fails if any file is bad.
-pub fn validate(files: &[PathBuf]) -> Result<(), CliError> {
+/// `FILE: ok (N rules)` on stdout for each good file (the file's rules: the
+/// built-in unix rules, which protect `socket` among others, come on top). Fails
+/// if any file is bad.
+pub fn validate(socket: &Path, files: &[PathBuf]) -> Result<(), CliError> {
+    let builtins = policy::Builtins::new(socket);
     let mut bad = 0;
     for file in files {
         let name = file.display().to_string();
@@ -125,9 +141,10 @@ pub fn validate(files: &[PathBuf]) -> Result<(), CliError> {
                 continue;
             }
         };
-        match policy::parse(&name, &text).and_then(|p| policy::compile(&p)) {
+        match policy::parse_with(&name, &text, &builtins).and_then(|p| policy::compile(&p)) {
             Ok(compiled) => {
-                output::print(format!("{name}: ok ({} rules)", compiled.rules.len()))?;
+                let written = compiled.rules.iter().filter(|r| !r.builtin).count();
+                output::print(format!("{name}: ok ({written} rules)"))?;
                 for w in &compiled.warnings {
                     eprintln!("{}", warning_line(&name, w));
                 }
@@ -206,12 +223,27 @@ mod tests {
         let s = show_text(&reply);
         assert!(s.starts_with("name:        coder\n"), "{s}");
         assert!(s.contains("description: -"), "{s}");
+        assert!(s.contains("\nsystem:      namespaces deny, ptrace deny\n"), "{s}");
+        let ptrace = pb::PolicyShowReply { system_allows: vec!["ptrace".into()], ..reply.clone() };
+        assert!(show_text(&ptrace).contains("\nsystem:      namespaces deny, ptrace allow\n"));
         assert!(
             s.lines()
                 .any(|l| l.starts_with('1') && l.contains("exec") && l.contains("{path: /usr/bin/git, action: allow}") && l.contains("41")),
             "{s}"
         );
         assert!(s.lines().any(|l| l.contains("(default of exec)") && l.contains('3')), "{s}");
+        assert!(s.lines().any(|l| l.contains("(default of unix)")), "{s}");
+        let builtin = pb::Rule {
+            id: 2,
+            kind: "unix".into(),
+            text: "{path: /run/docker.sock, action: deny}  # built-in: Docker starts containers".into(),
+            line: 0,
+            action: "deny".into(),
+            hits: None,
+        };
+        let with_builtin = pb::PolicyShowReply { rules: vec![builtin], ..reply.clone() };
+        let s = show_text(&with_builtin);
+        assert!(s.lines().any(|l| l.starts_with('2') && l.contains("unix") && l.contains("built-in")), "{s}");
         assert!(s.ends_with("--- yaml\napiVersion: agentd.io/v1"), "{s}");
     }
 
@@ -220,7 +252,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.yaml");
         std::fs::write(&bad, "apiVersion: agentd.io/v1\nkind: AgentPolicy\nbogus: 1\n").unwrap();
-        assert!(matches!(validate(&[bad]), Err(CliError::Reported)));
-        assert!(matches!(validate(&[dir.path().join("missing.yaml")]), Err(CliError::Reported)));
+        let socket = Path::new(policy::DEFAULT_AGENTD_SOCKET);
+        assert!(matches!(validate(socket, &[bad]), Err(CliError::Reported)));
+        assert!(matches!(validate(socket, &[dir.path().join("missing.yaml")]), Err(CliError::Reported)));
     }
 }

@@ -76,6 +76,8 @@ pub struct DiffJson {
     /// `{old, new}` when the mode changes.
     pub mode: Option<ChangeJson>,
     pub defaults: Vec<DefaultJson>,
+    /// `spec.system` keys that change: [{key, old, new}], each allow or deny.
+    pub system: Vec<SystemJson>,
     pub rules: Vec<RuleChangeJson>,
     /// How many actions were judged under both policies.
     pub probes: usize,
@@ -101,6 +103,13 @@ pub struct ChangeJson {
 #[derive(Debug, Serialize)]
 pub struct DefaultJson {
     pub kind: &'static str,
+    pub old: &'static str,
+    pub new: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SystemJson {
+    pub key: &'static str,
     pub old: &'static str,
     pub new: &'static str,
 }
@@ -167,6 +176,11 @@ impl DiffReport {
                 .iter()
                 .map(|(k, o, n)| DefaultJson { kind: k.as_str(), old: o.as_str(), new: n.as_str() })
                 .collect(),
+            system: d
+                .system
+                .iter()
+                .map(|(k, o, n)| SystemJson { key: k, old: allow_or_deny(*o), new: allow_or_deny(*n) })
+                .collect(),
             rules: d
                 .rules
                 .iter()
@@ -206,6 +220,9 @@ impl DiffReport {
             settings.push(format!("mode: {} → {}", o.as_str(), n.as_str()));
         }
         settings.extend(d.defaults.iter().map(|(k, o, n)| format!("{} default: {o} → {n}", k.as_str())));
+        settings.extend(
+            d.system.iter().map(|(k, o, n)| format!("system.{k}: {} → {}", allow_or_deny(*o), allow_or_deny(*n))),
+        );
         if !settings.is_empty() {
             out.push(String::new());
             out.extend(settings);
@@ -257,7 +274,8 @@ impl DiffReport {
             };
             // Listed for its deciding rule only: say which rule that is.
             let texts = c.old.action == c.new.action;
-            t.add_row(vec![what, outcome_text(&c.old, texts), outcome_text(&c.new, texts)]);
+            let icmp = matches!(c.probe, Action::Connect { protocol: Protocol::Icmp, .. });
+            t.add_row(vec![what, outcome_text(&c.old, texts, icmp), outcome_text(&c.new, texts, icmp)]);
         }
         out.push(output::render_table(&t));
         out.join("\n")
@@ -275,6 +293,15 @@ fn same_but_udp(tcp: &DecisionChange, udp: &DecisionChange) -> bool {
     }
 }
 
+/// A `spec.system` setting as written.
+fn allow_or_deny(allowed: bool) -> &'static str {
+    if allowed {
+        "allow"
+    } else {
+        "deny"
+    }
+}
+
 fn change_name(c: &RuleChange) -> &'static str {
     match c {
         RuleChange::Added { .. } => "added",
@@ -284,9 +311,10 @@ fn change_name(c: &RuleChange) -> &'static str {
 }
 
 /// `allow (rule 3, line 14)` or `deny (default)`; with `text`, the rule as written
-/// follows.
-fn outcome_text(o: &Outcome, text: bool) -> String {
+/// follows. ICMP that no rule decides is denied, not by the default.
+fn outcome_text(o: &Outcome, text: bool, icmp: bool) -> String {
     let rule = match (o.line, &o.rule_text) {
+        _ if o.rule_id == 0 && icmp => return format!("{} (no icmp rule)", o.action),
         _ if o.rule_id == 0 => return format!("{} (default)", o.action),
         (Some(line), Some(t)) if text => format!("rule {}, line {line}: {t}", o.rule_id),
         (Some(line), _) => format!("rule {}, line {line}", o.rule_id),
@@ -444,6 +472,42 @@ spec:
         let v = serde_json::to_value(r.json()).unwrap();
         assert_eq!(v["mode"], serde_json::json!({"old": "enforce", "new": "monitor"}));
         assert_eq!(v["defaults"], serde_json::json!([{"kind": "exec", "old": "deny", "new": "audit"}]));
+    }
+
+    #[test]
+    fn system_opt_ins_are_settings() {
+        let new = format!("{OLD}  system:\n    namespaces: allow\n");
+        let (_dir, o, n) = files(OLD, &new);
+        let r = run(&o, &n, &mut FakeDaemon::default()).unwrap();
+        assert!(r.diff.changes_enforcement());
+        let text = r.render(true);
+        assert!(text.contains("\n\nsystem.namespaces: deny → allow\n"), "{text}");
+        let v = serde_json::to_value(r.json()).unwrap();
+        assert_eq!(v["system"], serde_json::json!([{"key": "namespaces", "old": "deny", "new": "allow"}]));
+    }
+
+    #[test]
+    fn icmp_and_unix_rows() {
+        let new = OLD.replace(
+            "      - {cidr: 10.0.0.0/8, ports: [\"1-1024\"], action: allow}\n",
+            "      - {cidr: 10.0.0.0/8, ports: [\"1-1024\"], action: allow}\n      \
+             - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}\n    \
+             unix:\n      rules:\n        - {path: /run/docker.sock, action: audit}\n",
+        );
+        let (_dir, o, n) = files(OLD, &new);
+        let text = run(&o, &n, &mut FakeDaemon::default()).unwrap().render(true);
+        let row = |start: &str| {
+            let l = text.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("{start}: {text}"));
+            l.split("  ").filter(|c| !c.is_empty()).map(str::trim).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            row("connect icmp 10.0.0.0 "),
+            ["connect icmp 10.0.0.0", "deny (no icmp rule)", "allow (rule 4, line 18)"]
+        );
+        let docker = row("connect unix /run/docker.sock ");
+        assert_eq!(docker[0..2], ["connect unix /run/docker.sock", "deny (rule 5)"], "{text}");
+        assert_eq!(docker[2], "audit (rule 5, line 21)", "{text}");
+        assert!(text.contains("  + unix   line 21: {path: /run/docker.sock, action: audit}"), "{text}");
     }
 
     #[test]

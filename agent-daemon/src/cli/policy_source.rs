@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::{client::Client, error::CliError};
 use crate::{
     api::pb,
-    policy::{self, Policy},
+    policy::{self, Builtins, Policy},
 };
 
 /// A `FILE|NAME` argument.
@@ -49,6 +49,10 @@ pub trait Lookup {
     async fn policy_yaml(&mut self, name: &str) -> Result<String, CliError>;
     /// The identity `name`: its policy and state.
     async fn identity(&mut self, name: &str) -> Result<pb::Identity, CliError>;
+    /// What the built-in unix rules protect: this agentd's socket.
+    fn builtins(&self) -> Builtins {
+        Builtins::default()
+    }
 }
 
 /// Asks agentd over its socket, connecting on first use.
@@ -80,6 +84,12 @@ impl Lookup for Daemon<'_> {
         let reply = self.client().await?.identity_show(name).await?;
         reply.identity.ok_or_else(|| CliError::Failed(format!("agentd sent no identity for {name:?}")))
     }
+
+    /// The socket agentctl talks to is the one agentd protects (`--socket`),
+    /// whether or not it is asked anything.
+    fn builtins(&self) -> Builtins {
+        Builtins::new(self.socket)
+    }
 }
 
 /// Reads and parses the policy `source` names.
@@ -90,13 +100,13 @@ pub async fn load(source: &Source, lookup: &mut impl Lookup) -> Result<Policy, C
         }
         Source::Applied(name) => lookup.policy_yaml(name).await?,
     };
-    parse(&source.label(), &text)
+    parse(&source.label(), &text, &lookup.builtins())
 }
 
 /// Parses a policy; a bad one is an error listing every problem on a line of its
 /// own as `file:line:column: message`, as `policy validate` prints them.
-pub fn parse(file_name: &str, text: &str) -> Result<Policy, CliError> {
-    policy::parse(file_name, text).map_err(|errors| {
+pub fn parse(file_name: &str, text: &str, builtins: &Builtins) -> Result<Policy, CliError> {
+    policy::parse_with(file_name, text, builtins).map_err(|errors| {
         let n = errors.len();
         let s = if n == 1 { "" } else { "s" };
         CliError::Failed(format!("{file_name} has {n} error{s}:\n{errors}"))
@@ -173,7 +183,7 @@ mod tests {
     #[test]
     fn a_bad_policy_lists_every_problem_at_its_line() {
         let text = "apiVersion: agentd.io/v1\nkind: AgentPolicy\nmetadata:\n  name: t\nspec:\n  bogus: 1\n  exec:\n    default: maybe\n";
-        let err = parse("bad.yaml", text).unwrap_err();
+        let err = parse("bad.yaml", text, &Builtins::default()).unwrap_err();
         let shown = err.render();
         let lines: Vec<&str> = shown.lines().collect();
         assert_eq!(lines[0], "agentctl: bad.yaml has 2 errors:", "{shown}");

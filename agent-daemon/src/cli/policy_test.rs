@@ -7,7 +7,8 @@
 //! text, and an identity's policy and standing.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
@@ -45,6 +46,8 @@ pub struct TestReport {
     pub identity: Option<String>,
     /// The identity's standing: active, revoked, expired or no-policy.
     pub standing: Option<&'static str>,
+    /// The policy's `spec.system` settings; `None` when no policy was consulted.
+    pub system: Option<SystemJson>,
     /// Where the policy came from; text only.
     #[serde(skip)]
     pub source: Option<Source>,
@@ -56,28 +59,55 @@ pub struct TestReport {
 /// The action judged, with relative paths made absolute.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ActionJson {
-    /// exec, write or connect.
+    /// exec, write, connect or unix (a connect to a local socket).
     pub kind: &'static str,
-    /// The absolute path, or `ADDR:PORT`.
+    /// The absolute path (for unix, or `@name` for an abstract socket), or
+    /// `ADDR:PORT` (for ICMP, `ADDR`).
     pub target: String,
     /// tcp or udp, for connect only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<&'static str>,
 }
 
-/// Parses `--connect`: `1.2.3.4:443` or `[2001:db8::1]:443`.
-pub fn parse_connect(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(addr);
+/// `spec.system`, each `allow` or `deny`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SystemJson {
+    pub namespaces: &'static str,
+    pub ptrace: &'static str,
+}
+
+impl SystemJson {
+    fn of(s: &policy::System) -> SystemJson {
+        let [(_, namespaces), (_, ptrace)] = s.entries();
+        SystemJson { namespaces, ptrace }
     }
-    let hint = if s.contains(':') && !s.starts_with('[') && s.parse::<std::net::Ipv6Addr>().is_ok() {
+}
+
+/// `--connect`: an address and, except for ICMP, a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectArg {
+    pub addr: IpAddr,
+    pub port: Option<u16>,
+}
+
+/// Parses `--connect`: `1.2.3.4:443` or `[2001:db8::1]:443`; for ICMP the address
+/// alone, `1.2.3.4`, `2001:db8::1` or `[2001:db8::1]` (whether a port is needed is
+/// checked once the protocol is known).
+pub fn parse_connect(s: &str) -> Result<ConnectArg, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(ConnectArg { addr: addr.ip(), port: Some(addr.port()) });
+    }
+    if let Ok(addr) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s).parse::<IpAddr>() {
+        return Ok(ConnectArg { addr, port: None });
+    }
+    let hint = if s.starts_with('[') || s.matches(':').count() > 1 {
         "an IPv6 address goes in brackets, then the port"
-    } else if s.parse::<std::net::Ipv4Addr>().is_ok() {
-        "it has no port"
     } else {
         "an IP address (not a host name) and a port are needed"
     };
-    Err(format!("{s:?} is not ADDR:PORT ({hint}), e.g. 1.2.3.4:443 or [2001:db8::1]:443"))
+    Err(format!(
+        "{s:?} is not ADDR:PORT ({hint}), e.g. 1.2.3.4:443 or [2001:db8::1]:443 (with --protocol icmp, the address alone)"
+    ))
 }
 
 pub async fn test(socket: &Path, args: &PolicyTestArgs) -> Result<(), CliError> {
@@ -121,7 +151,7 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
     let decision = evaluate_as(policy.as_ref(), standing, &action);
     let mode = policy.as_ref().map(Policy::mode);
     let line = match (&policy, decision.rule_id) {
-        (Some(p), id) if id != 0 => p.rule(id).map(|(_, _, at)| at.line),
+        (Some(p), id) => p.rule_line(id),
         _ => None,
     };
     let mut notes = Vec::new();
@@ -129,6 +159,7 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
         notes.push(match &action {
             Action::Exec { .. } => "the exec waits until a person runs `agentctl approve ID` or `agentctl deny ID` (see `agentctl approvals watch`); at the policy's approvals.timeout it gets on_timeout".into(),
             a if held(a) => "the connect waits at agentd's hold proxy until a person approves it (then it reaches its destination) or denies it (then it is reset); see `agentctl approvals watch`".into(),
+            Action::Connect { protocol: Protocol::Icmp, .. } => "nothing holds an ICMP packet: it is denied (EPERM)".into(),
             Action::Write { .. } => "an open of an existing file for writing waits in the kernel for a person (`agentctl approvals list`; approve, or deny: EPERM; denied at the deadline); creating, renaming, linking, removing or truncating it by path is stopped and becomes a request, whose approval lets this identity write exactly this file for 2 minutes (`--for D`: for D), so a retry goes through".into(),
             _ => "the datagram is stopped (EPERM; nothing can hold one) and becomes a request in `agentctl approvals list`; approving it lets this identity send to exactly this address and port for 2 minutes (`--for D`: for D)".into(),
         });
@@ -159,6 +190,7 @@ pub async fn run_test(args: &PolicyTestArgs, lookup: &mut impl Lookup) -> Result
         reason: decision.reason,
         identity: identity.as_ref().map(|i| i.name.clone()),
         standing: identity.is_some().then_some(standing.as_str()),
+        system: policy.as_ref().map(|p| SystemJson::of(&p.system)),
         source,
         notes,
     })
@@ -192,14 +224,44 @@ fn action(args: &PolicyTestArgs) -> Result<Action, CliError> {
     if let Some(path) = &args.write {
         return Ok(Action::Write { path: absolute(path, args.cwd.as_deref())? });
     }
-    if let Some(addr) = args.connect {
+    if let Some(path) = &args.connect_unix {
+        // `@name` is an abstract socket, not a path relative to anything.
+        if path.as_os_str().as_bytes().starts_with(b"@") {
+            return Ok(Action::ConnectUnix { path: path.clone() });
+        }
+        return Ok(Action::ConnectUnix { path: absolute(path, args.cwd.as_deref())? });
+    }
+    if let Some(ConnectArg { addr, port }) = args.connect {
         let protocol = match args.protocol {
             None | Some(ProtocolArg::Tcp) => Protocol::Tcp,
             Some(ProtocolArg::Udp) => Protocol::Udp,
+            Some(ProtocolArg::Icmp) => Protocol::Icmp,
         };
-        return Ok(Action::Connect { addr: addr.ip(), port: addr.port(), protocol });
+        return match (protocol, port) {
+            (Protocol::Icmp, None) => Ok(Action::Connect { addr, port: 0, protocol }),
+            // A port would suggest that ICMP rules have ports; they do not.
+            (Protocol::Icmp, Some(_)) => Err(CliError::Usage(format!(
+                "ICMP has no ports: give the address alone, e.g. --connect {} --protocol icmp",
+                bracketed(addr)
+            ))),
+            (_, Some(port)) => Ok(Action::Connect { addr, port, protocol }),
+            (_, None) => Err(CliError::Usage(format!(
+                "--connect {} has no port: give ADDR:PORT, e.g. {}:443{} (only --protocol icmp takes an address alone)",
+                bracketed(addr),
+                bracketed(addr),
+                if addr.is_ipv6() { ", an IPv6 address in brackets" } else { "" }
+            ))),
+        };
     }
-    Err(CliError::Usage("give one of --exec PATH, --write PATH or --connect ADDR:PORT".into()))
+    Err(CliError::Usage("give one of --exec PATH, --write PATH, --connect ADDR:PORT or --connect-unix PATH".into()))
+}
+
+/// An address as it is written before a port: IPv6 in brackets.
+fn bracketed(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
 }
 
 /// `path` as the kernel sees it from a process in `cwd` (default: ours): joined to
@@ -225,11 +287,15 @@ pub fn action_json(action: &Action) -> ActionJson {
     match action {
         Action::Exec { path } => ActionJson { kind: "exec", target: path.display().to_string(), protocol: None },
         Action::Write { path } => ActionJson { kind: "write", target: path.display().to_string(), protocol: None },
+        Action::Connect { addr, protocol: Protocol::Icmp, .. } => {
+            ActionJson { kind: "connect", target: addr.to_string(), protocol: Some(Protocol::Icmp.as_str()) }
+        }
         Action::Connect { addr, port, protocol } => ActionJson {
             kind: "connect",
             target: SocketAddr::new(*addr, *port).to_string(),
             protocol: Some(protocol.as_str()),
         },
+        Action::ConnectUnix { path } => ActionJson { kind: "unix", target: path.display().to_string(), protocol: None },
     }
 }
 
@@ -258,15 +324,23 @@ impl TestReport {
             (Some(text), Some(line)) => format!("{}, line {line}: {text}", self.rule_id),
             (Some(text), None) => format!("{}: {text}", self.rule_id),
             (None, _) if standing_denies => "none (the identity is denied everything)".to_string(),
+            // ICMP never falls to the egress default: no rule is a deny of its own.
+            (None, _) if self.action.protocol == Some("icmp") => "0 (no icmp rule: denied)".to_string(),
             (None, _) => format!("0 (the {} default)", self.action.kind.replace("connect", "egress")),
         };
-        let target = match self.action.protocol {
-            Some(p) => format!("{} {p} {}", self.action.kind, self.action.target),
-            None => format!("{} {}", self.action.kind, self.action.target),
+        let target = match (self.action.kind, self.action.protocol) {
+            (kind, Some(p)) => format!("{kind} {p} {}", self.action.target),
+            ("unix", None) => format!("connect unix {}", self.action.target),
+            (kind, None) => format!("{kind} {}", self.action.target),
         };
         let mut pairs = vec![("policy", policy)];
         if let (Some(name), Some(standing)) = (&self.identity, self.standing) {
             pairs.push(("identity", format!("{name} ({standing})")));
+        }
+        // Only when the policy opts into something: denied is what every policy
+        // says unless it does.
+        if let Some(s) = self.system.as_ref().filter(|s| s.namespaces == "allow" || s.ptrace == "allow") {
+            pairs.push(("system", format!("namespaces {}, ptrace {}", s.namespaces, s.ptrace)));
         }
         pairs.extend([("action", target), ("decision", decision), ("rule", rule), ("reason", self.reason.clone())]);
         pairs.extend(self.notes.iter().map(|n| ("note", n.clone())));
@@ -399,6 +473,49 @@ spec:
     }
 
     #[test]
+    fn system_opt_ins_are_shown_when_the_policy_has_any() {
+        let (_dir, f) = file(&format!("{CODER}  system:\n    ptrace: allow\n"));
+        let r = run(&[&f, "--exec", "/nonexistent-agentd-test/bin/git"], &mut FakeDaemon::default()).unwrap();
+        assert_eq!(r.system, Some(SystemJson { namespaces: "deny", ptrace: "allow" }));
+        assert!(r.text().contains("\nsystem:   namespaces deny, ptrace allow\naction:"), "{}", r.text());
+        let mut daemon = FakeDaemon::default().with_identity("gone", "coder", "revoked");
+        let r = run(&["--identity", "gone", "--exec", "/x"], &mut daemon).unwrap();
+        assert_eq!(r.system, None, "no policy consulted");
+    }
+
+    #[test]
+    fn unix_sockets_by_path_abstract_name_and_built_in_rule() {
+        let unix = "    unix:\n      default: deny\n      rules:\n        - {path: \"/nonexistent-agentd-test/run/**\", action: allow}\n        - {path: \"@ctl\", action: audit}\n";
+        let (_dir, f) = file(&format!("{CODER}{unix}"));
+        let mut daemon = FakeDaemon::default();
+        let r = run(&[&f, "--connect-unix", "/nonexistent-agentd-test/run/app.sock"], &mut daemon).unwrap();
+        assert_eq!((r.decision, r.enforced, r.rule_id, r.line), ("allow", "allow", 7, Some(25)));
+        assert_eq!(
+            r.action,
+            ActionJson { kind: "unix", target: "/nonexistent-agentd-test/run/app.sock".into(), protocol: None }
+        );
+        assert!(r.text().contains("action:   connect unix /nonexistent-agentd-test/run/app.sock\n"), "{}", r.text());
+        // Relative to --cwd, like every path.
+        let r = run(&[&f, "--connect-unix", "run/x.sock", "--cwd", "/nonexistent-agentd-test"], &mut daemon).unwrap();
+        assert_eq!((r.action.target.as_str(), r.rule_id), ("/nonexistent-agentd-test/run/x.sock", 7));
+        // An abstract socket is a name, not a relative path.
+        let r = run(&[&f, "--connect-unix", "@ctl", "--cwd", "/nonexistent-agentd-test"], &mut daemon).unwrap();
+        assert_eq!((r.action.target.as_str(), r.decision, r.rule_id), ("@ctl", "audit", 8));
+        let r = run(&[&f, "--connect-unix", "/nonexistent-agentd-test/other.sock"], &mut daemon).unwrap();
+        assert_eq!((r.decision, r.rule_id), ("deny", 0));
+        assert!(r.text().contains("\nrule:     0 (the unix default)\n"), "{}", r.text());
+        // A built-in rule: an id, no line, and the text says why.
+        let r = run(&[&f, "--connect-unix", "/run/agentd/agentd.sock"], &mut daemon).unwrap();
+        assert_eq!((r.decision, r.rule_id, r.line), ("deny", 9, None));
+        let text = r.text();
+        assert!(
+            text.contains("\nrule:     9: {path: /run/agentd/agentd.sock, action: deny}  # built-in: agentd's own API"),
+            "{text}"
+        );
+        assert_eq!(daemon.asked, 0, "a file needs no daemon");
+    }
+
+    #[test]
     fn an_exec_ask_is_held_and_says_how_to_answer() {
         let (_dir, f) = file(CODER);
         let r = run(&[&f, "--exec", "/nonexistent-agentd-test/bin/curl"], &mut FakeDaemon::default()).unwrap();
@@ -510,13 +627,14 @@ spec:
             keys,
             [
                 "action", "decision", "enforced", "identity", "line", "mode", "policy", "reason", "rule", "rule_id",
-                "standing"
+                "standing", "system"
             ]
         );
         assert_eq!(v["action"], serde_json::json!({"kind": "exec", "target": "/nonexistent-agentd-test/bin/curl"}));
         assert_eq!((v["decision"].as_str(), v["enforced"].as_str()), (Some("ask"), Some("hold")));
         assert_eq!((v["rule_id"].as_u64(), v["line"].as_u64()), (Some(2), Some(11)));
         assert!(v["identity"].is_null() && v["standing"].is_null());
+        assert_eq!(v["system"], serde_json::json!({"namespaces": "deny", "ptrace": "deny"}));
         let r = run(&[&f, "--connect", "[::1]:443"], &mut FakeDaemon::default()).unwrap();
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["action"], serde_json::json!({"kind": "connect", "target": "[::1]:443", "protocol": "tcp"}));
@@ -525,14 +643,45 @@ spec:
 
     #[test]
     fn connect_takes_addr_and_port() {
-        assert_eq!(parse_connect("1.2.3.4:443"), Ok("1.2.3.4:443".parse().unwrap()));
-        assert_eq!(parse_connect("[2001:db8::1]:443"), Ok("[2001:db8::1]:443".parse().unwrap()));
-        assert_eq!(parse_connect("[::ffff:127.0.0.1]:80").map(|a| a.port()), Ok(80));
+        let arg = |a: &str, port| Ok(ConnectArg { addr: a.parse().unwrap(), port });
+        assert_eq!(parse_connect("1.2.3.4:443"), arg("1.2.3.4", Some(443)));
+        assert_eq!(parse_connect("[2001:db8::1]:443"), arg("2001:db8::1", Some(443)));
+        assert_eq!(parse_connect("[::ffff:127.0.0.1]:80").map(|a| a.port), Ok(Some(80)));
+        // An address alone is for ICMP; whether it may be alone is checked later.
+        assert_eq!(parse_connect("1.2.3.4"), arg("1.2.3.4", None));
+        assert_eq!(parse_connect("2001:db8::1"), arg("2001:db8::1", None));
+        assert_eq!(parse_connect("[2001:db8::1]"), arg("2001:db8::1", None));
         let err = |s| parse_connect(s).unwrap_err();
-        assert!(err("1.2.3.4").contains("no port"), "{}", err("1.2.3.4"));
-        assert!(err("2001:db8::1").contains("brackets"), "{}", err("2001:db8::1"));
-        assert!(err("2001:db8::1:443").contains("brackets"), "{}", err("2001:db8::1:443"));
+        assert!(err("[2001:db8::1]443").contains("brackets"), "{}", err("[2001:db8::1]443"));
         assert!(err("api.github.com:443").contains("not a host name"), "{}", err("api.github.com:443"));
         assert!(err("1.2.3.4:99999").contains("e.g. 1.2.3.4:443"));
+    }
+
+    #[test]
+    fn icmp_is_an_address_alone_and_only_an_icmp_rule_allows_it() {
+        let text = CODER.replace(
+            "      - {cidr: \"2001:db8::/32\"",
+            "      - {cidr: 127.0.0.0/8, protocol: icmp, action: allow}\n      - {cidr: \"2001:db8::/32\"",
+        );
+        let (_dir, f) = file(&text.replace("  egress:\n    default: deny", "  egress:\n    default: allow"));
+        let mut daemon = FakeDaemon::default();
+        let r = run(&[&f, "--connect", "127.0.0.1", "--protocol", "icmp"], &mut daemon).unwrap();
+        assert_eq!((r.decision, r.enforced, r.rule_id, r.line), ("allow", "allow", 6, Some(21)));
+        assert_eq!(r.action, ActionJson { kind: "connect", target: "127.0.0.1".into(), protocol: Some("icmp") });
+        assert!(r.text().contains("action:   connect icmp 127.0.0.1\n"), "{}", r.text());
+        // Not by the allowing default.
+        let r = run(&[&f, "--connect", "2001:db8::1", "--protocol", "icmp"], &mut daemon).unwrap();
+        assert_eq!((r.decision, r.rule_id), ("deny", 0));
+        assert!(r.reason.contains("the egress default does not apply"), "{}", r.reason);
+        assert!(r.text().contains("\nrule:     0 (no icmp rule: denied)\n"), "{}", r.text());
+        // A port with ICMP, or none without it, is a usage error that says why.
+        let err = run(&[&f, "--connect", "127.0.0.1:80", "--protocol", "icmp"], &mut daemon).unwrap_err();
+        assert!(err.to_string().contains("ICMP has no ports"), "{err}");
+        let err = run(&[&f, "--connect", "127.0.0.1"], &mut daemon).unwrap_err();
+        assert!(err.to_string().contains("has no port: give ADDR:PORT, e.g. 127.0.0.1:443"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+        // A port written after an IPv6 address without brackets is part of it.
+        let err = run(&[&f, "--connect", "2001:db8::1:443"], &mut daemon).unwrap_err();
+        assert!(err.to_string().contains("e.g. [2001:db8::1:443]:443, an IPv6 address in brackets"), "{err}");
     }
 }

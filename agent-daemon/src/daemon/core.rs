@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::{
     enforce::{Counters, EnforceError, Enforcer, MechanismReport},
     identity::{self, keys, IdentityRecord, NewIdentity},
-    policy::{compiled::CompiledPolicy, evaluate_as, Action, ActionKind, Approvals, Mode, Policy, Standing},
+    policy::{compiled::CompiledPolicy, evaluate_as, Action, ActionKind, Approvals, Builtins, Mode, Policy, Standing},
     receipts::{Draft, Journal, Requester},
     state::{self, BindingRecord, PolicyMeta, PolicyRecord, State, Store},
 };
@@ -197,6 +197,8 @@ pub struct Core {
     /// Told, after each change to what the kernel enforces, whether any policy
     /// asks about writes (the write gate's marks are only kept while one does).
     write_gate: Option<Box<dyn Fn(bool) + Send>>,
+    /// What the policies' built-in unix rules protect (this agentd's socket).
+    builtins: Builtins,
 }
 
 /// One approved request: the identity may do exactly this until `until`.
@@ -253,7 +255,14 @@ impl Core {
             receipts,
             exceptions: HashMap::new(),
             write_gate: None,
+            builtins: Builtins::default(),
         }
+    }
+
+    /// Compiles stored policies with `builtins` from now on (the daemon's
+    /// `--socket`; the default otherwise). Call before [`Core::reconcile`].
+    pub fn set_builtins(&mut self, builtins: Builtins) {
+        self.builtins = builtins;
     }
 
     /// Whether a loaded policy asks about writes (a rule or the default), in
@@ -565,7 +574,7 @@ impl Core {
         let mut r = Reconciled::default();
         let policies: Vec<(String, PolicyRecord)> = self.state.policies.iter().map(|(n, p)| (n.clone(), p.clone())).collect();
         for (name, rec) in policies {
-            match state::compile_policy(&rec.meta.file_name, &rec.yaml) {
+            match state::compile_policy(&rec.meta.file_name, &rec.yaml, &self.builtins) {
                 Ok((policy, compiled)) if policy.name() == name => {
                     let compiled = Arc::new(compiled);
                     self.remember(&name, rec.meta.version, compiled.clone());

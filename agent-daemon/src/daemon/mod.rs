@@ -172,6 +172,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let journal_at_stop = journal.clone();
     let sinks = start_sinks(&file_config, &journal)?;
     let mut core = Core::new(Box::new(enforcer), store, state, journal);
+    // Every policy keeps bound agents from this agentd's own socket (a built-in
+    // unix rule), wherever --socket put it.
+    let builtins = crate::policy::Builtins::new(&config.socket);
+    core.set_builtins(builtins.clone());
     let r = core
         .reconcile(&|p: &Path| cgroup::cgroup_id(p).ok(), SystemTime::now())
         .map_err(DaemonError::Reconcile)?;
@@ -266,6 +270,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             write_holds,
             connect_proxy,
             sinks: sinks.clone(),
+            builtins,
         },
         holds.clone(),
         journal_at_stop.clone(),

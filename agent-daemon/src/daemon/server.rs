@@ -49,6 +49,8 @@ pub struct Info {
     pub connect_proxy: Result<(u16, u16), String>,
     /// The receipt sinks, for their counters.
     pub sinks: super::Sinks,
+    /// What applied policies' built-in unix rules protect (this agentd's socket).
+    pub builtins: crate::policy::Builtins,
 }
 
 /// The Agentd service.
@@ -232,7 +234,8 @@ fn policy_summary(core: &Core, name: &str, rec: &PolicyRecord) -> pb::PolicySumm
         }
         .to_string(),
         applied_at: rec.meta.applied_at.clone(),
-        rules: loaded.map_or(0, |l| l.compiled.rules.len() as u32),
+        // The file's rules; the built-in unix rules are listed by `policy show`.
+        rules: loaded.map_or(0, |l| l.compiled.rules.iter().filter(|r| !r.builtin).count() as u32),
     }
 }
 
@@ -452,7 +455,8 @@ impl Agentd for Service {
         let yaml = r.yaml;
         let (policy, compiled) = tokio::task::spawn_blocking({
             let (file_name, yaml) = (file_name.clone(), yaml.clone());
-            move || state::compile_policy(&file_name, &yaml)
+            let builtins = self.info.builtins.clone();
+            move || state::compile_policy(&file_name, &yaml, &builtins)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -493,6 +497,7 @@ impl Agentd for Service {
                 let kind_code = |k: &str| match k {
                     "exec" => agent_common::kind::EXEC,
                     "write" => agent_common::kind::WRITE,
+                    "unix" => agent_common::kind::UNIX,
                     _ => agent_common::kind::EGRESS,
                 };
                 let rules = c
@@ -519,6 +524,17 @@ impl Agentd for Service {
                     exec_default_hits: hit(agent_common::kind::EXEC, 0),
                     write_default_hits: hit(agent_common::kind::WRITE, 0),
                     egress_default_hits: hit(agent_common::kind::EGRESS, 0),
+                    unix_default_hits: hit(agent_common::kind::UNIX, 0),
+                    system_allows: c
+                        .loaded(&name)
+                        .map(|l| {
+                            crate::policy::System::KEYS
+                                .into_iter()
+                                .filter(|k| l.policy.system.allows(k))
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
             })
             .await??;

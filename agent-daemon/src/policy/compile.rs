@@ -12,8 +12,10 @@
 //!   of the trie's match and the automaton's.
 //! - Egress: one entry per distinct network, holding its own port rules followed by
 //!   those of every shorter network that covers it, in the format's precedence
-//!   order. The lookup finds the longest network containing the address, and the
-//!   first port rule that matches is then the evaluator's most specific rule.
+//!   order (ICMP rules, port 0..=65535 and protocol 1, ahead of the rest). The
+//!   lookup finds the longest network containing the address, and the first port
+//!   rule that matches is then the evaluator's most specific rule; for ICMP
+//!   (looked up as port 0, protocol 1) no match is a deny, never the default.
 //!
 //! What the kernel cannot enforce yet is either refused (if skipping it could let
 //! something through) or skipped with a warning (if that only denies more).
@@ -28,7 +30,11 @@ use super::{
     error::{ErrorKind, Errors, Location, PolicyErrors},
     eval::effective_pattern,
     glob::KernelForm,
-    model::{mapped_net, net_contains, ActionKind, EgressRule, Mode, PathSection, Policy, RuleKind, Target},
+    glob::Specificity,
+    model::{
+        mapped_net, net_contains, ActionKind, EgressRule, Mode, PathRule, PathSection, Policy, Protocol, RuleKind,
+        Target, UnixRule, UnixSection, UnixTarget,
+    },
     path::{real_path, FileId, FileSystem, RealPaths},
     validate::egress_rank_within_net,
 };
@@ -40,15 +46,21 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyErrors> {
 
 pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<CompiledPolicy, PolicyErrors> {
     let mut c = Compiler { policy, errors: Errors::new(&policy.file), warnings: policy.warnings.clone() };
-    let exec = c.paths(RuleKind::Exec, &policy.exec, fs);
+    let exec = c.paths(RuleKind::Exec, &policy.exec, &ranks(&policy.exec, fs), fs);
     let exec_inodes = exec_inodes(&policy.exec, fs);
-    let write = c.paths(RuleKind::Write, &policy.write, fs);
+    let write = c.paths(RuleKind::Write, &policy.write, &ranks(&policy.write, fs), fs);
+    let unix = c.unix(fs);
     let mut globs = c.automaton(RuleKind::Exec, &exec, 1, MAX_GLOB_STATES);
     let exec_glob = if globs.is_empty() { 0 } else { 1 };
     let write_first = 1 + globs.len() as u16;
     let write_states = c.automaton(RuleKind::Write, &write, write_first, MAX_GLOB_STATES - globs.len());
     let write_glob = if write_states.is_empty() { 0 } else { write_first };
     globs.extend(write_states);
+    // Never empty: the built-in rules for per-user sockets are patterns.
+    let unix_first = 1 + globs.len() as u16;
+    let unix_states = c.automaton(RuleKind::Unix, &unix, unix_first, MAX_GLOB_STATES - globs.len());
+    let unix_glob = if unix_states.is_empty() { 0 } else { unix_first };
+    globs.extend(unix_states);
     let egress = c.egress();
     let guarded = guarded_dirs(&policy.write, fs);
     if policy.unheld_ask() {
@@ -74,12 +86,10 @@ pub(crate) fn compile_with(policy: &Policy, fs: &dyn RealPaths) -> Result<Compil
         exec_glob,
         write_glob,
         guarded,
-        // `egress.unix` and `spec.system` are not in the language yet: no unix
-        // rules, unix connects allowed by default, no system opt-ins.
-        unix: Vec::new(),
-        unix_glob: 0,
-        unix_default: agent_common::action::ALLOW,
-        system_flags: 0,
+        unix: unix.entries,
+        unix_glob,
+        unix_default: policy.unix.default.code(),
+        system_flags: policy.system.flags() | icmp_flag(policy),
         rules: policy.rule_infos(),
         warnings,
     })
@@ -122,6 +132,31 @@ fn guarded_dirs(section: &PathSection, fs: &dyn RealPaths) -> Vec<PathEntry> {
             PathEntry { key: dir, value: KernelPathRule { action: agent_common::action::DENY, _pad: [0; 3], rule_id, rank: 0 } }
         })
         .collect()
+}
+
+/// `identity_flags::ICMP` when some rule can let ICMP through (allow, audit, or
+/// ask, which the kernel judges per destination): without it the kernel refuses
+/// to create ICMP sockets at all.
+fn icmp_flag(policy: &Policy) -> u8 {
+    let lets_through = |r: &EgressRule| r.protocol == Some(Protocol::Icmp) && r.action != ActionKind::Deny;
+    if policy.egress.rules.iter().any(lets_through) {
+        agent_common::identity_flags::ICMP
+    } else {
+        0
+    }
+}
+
+/// A unix rule on a path as a path rule, to lay it out like the others.
+fn path_rule(r: &UnixRule) -> Option<PathRule> {
+    let UnixTarget::Path(pattern) = &r.target else { return None };
+    Some(PathRule {
+        id: r.id,
+        pattern: pattern.clone(),
+        action: r.action,
+        at: r.at,
+        path_at: r.target_at,
+        text: r.text.clone(),
+    })
 }
 
 /// Pins every exact exec rule whose file exists to its (dev, inode), so the file
@@ -180,7 +215,7 @@ fn show_key(key: &[u8]) -> String {
     String::from_utf8_lossy(key.strip_suffix(b"\0").unwrap_or(key)).into_owned()
 }
 
-/// Automaton states one policy may use in the kernel, both kinds together: a
+/// Automaton states one policy may use in the kernel, all kinds together: a
 /// quarter of `GLOB_STATES`, so that several policies, and an old and a new
 /// version during an apply, fit beside each other.
 pub const MAX_GLOB_STATES: usize = agent_common::GLOB_STATES_MAX as usize / 4;
@@ -188,9 +223,10 @@ pub const MAX_GLOB_STATES: usize = agent_common::GLOB_STATES_MAX as usize / 4;
 /// A kind's rules for the kernel: trie entries, and the patterns the trie cannot
 /// express, for the automaton.
 struct PathTables {
+    /// Sorted by key.
     entries: Vec<PathEntry>,
     patterns: Vec<automaton::Pattern>,
-    /// Where the first pattern rule is, for errors about the automaton.
+    /// Where the first pattern rule of the file is, for errors about the automaton.
     first_pattern: Option<Location>,
 }
 
@@ -208,9 +244,36 @@ fn ranks(section: &PathSection, fs: &dyn RealPaths) -> BTreeMap<u32, u32> {
     order.into_iter().enumerate().map(|(i, (_, id))| (id, i as u32 + 1)).collect()
 }
 
+/// The same for `egress.unix`, built-in rules included: first by
+/// [`UnixRule::tier`] (the file's patterns, the built-in rules, the file's exact
+/// paths and abstract names), then as above. The evaluator orders by the same key.
+fn unix_ranks(section: &UnixSection, fs: &dyn RealPaths) -> BTreeMap<u32, u32> {
+    let mut order: Vec<_> = section
+        .all()
+        .map(|r| {
+            let spec = match &r.target {
+                UnixTarget::Path(g) => effective_pattern(g, fs).specificity(),
+                UnixTarget::Abstract(name) => {
+                    Specificity { exact: true, literal_len: name.len() + 1, star_first: false }
+                }
+            };
+            ((r.tier(), spec, r.action, Reverse(r.id)), r.id)
+        })
+        .collect();
+    order.sort();
+    order.into_iter().enumerate().map(|(i, (_, id))| (id, i as u32 + 1)).collect()
+}
+
 impl Compiler<'_> {
-    fn paths(&mut self, kind: RuleKind, section: &PathSection, fs: &dyn RealPaths) -> PathTables {
-        let rank = ranks(section, fs);
+    /// A kind's path rules as trie entries and automaton patterns, each with its
+    /// rank from `rank`.
+    fn paths(
+        &mut self,
+        kind: RuleKind,
+        section: &PathSection,
+        rank: &BTreeMap<u32, u32>,
+        fs: &dyn RealPaths,
+    ) -> PathTables {
         let mut by_key: BTreeMap<Vec<u8>, &super::model::PathRule> = BTreeMap::new();
         let mut patterns = Vec::new();
         let mut first_pattern = None;
@@ -226,7 +289,7 @@ impl Compiler<'_> {
                 first_pattern.get_or_insert(r.path_at);
                 continue;
             };
-        let key = path_key(&form, fs);
+            let key = path_key(&form, fs);
             if key.len() > PATH_KEY_LEN {
                 self.errors.push(
                     ErrorKind::Limit,
@@ -280,10 +343,68 @@ impl Compiler<'_> {
         PathTables { entries, patterns, first_pattern }
     }
 
+    /// `egress.unix`: the file's path rules laid out as write rules are, its
+    /// abstract names as exact keys of their own, and the built-in rules, except
+    /// where the file names a protected path exactly (its rule has that key).
+    fn unix(&mut self, fs: &dyn RealPaths) -> PathTables {
+        let section = &self.policy.unix;
+        let rank = unix_ranks(section, fs);
+        let paths =
+            PathSection { default: section.default, rules: section.rules.iter().filter_map(path_rule).collect() };
+        let mut t = self.paths(RuleKind::Unix, &paths, &rank, fs);
+        let value =
+            |r: &UnixRule| KernelPathRule { action: r.action.code(), _pad: [0; 3], rule_id: r.id, rank: rank[&r.id] };
+        for r in &section.rules {
+            if let UnixTarget::Abstract(name) = &r.target {
+                // At most 109 bytes: validation keeps names to what a socket address holds.
+                t.entries.push(PathEntry { key: UnixTarget::abstract_key(name.as_bytes()), value: value(r) });
+            }
+        }
+        for b in &section.builtins {
+            let UnixTarget::Path(pattern) = &b.target else { continue };
+            let Some(form) = pattern.kernel_form() else {
+                t.patterns.push(automaton::Pattern {
+                    regex: effective_pattern(pattern, fs).regex(),
+                    rule_id: b.id,
+                    rank: rank[&b.id],
+                    action: b.action.code(),
+                });
+                continue;
+            };
+            let key = path_key(&form, fs);
+            if key.len() > PATH_KEY_LEN {
+                // Skipping it would let the socket through: refuse the policy.
+                self.errors.push(
+                    ErrorKind::Limit,
+                    Location::new(1, 1),
+                    format!(
+                        "the built-in rule {} for {} cannot be enforced: its real path ({}) is {} bytes as a kernel key, over the kernel's {PATH_KEY_LEN}",
+                        b.id,
+                        pattern,
+                        show_key(&key),
+                        key.len()
+                    ),
+                    Some("run agentd with a --socket whose real path is shorter".into()),
+                );
+                continue;
+            }
+            if !t.entries.iter().any(|e| e.key == key) {
+                t.entries.push(PathEntry { key, value: value(b) });
+            }
+        }
+        t.entries.sort_by(|a, b| a.key.cmp(&b.key));
+        t
+    }
+
     /// The automaton for one kind's patterns, numbered from `first`; empty when
     /// the kind has none.
     fn automaton(&mut self, kind: RuleKind, t: &PathTables, first: u16, limit: usize) -> Vec<GlobState> {
-        let Some(at) = t.first_pattern else { return Vec::new() };
+        if t.patterns.is_empty() {
+            return Vec::new();
+        }
+        // Only built-in patterns: blame the top of the file (the other kinds'
+        // patterns used up the room).
+        let at = t.first_pattern.unwrap_or(Location::new(1, 1));
         match automaton::build(&t.patterns, first, limit) {
             Ok(states) => states,
             Err(e) => {
@@ -306,7 +427,16 @@ impl Compiler<'_> {
         let mut cidrs: Vec<((u128, u8), &EgressRule)> = Vec::new();
         for r in &policy.egress.rules {
             match &r.target {
-                Target::Cidr(net) => cidrs.push((mapped_net(net), r)),
+                Target::Cidr(net) => {
+                    if r.protocol == Some(Protocol::Icmp) && r.action == ActionKind::Ask {
+                        // Narrowing only, but not what `ask` says: tell.
+                        self.warnings.push(format!(
+                            "{}:{}:{}: icmp rule {} asks, but nothing can hold a ping: it is denied",
+                            policy.file, r.at.line, r.at.column, r.text
+                        ));
+                    }
+                    cidrs.push((mapped_net(net), r))
+                }
                 Target::Host(host) => self.host_rule(r, host, default),
             }
         }
@@ -317,11 +447,20 @@ impl Compiler<'_> {
         for net in nets {
             let mut applicable: Vec<&((u128, u8), &EgressRule)> =
                 cidrs.iter().filter(|((a, len), _)| *len <= net.1 && net_contains((*a, *len), net.0)).collect();
-            applicable.sort_by_key(|((_, len), r)| (Reverse(*len), egress_rank_within_net(r)));
+            // ICMP rules first: no TCP or UDP lookup can match them, so where they
+            // sit changes nothing for those, and ahead of the rest an ICMP lookup
+            // finds its rule before any rule without a protocol (TCP and UDP
+            // only, but stored as protocol 0). Among themselves, and among the
+            // rest, the format's order: longest network, then the network's own.
+            applicable.sort_by_key(|((_, len), r)| {
+                (r.protocol != Some(Protocol::Icmp), Reverse(*len), egress_rank_within_net(r))
+            });
             let mut list: Vec<PortRule> = Vec::new();
             'rules: for (_, r) in &applicable {
                 let all = [super::model::PortRange { lo: 0, hi: u16::MAX }];
                 let ranges = if r.ports.is_empty() { &all[..] } else { &r.ports[..] };
+                // An ICMP rule has no ports: 0..=65535 holds the 0 the kernel
+                // looks ICMP up with.
                 let protocol = r.protocol.map_or(0, |p| p.number());
                 for pr in ranges {
                     list.push(PortRule {
@@ -332,7 +471,8 @@ impl Compiler<'_> {
                         _pad: [0; 2],
                         rule_id: r.id,
                     });
-                    // Every port and protocol: nothing after it can ever be reached.
+                    // Every port of TCP and UDP: nothing after it can ever be
+                    // reached (ICMP rules all came before).
                     if protocol == 0 && pr.lo == 0 && pr.hi == u16::MAX {
                         break 'rules;
                     }

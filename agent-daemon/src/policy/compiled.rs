@@ -29,8 +29,8 @@ pub struct CompiledPolicy {
     pub write: Vec<PathEntry>,
     /// Egress entries for the `EGRESS_RULES` LPM trie.
     pub egress: Vec<EgressEntry>,
-    /// States of the exec and write glob automata for `GLOB_STATES`: `globs[i]` is
-    /// state `i + 1` (0 is the dead state).
+    /// States of the exec, write and unix glob automata for `GLOB_STATES`:
+    /// `globs[i]` is state `i + 1` (0 is the dead state).
     pub globs: Vec<GlobState>,
     /// Start state of the exec automaton in `globs`, 0 when exec has no patterns
     /// the trie cannot express.
@@ -42,7 +42,8 @@ pub struct CompiledPolicy {
     /// write to what it holds.
     pub guarded: Vec<PathEntry>,
     /// `egress.unix` rules for the `UNIX_RULES` LPM trie (socket file paths,
-    /// keyed like write rules).
+    /// keyed like write rules; an abstract socket `@name` is `@name` + NUL), the
+    /// built-in rules included.
     pub unix: Vec<PathEntry>,
     /// Start state of the `egress.unix` automaton in `globs` (0: none).
     pub unix_glob: u16,
@@ -89,16 +90,19 @@ pub struct EgressEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleInfo {
     pub id: u32,
-    /// "exec", "write" or "egress".
+    /// "exec", "write", "egress" or "unix".
     pub kind: &'static str,
-    /// Index of the rule within its kind's `rules:` list.
+    /// Index of the rule within its kind's `rules:` list (built-in rules follow
+    /// the unix list).
     pub index: usize,
     /// The rule as the user wrote it, in one line, e.g. `{path: /usr/bin/git, action: allow}`.
     pub text: String,
-    /// 1-based line of the rule in the policy file.
+    /// 1-based line of the rule in the policy file; 0 for a built-in rule.
     pub line: usize,
     /// "allow", "deny", "ask" or "audit".
     pub action: &'static str,
+    /// One of the built-in `egress.unix` rules (no line; `text` says why).
+    pub builtin: bool,
 }
 
 /// What the kernel's path lookup gives for a real path: an action code and rule id
@@ -180,15 +184,51 @@ impl CompiledPolicy {
         Ok(out)
     }
 
-    /// The kernel's decision for `real` (an absolute real path) by the exec or
-    /// write tables, step for step as `decide_path` in agent-ebpf does it, the exec
-    /// (dev, inode) pins aside: a longest-prefix match over the first
+    /// The kernel's egress decision for a connection to `addr` and `port` over IP
+    /// protocol `protocol` (6 TCP, 17 UDP; ICMP and ICMPv6 are looked up as 1
+    /// with port 0), as the egress programs in agent-ebpf decide it: the longest
+    /// entry whose network holds the address, then its first port rule that
+    /// matches the port and the protocol, where protocol 0 is TCP and UDP only.
+    /// No rule matches: the egress default, except for ICMP, which is denied. The
+    /// tests hold this model to the evaluator.
+    pub fn egress_lookup(&self, addr: std::net::IpAddr, port: u16, protocol: u8) -> (u8, u32) {
+        const ICMP: u8 = 1;
+        let a = u128::from_be_bytes(match addr {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        });
+        let best = self
+            .egress
+            .iter()
+            .filter(|e| {
+                let mask = if e.prefix_len == 0 { 0 } else { u128::MAX << (128 - e.prefix_len) };
+                u128::from_be_bytes(e.addr) & mask == a & mask
+            })
+            .max_by_key(|e| e.prefix_len);
+        let rules = best.map_or(&[][..], |e| &e.value.rules[..(e.value.count as usize).min(e.value.rules.len())]);
+        let matches = |r: &&agent_common::PortRule| {
+            (r.port_lo..=r.port_hi).contains(&port) && (r.protocol == protocol || (r.protocol == 0 && protocol != ICMP))
+        };
+        match rules.iter().find(matches) {
+            Some(r) => (r.action, r.rule_id),
+            None if protocol == ICMP => (agent_common::action::DENY, 0),
+            None => (self.egress_default, 0),
+        }
+    }
+
+    /// The kernel's decision for `real` (an absolute real path) by the exec, write
+    /// or unix tables, step for step as `decide_path` in agent-ebpf does it, the
+    /// exec (dev, inode) pins aside: a longest-prefix match over the first
     /// `PATH_KEY_LEN` bytes of `real + NUL`, then the glob automaton, and the
-    /// higher-ranked of the two. The tests hold this model to the evaluator.
+    /// higher-ranked of the two. An abstract unix socket is looked up the same way
+    /// as `@name` (so its key is `@name` + NUL, and no pattern matches it). The
+    /// tests hold this model to the evaluator. Egress is not a path kind: `None`.
     pub fn path_lookup(&self, kind: super::RuleKind, real: &[u8]) -> PathLookup {
         let (entries, default, start) = match kind {
             super::RuleKind::Exec => (&self.exec, self.exec_default, self.exec_glob),
-            _ => (&self.write, self.write_default, self.write_glob),
+            super::RuleKind::Write => (&self.write, self.write_default, self.write_glob),
+            super::RuleKind::Unix => (&self.unix, self.unix_default, self.unix_glob),
+            super::RuleKind::Egress => return None,
         };
         let mut key = real.to_vec();
         key.push(0);

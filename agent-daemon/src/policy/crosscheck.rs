@@ -13,38 +13,12 @@ use agent_common::PATH_KEY_LEN;
 
 use super::{
     compile::compile_with,
-    compiled::CompiledPolicy,
     eval::evaluate_with,
-    model::{mapped_net, Target},
+    model::{mapped_net, Target, UnixTarget},
     parse,
     path::{real_path, FakeLinks, FileSystem, RealPaths},
     Action, Policy, Protocol, RuleKind,
 };
-
-/// The kernel's egress decision.
-fn kernel_egress(c: &CompiledPolicy, addr: IpAddr, port: u16, protocol: u8) -> (u8, u32) {
-    // The programs store and look up IPv4 as IPv4-mapped IPv6.
-    let a = u128::from_be_bytes(match addr {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    });
-    let best = c
-        .egress
-        .iter()
-        .filter(|e| {
-            let mask = if e.prefix_len == 0 { 0 } else { u128::MAX << (128 - e.prefix_len) };
-            u128::from_be_bytes(e.addr) & mask == a & mask
-        })
-        .max_by_key(|e| e.prefix_len);
-    if let Some(e) = best {
-        for r in &e.value.rules[..e.value.count as usize] {
-            if (r.port_lo..=r.port_hi).contains(&port) && (r.protocol == 0 || r.protocol == protocol) {
-                return (r.action, r.rule_id);
-            }
-        }
-    }
-    (c.egress_default, 0)
-}
 
 /// A small deterministic generator (xorshift64*): reproducible probes without a
 /// dependency.
@@ -74,8 +48,12 @@ fn path_probes(p: &Policy, extra: &[&str], rng: &mut Rng) -> Vec<String> {
     out.push(format!("/{}", &long[..PATH_KEY_LEN - 2]));
     out.push(format!("/{}", &long[..PATH_KEY_LEN - 1]));
     let mut words: Vec<String> = vec!["x".into(), "..".into(), ".".into(), String::new()];
-    for r in p.exec.rules.iter().chain(&p.write.rules) {
-        let lit = String::from_utf8_lossy(&r.pattern.literal_dir()).into_owned();
+    let unix_patterns = p.unix.all().filter_map(|r| match &r.target {
+        UnixTarget::Path(g) => Some(g),
+        UnixTarget::Abstract(_) => None,
+    });
+    for pattern in p.exec.rules.iter().chain(&p.write.rules).map(|r| &r.pattern).chain(unix_patterns) {
+        let lit = String::from_utf8_lossy(&pattern.literal_dir()).into_owned();
         let base = lit.trim_end_matches('/');
         for s in ["", "/", "/x", "/x/y", "x", "/..", "/../x", "/./x", "//x"] {
             out.push(format!("{base}{s}"));
@@ -142,15 +120,26 @@ fn check(p: &Policy, fs: &dyn RealPaths, extra_paths: &[&str]) -> usize {
     let c = compile_with(p, fs).unwrap_or_else(|e| panic!("{e}"));
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut n = 0;
-    for path in path_probes(p, extra_paths, &mut rng) {
-        let real = real_path(path.as_bytes(), fs);
-        for kind in [RuleKind::Exec, RuleKind::Write] {
-            let default = if kind == RuleKind::Exec { c.exec_default } else { c.write_default };
-            let action = if kind == RuleKind::Exec {
-                Action::Exec { path: path.clone().into() }
-            } else {
-                Action::Write { path: path.clone().into() }
+    let mut paths = path_probes(p, extra_paths, &mut rng);
+    // Abstract sockets: every name a rule has, one just longer, one just shorter.
+    for r in &p.unix.rules {
+        if let UnixTarget::Abstract(name) = &r.target {
+            paths.extend([format!("@{name}"), format!("@{name}x"), format!("@{}", &name[..name.len() - 1])]);
+        }
+    }
+    for path in paths {
+        let abstract_name = path.starts_with('@');
+        let real = if abstract_name { Some(path.as_bytes().to_vec()) } else { real_path(path.as_bytes(), fs) };
+        for kind in [RuleKind::Exec, RuleKind::Write, RuleKind::Unix] {
+            let (default, action) = match kind {
+                RuleKind::Exec => (c.exec_default, Action::Exec { path: path.clone().into() }),
+                RuleKind::Write => (c.write_default, Action::Write { path: path.clone().into() }),
+                _ => (c.unix_default, Action::ConnectUnix { path: path.clone().into() }),
             };
+            // `@name` is a name only to a unix connect.
+            if abstract_name && kind != RuleKind::Unix {
+                continue;
+            }
             let d = evaluate_with(p, &action, fs);
             // A relative path never reaches the kernel's lookup as such; the
             // evaluator gives the default, which is what the kernel does for a
@@ -175,11 +164,17 @@ fn check(p: &Policy, fs: &dyn RealPaths, extra_paths: &[&str]) -> usize {
             for protocol in [Protocol::Tcp, Protocol::Udp] {
                 let action = Action::Connect { addr, port, protocol };
                 let d = evaluate_with(p, &action, fs);
-                let k = kernel_egress(&c, addr, port, protocol.number());
+                let k = c.egress_lookup(addr, port, protocol.number());
                 assert_eq!((d.action.code(), d.rule_id), k, "{}: {action} -> {}", p.name(), d.reason);
                 n += 1;
             }
         }
+        // ICMP has no port: the kernel looks it up with port 0.
+        let action = Action::Connect { addr, port: 0, protocol: Protocol::Icmp };
+        let d = evaluate_with(p, &action, fs);
+        let k = c.egress_lookup(addr, 0, Protocol::Icmp.number());
+        assert_eq!((d.action.code(), d.rule_id), k, "{}: {action} -> {}", p.name(), d.reason);
+        n += 1;
     }
     n
 }
@@ -234,6 +229,23 @@ spec:
       - {cidr: 192.168.1.0/24, action: deny}
       - {cidr: 192.168.1.128/25, ports: [80, "100-200"], protocol: tcp, action: audit}
       - {host: api.github.com, ports: [443], action: allow}
+      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}
+      - {cidr: 10.1.2.0/24, protocol: icmp, action: deny}
+      - {cidr: 10.1.2.3/32, protocol: icmp, action: audit}
+      - {cidr: "fd00::/8", protocol: icmp, action: ask}
+      - {cidr: 192.168.1.0/24, protocol: icmp, action: allow}
+    unix:
+      default: audit
+      rules:
+        - {path: "/run/**", action: allow}
+        - {path: /run/docker.sock, action: audit}
+        - {path: /var/run/podman/podman.sock, action: allow}
+        - {path: "/run/user/1000/**", action: allow}
+        - {path: /run/user/1000/bus, action: allow}
+        - {path: "/srv/work/*.sock", action: deny}
+        - {path: "/home/alice/work/**", action: allow}
+        - {path: "@dbus-session", action: deny}
+        - {path: "@x", action: allow}
 "#;
 
 /// Allow by default, with holes.
@@ -260,6 +272,7 @@ spec:
       - {cidr: 169.254.169.254/32, action: deny}
       - {cidr: "fe80::/10", action: deny}
       - {cidr: 0.0.0.0/0, ports: [25, 465, 587], protocol: tcp, action: deny}
+      - {cidr: 192.168.0.0/16, protocol: icmp, action: allow}
 "#;
 
 /// `*` and `**` everywhere, against trie rules at every specificity: the
@@ -299,10 +312,20 @@ spec:
       - {path: "/tmp/**/*.log", action: ask}
       - {path: "/etc/*", action: deny}
       - {path: /etc/hosts, action: allow}
+  egress:
+    unix:
+      default: deny
+      rules:
+        - {path: "/run/*/*.sock", action: allow}
+        - {path: "/run/user/*/*", action: audit}
+        - {path: "/**/agent.sock", action: allow}
+        - {path: "/tmp/**", action: allow}
+        - {path: /tmp/.X11-unix/X0, action: deny}
 "#;
 
 fn fake_machine() -> FakeLinks {
     FakeLinks(vec![
+        ("/var/run", "/run"),
         ("/bin", "/usr/bin"),
         ("/sbin", "/usr/sbin"),
         ("/lib", "/usr/lib"),
@@ -366,6 +389,31 @@ fn kernel_lookup_matches_evaluate_on_tangled_policies() {
         "/tmp/a.b.c",
         "/tmp/a/b/c.log",
         "/tmp/a/.log",
+        "/run/docker.sock",
+        "/var/run/docker.sock",
+        "/run/podman/podman.sock",
+        "/var/run/podman/podman.sock",
+        "/run/containerd/containerd.sock",
+        "/run/crio/crio.sock",
+        "/run/systemd/private",
+        "/run/dbus/system_bus_socket",
+        "/run/agentd/agentd.sock",
+        "/run/user/1000/bus",
+        "/run/user/1001/bus",
+        "/run/user/1000/systemd/private",
+        "/run/user/1001/systemd/private",
+        "/run/user/1001/docker.sock",
+        "/run/user/1001/podman/podman.sock",
+        "/run/user/1001/podman/other.sock",
+        "/run/user/1001/x.sock",
+        "/run/app/app.sock",
+        "/srv/work/a.sock",
+        "/tmp/.X11-unix/X0",
+        "/tmp/.X11-unix/X1",
+        "/home/alice/work/agent.sock",
+        "@dbus-session",
+        "@x",
+        "@",
     ];
     let mut n = 0;
     for text in [TANGLED, PERMISSIVE, GLOBS] {

@@ -2,7 +2,8 @@
 //! reviewer needs more, the actions whose decision changes.
 //!
 //! Rules are matched by what they are about (kind and path pattern; egress target,
-//! ports and protocol), never by id or position, so a reorder is no change.
+//! ports and protocol; unix path or abstract name), never by id or position, so a
+//! reorder is no change. The built-in unix rules are the same on both sides.
 //! Decisions are compared on probes built from both policies' rules: for every
 //! rule, actions on it, just inside it and just outside its edges, where a change
 //! of any rule shows. A pattern matches endlessly many paths, so this is not a proof
@@ -23,7 +24,7 @@ use super::{
     glob::Glob,
     model::{
         mapped_addr, mapped_net, net_contains, ActionKind, EgressRule, Mode, PathRule, Policy, Protocol, RuleKind,
-        Target,
+        System, Target, UnixRule, UnixTarget,
     },
     path::{FileSystem, RealPaths},
 };
@@ -112,25 +113,33 @@ pub struct PolicyDiff {
     pub mode: Option<(Mode, Mode)>,
     /// Per kind whose default changes: old and new default.
     pub defaults: Vec<(RuleKind, ActionKind, ActionKind)>,
-    /// Exec, then write, then egress; in each, old rules in file order, then the
-    /// added ones in file order.
+    /// Per `spec.system` key that changes: the key, and whether it was and is
+    /// allowed.
+    pub system: Vec<(&'static str, bool, bool)>,
+    /// Exec, then write, then egress, then unix; in each, old rules in file
+    /// order, then the added ones in file order.
     pub rules: Vec<RuleChange>,
     /// How many actions were judged under both.
     pub probes: usize,
-    /// In probe order: exec, write, connect; paths and addresses ascending.
+    /// In probe order: exec, write, connect, unix; paths and addresses ascending.
     pub decisions: Vec<DecisionChange>,
 }
 
 impl PolicyDiff {
     /// Nothing differs that this diff looks at.
     pub fn is_empty(&self) -> bool {
-        self.mode.is_none() && self.defaults.is_empty() && self.rules.is_empty() && self.decisions.is_empty()
+        self.mode.is_none()
+            && self.defaults.is_empty()
+            && self.system.is_empty()
+            && self.rules.is_empty()
+            && self.decisions.is_empty()
     }
 
     /// Whether the kernel would treat some action differently: a probe's decision
-    /// changes, or the mode does (which changes what every deny does).
+    /// changes, or the mode does (which changes what every deny does), or a
+    /// `spec.system` opt-in does.
     pub fn changes_enforcement(&self) -> bool {
-        self.mode.is_some() || !self.decisions.is_empty()
+        self.mode.is_some() || !self.system.is_empty() || !self.decisions.is_empty()
     }
 }
 
@@ -145,10 +154,16 @@ pub(crate) fn diff_with(old: &Policy, new: &Policy, fs: &dyn RealPaths) -> Polic
         (RuleKind::Exec, old.exec.default, new.exec.default),
         (RuleKind::Write, old.write.default, new.write.default),
         (RuleKind::Egress, old.egress.default, new.egress.default),
+        (RuleKind::Unix, old.unix.default, new.unix.default),
     ]
     .into_iter()
     .filter(|(_, o, n)| o != n)
     .collect();
+    let system = System::KEYS
+        .into_iter()
+        .map(|k| (k, old.system.allows(k), new.system.allows(k)))
+        .filter(|(_, o, n)| o != n)
+        .collect();
 
     // Rules are paired old to new (a changed rule is still the same rule); `paired`
     // holds every pair's ids, so that a probe decided by a rule and by its edited
@@ -177,6 +192,18 @@ pub(crate) fn diff_with(old: &Policy, new: &Policy, fs: &dyn RealPaths) -> Polic
         |a, b| a.target == b.target,
         |a, b| a.action == b.action && a.ports == b.ports && a.protocol == b.protocol,
     ));
+    let (o, n): (Vec<_>, Vec<_>) = (old.unix.rules.iter().collect(), new.unix.rules.iter().collect());
+    rules.extend(match_rules(
+        &mut paired,
+        RuleKind::Unix,
+        &o,
+        &n,
+        |a, b| a.target == b.target,
+        |_, _| false,
+        |a, b| a.action == b.action,
+    ));
+    // The built-in rules are one list, whose ids move with the file's rules.
+    paired.extend(old.unix.builtins.iter().zip(&new.unix.builtins).map(|(a, b)| (a.id, b.id)));
 
     let probes = probes(old, new);
     let decisions = probes
@@ -187,7 +214,7 @@ pub(crate) fn diff_with(old: &Policy, new: &Policy, fs: &dyn RealPaths) -> Polic
             (a.action != b.action || !same_rule).then(|| DecisionChange { probe: probe.clone(), old: a, new: b })
         })
         .collect();
-    PolicyDiff { mode, defaults, rules, probes: probes.len(), decisions }
+    PolicyDiff { mode, defaults, system, rules, probes: probes.len(), decisions }
 }
 
 /// A rule of either shape, as the diff shows it.
@@ -197,6 +224,15 @@ trait Shown {
 }
 
 impl Shown for &PathRule {
+    fn id(&self) -> u32 {
+        self.id
+    }
+    fn shown(&self) -> RuleRef {
+        RuleRef { id: self.id, line: self.at.line, text: self.text.clone(), action: self.action }
+    }
+}
+
+impl Shown for &UnixRule {
     fn id(&self) -> u32 {
         self.id
     }
@@ -264,7 +300,7 @@ fn match_rules<R: Shown>(
 /// The decision for `probe`, and the rule that made it.
 fn judge(p: &Policy, probe: &Action, fs: &dyn RealPaths) -> Outcome {
     let d = evaluate_with(p, probe, fs);
-    let line = if d.rule_id == 0 { None } else { p.rule(d.rule_id).map(|(_, _, at)| at.line) };
+    let line = p.rule_line(d.rule_id);
     Outcome { action: d.action, rule_id: d.rule_id, line, rule_text: d.rule_text }
 }
 
@@ -273,8 +309,10 @@ fn judge(p: &Policy, probe: &Action, fs: &dyn RealPaths) -> Outcome {
 enum Probe {
     Exec(String),
     Write(String),
-    /// Address, port, UDP (else TCP).
-    Connect(IpAddr, u16, bool),
+    /// Address, port (0 for ICMP), protocol.
+    Connect(IpAddr, u16, Protocol),
+    /// A local socket's path, or `@name`.
+    Unix(String),
 }
 
 impl Probe {
@@ -282,9 +320,8 @@ impl Probe {
         match self {
             Probe::Exec(p) => Action::Exec { path: PathBuf::from(p) },
             Probe::Write(p) => Action::Write { path: PathBuf::from(p) },
-            Probe::Connect(addr, port, udp) => {
-                Action::Connect { addr: *addr, port: *port, protocol: if *udp { Protocol::Udp } else { Protocol::Tcp } }
-            }
+            Probe::Connect(addr, port, protocol) => Action::Connect { addr: *addr, port: *port, protocol: *protocol },
+            Probe::Unix(p) => Action::ConnectUnix { path: PathBuf::from(p) },
         }
     }
 }
@@ -306,6 +343,16 @@ fn probes(old: &Policy, new: &Policy) -> Vec<Action> {
     }
     let egress: Vec<&EgressRule> = old.egress.rules.iter().chain(&new.egress.rules).collect();
     set.extend(egress_probes(&egress));
+    // Unix sockets: probed like paths, the built-in rules' too (their edges show
+    // a changed default), and every abstract name as itself.
+    for r in old.unix.all().chain(new.unix.all()) {
+        match &r.target {
+            UnixTarget::Path(g) => set.extend(path_probes(g).into_iter().map(Probe::Unix)),
+            UnixTarget::Abstract(name) => {
+                set.insert(Probe::Unix(format!("@{name}")));
+            }
+        }
+    }
     set.iter().map(Probe::action).collect()
 }
 
@@ -343,7 +390,8 @@ fn path_probes(pattern: &Glob) -> Vec<String> {
 /// For every CIDR rule of either policy: its first and last address and one just
 /// outside each end; at each, the edges of every port range of every rule whose
 /// network holds it (one below, first, last, one above) and a port no rule lists;
-/// over TCP and UDP.
+/// over TCP and UDP, and ICMP when either policy has an ICMP rule (without one
+/// ICMP is denied everywhere, so nothing about it can change).
 fn egress_probes(rules: &[&EgressRule]) -> BTreeSet<Probe> {
     let nets: Vec<(&EgressRule, IpNet)> = rules
         .iter()
@@ -360,8 +408,12 @@ fn egress_probes(rules: &[&EgressRule]) -> BTreeSet<Probe> {
         addrs.insert(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
         addrs.insert(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)));
     }
+    let icmp = rules.iter().any(|r| r.protocol == Some(Protocol::Icmp));
     let mut out = BTreeSet::new();
     for addr in addrs {
+        if icmp {
+            out.insert(Probe::Connect(addr, 0, Protocol::Icmp));
+        }
         let mut ports: BTreeSet<u16> = unlisted.into_iter().collect();
         for (r, net) in &nets {
             if !net_contains(mapped_net(net), mapped_addr(addr)) {
@@ -376,8 +428,8 @@ fn egress_probes(rules: &[&EgressRule]) -> BTreeSet<Probe> {
             }
         }
         for port in ports {
-            out.insert(Probe::Connect(addr, port, false));
-            out.insert(Probe::Connect(addr, port, true));
+            out.insert(Probe::Connect(addr, port, Protocol::Tcp));
+            out.insert(Probe::Connect(addr, port, Protocol::Udp));
         }
     }
     out
@@ -561,6 +613,16 @@ mod tests {
     }
 
     #[test]
+    fn a_system_opt_in_is_a_change_of_enforcement() {
+        let diff = d(CODER, &format!("{CODER}  system:\n    ptrace: allow\n    namespaces: deny\n"));
+        assert_eq!(diff.system, [("ptrace", false, true)]);
+        assert!(diff.decisions.is_empty() && diff.rules.is_empty());
+        assert!(!diff.is_empty() && diff.changes_enforcement());
+        // Written out as the default it is no change.
+        assert!(d(CODER, &format!("{CODER}  system: {{namespaces: deny}}\n")).is_empty());
+    }
+
+    #[test]
     fn a_default_change_shows_even_without_rules() {
         let diff = d("  exec:\n    default: deny\n", "  exec:\n    default: allow\n");
         assert_eq!(changes(&diff), ["exec /x: deny → allow"]);
@@ -586,6 +648,53 @@ mod tests {
         // TCP to the DNS server, and the port just above, stay denied.
         assert!(!got.iter().any(|g| g.starts_with("connect tcp 192.168.1.0:53")), "{got:#?}");
         assert!(!got.iter().any(|g| g.starts_with("connect udp 192.168.1.0:54")), "{got:#?}");
+    }
+
+    #[test]
+    fn icmp_rules_are_probed_only_over_icmp() {
+        let ping = CODER.replace(
+            "      - {cidr: \"::1/128\", action: allow}\n",
+            "      - {cidr: \"::1/128\", action: allow}\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}\n",
+        );
+        let diff = d(CODER, &ping);
+        assert!(matches!(&diff.rules[..], [RuleChange::Added { kind: RuleKind::Egress, new }] if new.id == 7));
+        let got = changes(&diff);
+        assert!(got.contains(&"connect icmp 10.0.0.0: deny → allow".to_string()), "{got:#?}");
+        assert!(got.contains(&"connect icmp 10.255.255.255: deny → allow".to_string()), "{got:#?}");
+        // Just outside, and over TCP and UDP, nothing changes; nor for ::1, whose
+        // rule has no protocol (TCP and UDP only).
+        assert!(got.iter().all(|g| g.starts_with("connect icmp 10.")), "{got:#?}");
+        // Without ICMP rules on either side there is nothing to probe.
+        assert!(!probes(&pol(CODER), &pol(CODER)).iter().any(|a| a.to_string().starts_with("connect icmp")));
+    }
+
+    #[test]
+    fn unix_rules_and_their_default() {
+        let with = |unix: &str| format!("{CODER}    unix:\n{unix}");
+        let old = with("      default: allow\n      rules:\n        - {path: \"/srv/app/**\", action: allow}\n");
+        let new = with("      default: deny\n      rules:\n        - {path: \"/srv/app/**\", action: audit}\n        - {path: /run/docker.sock, action: allow}\n        - {path: \"@ctl\", action: deny}\n");
+        let diff = d(&old, &new);
+        assert_eq!(diff.defaults, [(RuleKind::Unix, ActionKind::Allow, ActionKind::Deny)]);
+        let kinds: Vec<_> =
+            diff.rules.iter().map(|c| (c.kind(), c.old_rule().map(|r| r.id), c.new_rule().map(|r| r.id))).collect();
+        assert_eq!(
+            kinds,
+            [(RuleKind::Unix, Some(7), Some(7)), (RuleKind::Unix, None, Some(8)), (RuleKind::Unix, None, Some(9))]
+        );
+        let got = changes(&diff);
+        for want in [
+            "connect unix /srv/app/x: allow → audit",
+            "connect unix /srv/appx: allow → deny",
+            "connect unix /run/docker.sock: deny → allow",
+            "connect unix @ctl: allow → deny",
+        ] {
+            assert!(got.iter().any(|g| g == want), "missing {want:?} in {got:#?}");
+        }
+        // The other protected sockets stay denied by their built-in rules, whose
+        // ids moved by two: no change.
+        assert!(!got.iter().any(|g| g.starts_with("connect unix /run/podman/podman.sock")), "{got:#?}");
+        assert!(!got.iter().any(|g| g.starts_with("connect unix /run/user/x/bus:")), "{got:#?}");
+        assert!(got.iter().any(|g| g.starts_with("connect unix /run/user/x/bus/x: allow → deny")), "{got:#?}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::{
     glob::{Glob, KernelForm, Specificity},
     model::{
         mapped_addr, mapped_net, net_contains, ActionKind, Mode, PathRule, PathSection, Policy, Protocol, RuleKind,
-        Target,
+        Target, UnixRule, UnixTarget,
     },
     path::{real_path, FileSystem, RealPaths},
     validate::egress_rank_within_net,
@@ -38,8 +38,12 @@ pub enum Action {
     Exec { path: PathBuf },
     /// Create, modify, rename or remove the file at `path`.
     Write { path: PathBuf },
-    /// Open a connection (or send a datagram) to `addr:port`.
+    /// Open a connection (or send a datagram) to `addr:port`; for ICMP (an
+    /// echo request from a ping socket) `port` is 0 and means nothing.
     Connect { addr: IpAddr, port: u16, protocol: Protocol },
+    /// Connect (or send a datagram) to the local socket at `path`, or to the
+    /// abstract socket `@name` when `path` starts with `@`.
+    ConnectUnix { path: PathBuf },
 }
 
 impl fmt::Display for Action {
@@ -47,9 +51,11 @@ impl fmt::Display for Action {
         match self {
             Action::Exec { path } => write!(f, "exec {}", path.display()),
             Action::Write { path } => write!(f, "write {}", path.display()),
+            Action::Connect { addr, protocol: Protocol::Icmp, .. } => write!(f, "connect icmp {addr}"),
             Action::Connect { addr, port, protocol } => {
                 write!(f, "connect {} {}", protocol.as_str(), SocketAddr::new(*addr, *port))
             }
+            Action::ConnectUnix { path } => write!(f, "connect unix {}", path.display()),
         }
     }
 }
@@ -78,6 +84,7 @@ pub(crate) fn evaluate_with(policy: &Policy, action: &Action, fs: &dyn RealPaths
         Action::Exec { path } => path_decision(RuleKind::Exec, &policy.exec, path, fs),
         Action::Write { path } => path_decision(RuleKind::Write, &policy.write, path, fs),
         Action::Connect { addr, port, protocol } => connect_decision(policy, *addr, *port, *protocol),
+        Action::ConnectUnix { path } => unix_decision(policy, path, fs),
     };
     d.reason = format!("{action}: {}", d.reason);
     if policy.mode == Mode::Monitor && matches!(d.action, ActionKind::Deny | ActionKind::Ask) {
@@ -192,6 +199,14 @@ fn connect_decision(policy: &Policy, addr: IpAddr, port: u16, protocol: Protocol
             rule_text: Some(r.text.clone()),
             reason: format!("{} by rule {} at line {} (cidr {net})", r.action, r.id, r.at.line),
         },
+        // The kernel denies ICMP that no rule allows, whatever the default: a
+        // default written for TCP and UDP must not open ping to the world.
+        None if protocol == Protocol::Icmp => Decision {
+            action: ActionKind::Deny,
+            rule_id: 0,
+            rule_text: None,
+            reason: "no icmp rule matches; ICMP is denied unless a rule with `protocol: icmp` allows it (the egress default does not apply to it)".to_string(),
+        },
         None => {
             let hosts = policy.egress.rules.iter().filter(|r| matches!(r.target, Target::Host(_))).count();
             let note =
@@ -202,6 +217,70 @@ fn connect_decision(policy: &Policy, addr: IpAddr, port: u16, protocol: Protocol
                 rule_text: None,
                 reason: format!("no egress rule matches{note}; egress default {}", policy.egress.default),
             }
+        }
+    }
+}
+
+fn unix_decision(policy: &Policy, path: &Path, fs: &dyn RealPaths) -> Decision {
+    let section = &policy.unix;
+    let default = |reason: String| Decision { action: section.default, rule_id: 0, rule_text: None, reason };
+    let bytes = path.as_os_str().as_bytes();
+    // `via`: how the asked-about path reads for the kernel, when it differs.
+    let decided_by = |r: &UnixRule, via: &str, how: String| Decision {
+        action: r.action,
+        rule_id: r.id,
+        rule_text: Some(r.text.clone()),
+        reason: match r.builtin {
+            Some(why) => format!(
+                "{}{via} by built-in rule {} ({how}): {why}; a rule naming this path exactly replaces it",
+                r.action, r.id
+            ),
+            None => format!("{}{via} by rule {} at line {} ({how})", r.action, r.id, r.at.line),
+        },
+    };
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        // An abstract socket: only a rule for exactly this name; paths never match.
+        let best = section
+            .rules
+            .iter()
+            .filter(|r| matches!(&r.target, UnixTarget::Abstract(n) if n.as_bytes() == name))
+            .max_by(|a, b| a.action.cmp(&b.action).then(b.id.cmp(&a.id)));
+        return match best {
+            Some(r) => decided_by(r, "", "abstract socket name".into()),
+            None => default(format!("no unix rule names this abstract socket; unix default {}", section.default)),
+        };
+    }
+    let Some(real) = real_path(bytes, fs) else {
+        return default(format!(
+            "a relative path never matches a rule (the kernel judges absolute real paths); unix default {}",
+            section.default
+        ));
+    };
+    let shown = String::from_utf8_lossy(&real);
+    let via = if shown.as_bytes() != bytes { format!(" (real path {shown})") } else { String::new() };
+    let best = section
+        .all()
+        .filter_map(|r| {
+            let UnixTarget::Path(pattern) = &r.target else { return None };
+            let eff = effective_pattern(pattern, fs);
+            eff.matches(&real).then(|| ((r.tier(), eff.specificity()), r, eff))
+        })
+        // The file's patterns, then the built-in rules, then the file's exact
+        // paths; within each, most specific, strongest action, first in the file.
+        .max_by(|(sa, a, _), (sb, b, _)| sa.cmp(sb).then(a.action.cmp(&b.action)).then(b.id.cmp(&a.id)));
+    match best {
+        None => default(format!("no unix rule matches{via}; unix default {}", section.default)),
+        Some(((_, spec), r, eff)) => {
+            let how = if spec.exact {
+                "exact path".to_string()
+            } else {
+                format!("pattern, literal prefix {} bytes", spec.literal_len)
+            };
+            let resolved = match &r.target {
+                UnixTarget::Path(p) if eff.as_str() != p.as_str() => format!(", read as {eff} on this machine"),
+                _ => String::new(),
+            };
+            decided_by(r, &via, format!("{how}{resolved}"))
         }
     }
 }

@@ -103,6 +103,15 @@ impl Glob {
         Ok(Glob { text: text.into(), components })
     }
 
+    /// An exact path in which every byte is literal (a `*` is part of a name):
+    /// for paths that come from the machine, not from a rule. `path` is absolute
+    /// and normalised (as `path::real_path` gives it).
+    pub fn literal(path: &[u8]) -> Glob {
+        let components =
+            path.split(|&b| b == b'/').filter(|c| !c.is_empty()).map(|c| Component::Literal(c.to_vec())).collect();
+        Glob { text: String::from_utf8_lossy(path).into_owned(), components }
+    }
+
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.text

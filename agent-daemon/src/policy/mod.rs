@@ -24,10 +24,15 @@
 //! and at equal specificity deny > ask > audit > allow. For paths an exact path
 //! beats any pattern, then the longer literal prefix (before the first wildcard)
 //! wins, then `*` beats `**`. For egress the longer CIDR prefix wins, then a rule
-//! with `ports` beats one without, then a rule with `protocol`. Rules have stable
-//! ids in file order (exec, then write, then egress, from 1; 0 is the default).
+//! with `ports` beats one without, then a rule with `protocol`; ICMP is allowed
+//! only by a rule that names it. `egress.unix` rules are path rules (as write
+//! rules), with built-in rules ([`Builtins`]) that outrank every pattern of the
+//! file and yield to its exact paths. Rules have stable ids in file order (exec,
+//! then write, then egress, then egress.unix, from 1, then the built-in unix
+//! rules; 0 is the default).
 
 pub mod automaton;
+mod builtin;
 mod compile;
 pub mod compiled;
 mod diff;
@@ -46,6 +51,7 @@ mod crosscheck;
 #[cfg(test)]
 mod tests;
 
+pub use builtin::{Builtins, DEFAULT_AGENTD_SOCKET};
 pub use compile::compile;
 pub use diff::{diff, DecisionChange, Outcome, PolicyDiff, RuleChange, RuleRef};
 pub use error::{ErrorKind, Location, PolicyError, PolicyErrors};
@@ -53,12 +59,19 @@ pub use eval::{evaluate, evaluate_as, Action, Decision, Standing};
 pub use glob::{Glob, GlobError, KernelForm, Specificity};
 pub use model::{
     ActionKind, Approvals, EgressRule, EgressSection, Mode, PathRule, PathSection, Policy, PortRange, Protocol,
-    Receipts, RuleKind, Target,
+    Receipts, RuleKind, System, Target, UnixRule, UnixSection, UnixTarget,
 };
 pub use validate::{API_VERSION, KIND};
 
-/// Parses and validates a policy file. `file_name` is only used in messages.
+/// Parses and validates a policy file, for an agentd listening on the default
+/// socket. `file_name` is only used in messages.
 pub fn parse(file_name: &str, text: &str) -> Result<Policy, PolicyErrors> {
+    parse_with(file_name, text, &Builtins::default())
+}
+
+/// Parses and validates a policy file whose built-in unix rules protect the
+/// socket `builtins` names (the daemon's `--socket`).
+pub fn parse_with(file_name: &str, text: &str, builtins: &Builtins) -> Result<Policy, PolicyErrors> {
     let root = parse::parse_yaml(file_name, text)?;
-    validate::validate(file_name, text, &root)
+    validate::validate(file_name, text, &root, builtins)
 }

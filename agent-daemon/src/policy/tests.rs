@@ -33,6 +33,11 @@ fn write(p: &Policy, path: &str) -> (ActionKind, u32) {
     (d.action, d.rule_id)
 }
 
+fn unix(p: &Policy, path: &str) -> (ActionKind, u32) {
+    let d = evaluate_with(p, &Action::ConnectUnix { path: path.into() }, &NoFiles);
+    (d.action, d.rule_id)
+}
+
 fn connect(p: &Policy, addr: &str, port: u16, protocol: Protocol) -> (ActionKind, u32) {
     let d = evaluate_with(p, &Action::Connect { addr: addr.parse().unwrap(), port, protocol }, &NoFiles);
     (d.action, d.rule_id)
@@ -68,6 +73,14 @@ spec:
       - {cidr: "::1/128", action: allow}
       - {host: api.github.com, ports: [443], action: allow}     # by DNS name
       - {host: "*.githubusercontent.com", ports: [443], action: ask}
+    unix:                          # connects to local (AF_UNIX) sockets by path
+      default: allow               # allow | deny | audit
+      rules:
+        - {path: /run/docker.sock, action: deny}
+  system:                          # what could change what enforcement sees; each defaults to deny
+    namespaces: deny               # allow: create namespaces and mount inside ones it created
+                                   # (sandboxes such as bubblewrap); paths stay judged honestly
+    ptrace: deny                   # allow: trace processes of the same identity only
   approvals:
     timeout: 60s                   # hold deadline
     on_timeout: deny
@@ -89,12 +102,25 @@ fn the_format_example_parses_with_every_field() {
     assert!(!p.receipts.allows);
     assert_eq!(p.text(), SPEC_EXAMPLE);
     assert_eq!(p.hash().len(), 64);
-    // Ids: exec, then write, then egress, from 1.
+    // Ids: exec, then write, then egress, then egress.unix, from 1; then the
+    // built-in unix rules.
     let infos = p.rule_infos();
-    assert_eq!(infos.len(), 9);
+    assert_eq!(infos.iter().filter(|r| !r.builtin).count(), 10);
+    assert_eq!(infos.len(), 10 + p.unix.builtins.len());
     for (i, r) in infos.iter().enumerate() {
         assert_eq!(r.id, i as u32 + 1);
     }
+    assert_eq!((infos[9].kind, infos[9].line, infos[9].builtin), ("unix", 29, false));
+    assert_eq!(infos[9].text, "{path: /run/docker.sock, action: deny}");
+    assert_eq!((infos[10].kind, infos[10].line, infos[10].index, infos[10].builtin), ("unix", 0, 1, true));
+    assert!(
+        infos[10].text.starts_with("{path: /run/agentd/agentd.sock, action: deny}  # built-in: "),
+        "{}",
+        infos[10].text
+    );
+    assert_eq!(p.rule_line(10), Some(29));
+    assert_eq!(p.rule_line(11), None);
+    assert_eq!((p.unix.default, p.system), (Allow, System::default()));
     assert_eq!(
         (infos[0].kind, infos[0].line, infos[0].text.as_str()),
         ("exec", 11, "{path: /usr/bin/git, action: allow}")
@@ -226,6 +252,83 @@ fn ipv4_ipv6_and_mapped_addresses() {
 }
 
 #[test]
+fn icmp_is_allowed_only_by_a_rule_that_names_it() {
+    let icmp = |p: &Policy, addr: &str| connect(p, addr, 0, Protocol::Icmp);
+    let p = ok("  egress:\n    default: allow\n    rules:\n      - {cidr: 10.0.0.0/8, action: allow}\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}\n      - {cidr: 10.1.0.0/16, protocol: icmp, action: deny}\n      - {cidr: 10.1.2.0/24, ports: [443], action: audit}\n      - {cidr: \"2001:db8::/32\", protocol: icmp, action: audit}\n");
+    assert_eq!(icmp(&p, "10.9.9.9"), (Allow, 2));
+    assert_eq!(icmp(&p, "10.1.9.9"), (Deny, 3));
+    // A longer network without an ICMP rule does not hide the covering ICMP rule.
+    assert_eq!(icmp(&p, "10.1.2.3"), (Deny, 3));
+    // Neither the allowing default nor a rule without a protocol lets ICMP out.
+    assert_eq!(icmp(&p, "192.0.2.1"), (Deny, 0));
+    assert_eq!(icmp(&p, "2001:db8::1"), (Audit, 5));
+    // ...and an ICMP rule lets nothing else out.
+    assert_eq!(connect(&p, "10.9.9.9", 80, Tcp), (Allow, 1));
+    assert_eq!(connect(&p, "10.1.9.9", 80, Udp), (Allow, 1));
+    let p = ok("  egress:\n    default: deny\n    rules:\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}\n");
+    assert_eq!(connect(&p, "10.0.0.1", 80, Tcp), (Deny, 0));
+    assert_eq!(connect(&p, "10.0.0.1", 53, Udp), (Deny, 0));
+    let d = evaluate_with(
+        &p,
+        &Action::Connect { addr: "192.0.2.1".parse().unwrap(), port: 0, protocol: Protocol::Icmp },
+        &NoFiles,
+    );
+    assert_eq!(d.reason, "connect icmp 192.0.2.1: no icmp rule matches; ICMP is denied unless a rule with `protocol: icmp` allows it (the egress default does not apply to it)");
+}
+
+#[test]
+fn icmp_rules_conflict_only_with_icmp_rules() {
+    // A protocol-less rule (TCP and UDP) never shadows an ICMP rule, nor the other way.
+    assert!(errors(&spec("  egress:\n    rules:\n      - {cidr: 10.0.0.0/8, action: deny}\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}\n")).is_empty());
+    expect(
+        &spec("  egress:\n    rules:\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: deny}\n"),
+        &[(9, 9, Conflict, "egress rule duplicates the rule at line 8 (same cidr, ports and protocol); hint: only the stronger one (deny) could ever apply")],
+    );
+}
+
+#[test]
+fn icmp_rules_compile_first_in_each_entry_and_set_the_icmp_flag() {
+    use agent_common::identity_flags::ICMP;
+    let p = ok("  egress:\n    rules:\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: allow}\n      - {cidr: 10.1.0.0/16, action: deny}\n      - {cidr: 10.1.0.0/16, ports: [22], protocol: tcp, action: allow}\n");
+    let c = compile_with(&p, &NoFiles).unwrap();
+    assert_eq!(c.system_flags, ICMP);
+    let e16 = c.egress.iter().find(|e| e.prefix_len == 112).unwrap();
+    let rules: Vec<(u16, u16, u8, u8, u32)> = e16.value.rules[..e16.value.count as usize]
+        .iter()
+        .map(|r| (r.port_lo, r.port_hi, r.protocol, r.action, r.rule_id))
+        .collect();
+    // One code for ICMP and ICMPv6, every "port" (the kernel looks ICMP up with
+    // port 0), and ahead of the every-port rule without a protocol, which would
+    // otherwise end the list.
+    assert_eq!(
+        rules,
+        vec![(0, 65535, 1, action::ALLOW, 1), (22, 22, 6, action::ALLOW, 3), (0, 65535, 0, action::DENY, 2)]
+    );
+    let k = |addr: &str, port, proto| c.egress_lookup(addr.parse().unwrap(), port, proto);
+    assert_eq!(k("10.1.0.1", 0, 1), (action::ALLOW, 1));
+    assert_eq!(k("10.1.0.1", 0, 6), (action::DENY, 2));
+    assert_eq!(k("192.0.2.1", 0, 1), (action::DENY, 0));
+    // Only a rule that can let ICMP through sets the flag.
+    for (rules, flag) in [
+        ("{cidr: 10.0.0.0/8, protocol: icmp, action: deny}", 0),
+        ("{cidr: 10.0.0.0/8, protocol: icmp, action: audit}", ICMP),
+        ("{cidr: 10.0.0.0/8, protocol: icmp, action: ask}", ICMP),
+        ("{cidr: 10.0.0.0/8, action: allow}", 0),
+    ] {
+        let p = ok(&format!("  egress:\n    default: allow\n    rules:\n      - {rules}\n"));
+        assert_eq!(compile_with(&p, &NoFiles).unwrap().system_flags, flag, "{rules}");
+    }
+    let p = ok("  egress:\n    rules:\n      - {cidr: 10.0.0.0/8, protocol: icmp, action: ask}\n");
+    let w = compile_with(&p, &NoFiles).unwrap().warnings;
+    assert!(
+        w.iter().any(|w| w.starts_with(
+            "t.yaml:8:9: icmp rule {cidr: 10.0.0.0/8, protocol: icmp, action: ask} asks, but nothing can hold a ping"
+        )),
+        "{w:?}"
+    );
+}
+
+#[test]
 fn port_range_edges() {
     let p = ok("  egress:\n    rules:\n      - {cidr: 10.0.0.0/8, ports: [\"8000-8100\", 1, 65535], action: allow}\n");
     for (port, want) in
@@ -305,6 +408,203 @@ fn both_spellings_of_a_symlinked_path_get_one_decision() {
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
 
+// ----- egress.unix -------------------------------------------------------------------
+
+/// The id of the built-in rule protecting `path` (by its text).
+fn builtin_id(p: &Policy, path: &str) -> u32 {
+    p.unix.builtins.iter().find(|r| r.text.starts_with(&format!("{{path: {path}, "))).map(|r| r.id).unwrap()
+}
+
+#[test]
+fn unix_rules_match_paths_like_write_rules() {
+    let p = ok("  egress:\n    unix:\n      default: deny\n      rules:\n        - {path: /srv/app/app.sock, action: allow}\n        - {path: \"/srv/app/**\", action: audit}\n        - {path: \"/srv/*/debug.sock\", action: deny}\n        - {path: \"/srv/**\", action: allow}\n        - {path: \"@app-control\", action: allow}\n");
+    // Ids follow exec, write and egress rules (none here): 1..5, then the built-in ones.
+    assert_eq!(unix(&p, "/srv/app/app.sock"), (Allow, 1));
+    assert_eq!(unix(&p, "/srv/app/other.sock"), (Audit, 2));
+    // Longer literal prefix wins: /srv/app/ over /srv/*.
+    assert_eq!(unix(&p, "/srv/app/debug.sock"), (Audit, 2));
+    assert_eq!(unix(&p, "/srv/web/debug.sock"), (Deny, 3));
+    assert_eq!(unix(&p, "/srv/web/x.sock"), (Allow, 4));
+    assert_eq!(unix(&p, "/srv/app/../web/x.sock"), (Allow, 4));
+    assert_eq!(unix(&p, "/tmp/x.sock"), (Deny, 0));
+    assert_eq!(unix(&p, "relative.sock"), (Deny, 0));
+    // Abstract sockets: by exact name only, never by a path pattern.
+    assert_eq!(unix(&p, "@app-control"), (Allow, 5));
+    assert_eq!(unix(&p, "@app-control2"), (Deny, 0));
+    assert_eq!(unix(&p, "@srv/app/app.sock"), (Deny, 0));
+    let c = compile_with(&p, &NoFiles).unwrap();
+    assert_eq!(c.unix_default, action::DENY);
+    let mut keys: Vec<(&[u8], u32)> = c.unix.iter().map(|e| (e.key.as_slice(), e.value.rule_id)).collect();
+    keys.retain(|(_, id)| *id <= 5);
+    assert_eq!(keys, vec![(&b"/srv/"[..], 4), (b"/srv/app/", 2), (b"/srv/app/app.sock\0", 1), (b"@app-control\0", 5)]);
+    assert_ne!(c.unix_glob, 0);
+    let k = |path: &str| c.path_lookup(RuleKind::Unix, path.as_bytes());
+    assert_eq!(k("/srv/web/debug.sock"), Some((action::DENY, 3)));
+    assert_eq!(k("@app-control"), Some((action::ALLOW, 5)));
+    assert_eq!(k("@app-control2"), Some((action::DENY, 0)));
+}
+
+#[test]
+fn built_in_rules_protect_sockets_that_start_work_elsewhere() {
+    let p = ok("  egress:\n    unix:\n      default: allow\n      rules:\n        - {path: \"/run/**\", action: allow}\n        - {path: \"/run/user/**\", action: audit}\n");
+    for path in [
+        "/run/agentd/agentd.sock",
+        "/run/docker.sock",
+        "/run/containerd/containerd.sock",
+        "/run/podman/podman.sock",
+        "/run/crio/crio.sock",
+        "/run/systemd/private",
+        "/run/dbus/system_bus_socket",
+    ] {
+        assert_eq!(unix(&p, path), (Deny, builtin_id(&p, path)), "{path}");
+    }
+    // Per-user sockets, for every user; not whatever else is in their directory.
+    for (path, pattern) in [
+        ("/run/user/1000/bus", "/run/user/*/bus"),
+        ("/run/user/0/systemd/private", "/run/user/*/systemd/private"),
+        ("/run/user/1000/podman/podman.sock", "/run/user/*/podman/podman.sock"),
+        ("/run/user/1001/docker.sock", "/run/user/*/docker.sock"),
+    ] {
+        assert_eq!(unix(&p, path), (Deny, builtin_id(&p, pattern)), "{path}");
+    }
+    assert_eq!(unix(&p, "/run/user/1000/pipewire-0"), (Audit, 2));
+    assert_eq!(unix(&p, "/run/app.sock"), (Allow, 1));
+    // The ids come after every rule of the file, agentd's socket first.
+    assert_eq!(p.unix.builtins[0].id, 3);
+    assert_eq!(builtin_id(&p, "/run/agentd/agentd.sock"), 3);
+    let d = evaluate_with(&p, &Action::ConnectUnix { path: "/run/docker.sock".into() }, &NoFiles);
+    assert!(d.reason.contains("by built-in rule") && d.reason.contains("Docker"), "{}", d.reason);
+    assert!(d.rule_text.unwrap().contains("# built-in: "));
+}
+
+#[test]
+fn an_exact_rule_replaces_a_built_in_one_and_a_pattern_does_not() {
+    let p = ok("  egress:\n    unix:\n      default: deny\n      rules:\n        - {path: /run/docker.sock, action: allow}\n        - {path: /run/user/1000/bus, action: audit}\n        - {path: \"/run/user/1000/**\", action: allow}\n        - {path: /run/agentd/agentd.sock, action: deny}\n");
+    assert_eq!(unix(&p, "/run/docker.sock"), (Allow, 1));
+    assert_eq!(unix(&p, "/run/user/1000/bus"), (Audit, 2));
+    assert_eq!(unix(&p, "/run/user/1001/bus"), (Deny, builtin_id(&p, "/run/user/*/bus")));
+    assert_eq!(unix(&p, "/run/user/1000/docker.sock"), (Deny, builtin_id(&p, "/run/user/*/docker.sock")));
+    assert_eq!(unix(&p, "/run/user/1000/other"), (Allow, 3));
+    // Written by the file, with the file's id.
+    assert_eq!(unix(&p, "/run/agentd/agentd.sock"), (Deny, 4));
+    let c = compile_with(&p, &NoFiles).unwrap();
+    // The file's rule has the key; the built-in one is not written.
+    let at = |key: &[u8]| c.unix.iter().filter(|e| e.key == key).map(|e| e.value.rule_id).collect::<Vec<_>>();
+    assert_eq!(at(b"/run/docker.sock\0"), [1]);
+    assert_eq!(at(b"/run/agentd/agentd.sock\0"), [4]);
+    assert_eq!(at(b"/run/podman/podman.sock\0"), [builtin_id(&p, "/run/podman/podman.sock")]);
+    let k = |path: &str| c.path_lookup(RuleKind::Unix, path.as_bytes());
+    assert_eq!(k("/run/user/1000/bus"), Some((action::AUDIT, 2)));
+    assert_eq!(k("/run/user/1001/bus"), Some((action::DENY, builtin_id(&p, "/run/user/*/bus"))));
+    assert_eq!(k("/run/user/1000/other"), Some((action::ALLOW, 3)));
+}
+
+#[test]
+fn protected_paths_are_compiled_to_real_paths() {
+    // /var/run is /run on most machines: a rule through it names the same socket.
+    let fs = FakeLinks(vec![("/var/run", "/run")]);
+    let p = ok("  egress:\n    unix:\n      rules:\n        - {path: /var/run/docker.sock, action: audit}\n");
+    let c = compile_with(&p, &fs).unwrap();
+    assert!(c.unix.iter().any(|e| e.key == b"/run/docker.sock\0" && e.value.rule_id == 1));
+    let d = evaluate_with(&p, &Action::ConnectUnix { path: "/var/run/docker.sock".into() }, &fs);
+    assert_eq!((d.action, d.rule_id), (Audit, 1));
+    let d = evaluate_with(&p, &Action::ConnectUnix { path: "/var/run/podman/podman.sock".into() }, &fs);
+    assert_eq!((d.action, d.rule_id), (Deny, builtin_id(&p, "/run/podman/podman.sock")));
+    assert!(d.reason.contains("(real path /run/podman/podman.sock)"), "{}", d.reason);
+}
+
+#[test]
+fn agentds_own_socket_is_the_one_given() {
+    let text = format!("{HEAD}  egress:\n    unix: {{default: allow}}\n");
+    let p = super::parse_with("t.yaml", &text, &Builtins::new(Path::new("/srv/agentd/ctl.sock"))).unwrap();
+    assert_eq!(unix(&p, "/srv/agentd/ctl.sock"), (Deny, 1));
+    assert_eq!(unix(&p, "/run/agentd/agentd.sock"), (Allow, 0));
+    // The number of built-in rules does not depend on it: ids stay put.
+    assert_eq!(p.unix.builtins.len(), ok("  mode: enforce\n").unix.builtins.len());
+}
+
+#[test]
+fn unix_defaults() {
+    // No section: allow (the built-in rules still protect what they protect).
+    let p = ok("  egress:\n    default: deny\n");
+    assert_eq!(unix(&p, "/tmp/x.sock"), (Allow, 0));
+    assert_eq!(compile_with(&p, &NoFiles).unwrap().unix_default, action::ALLOW);
+    assert_eq!(unix(&ok("  mode: enforce\n"), "/tmp/x.sock"), (Allow, 0));
+    let p = ok("  egress:\n    unix: {default: audit}\n");
+    assert_eq!(unix(&p, "/tmp/x.sock"), (Audit, 0));
+    assert_eq!(unix(&p, "@x"), (Audit, 0));
+    assert_eq!(compile_with(&p, &NoFiles).unwrap().unix_default, action::AUDIT);
+    assert_eq!(unix(&p, "/run/docker.sock").0, Deny);
+}
+
+#[test]
+fn unix_errors() {
+    let rule = |r: &str| spec(&format!("  egress:\n    unix:\n      rules:\n        - {{{r}}}\n"));
+    // `        - {path: ` is 17 characters: a path value starts in column 18 of line 9.
+    expect(&rule("path: /run/app.sock, action: ask"), &[(9, 41, Invalid, "action \"ask\" is not possible for unix sockets: nothing can hold a connect to a local socket; hint: use deny, or audit to allow it and report it")]);
+    expect(
+        &spec("  egress:\n    unix:\n      default: ask\n"),
+        &[(8, 16, Invalid, "egress.unix.default \"ask\" is not possible for unix sockets")],
+    );
+    expect(
+        &spec("  egress:\n    unix:\n      defualt: deny\n"),
+        &[(
+            8,
+            7,
+            Schema,
+            "unknown key \"defualt\" in egress.unix (expected one of: default, rules); hint: did you mean \"default\"?",
+        )],
+    );
+    expect(
+        &spec("  egress:\n    unixx:\n      default: deny\n"),
+        &[(
+            7,
+            5,
+            Schema,
+            "unknown key \"unixx\" in egress (expected one of: default, rules, unix); hint: did you mean \"unix\"?",
+        )],
+    );
+    expect(
+        &rule("path: run/app.sock, action: allow"),
+        &[(9, 18, Invalid, "path \"run/app.sock\" is relative: rules match absolute paths only; hint: write it from the root, e.g. \"/run/app.sock\"")],
+    );
+    expect(&rule("path: \"@\", action: allow"), &[(9, 18, Invalid, "the abstract socket name after `@` is empty")]);
+    expect(&rule("path: \"@app*\", action: allow"), &[(9, 18, Invalid, "abstract socket name \"@app*\" has `*`")]);
+    expect(
+        &rule(&format!("path: \"@{}\", action: allow", "a".repeat(108))),
+        &[(9, 18, Invalid, "is 108 bytes, longer than the 107 a socket address holds")],
+    );
+    expect(
+        &rule("path: /run/app.sock, acton: deny"),
+        &[(
+            9,
+            33,
+            Schema,
+            "unknown key \"acton\" in unix rule (expected one of: path, action); hint: did you mean \"action\"?",
+        )],
+    );
+    expect(&rule("action: deny"), &[(9, 11, Schema, "missing key \"path\" in unix rule")]);
+    expect(
+        &spec("  egress:\n    unix:\n      rules: /run/docker.sock\n"),
+        &[(8, 14, Schema, "egress.unix.rules must be a list, found a scalar; hint: write one rule per line, each starting with `- {path: /run/docker.sock, action: deny}`")],
+    );
+}
+
+#[test]
+fn unix_conflicts() {
+    expect(
+        &spec("  egress:\n    unix:\n      rules:\n        - {path: \"@x\", action: allow}\n        - {path: \"@x\", action: deny}\n"),
+        &[(10, 11, Conflict, "rule for path \"@x\" duplicates the rule at line 9")],
+    );
+    expect(
+        &spec("  egress:\n    unix:\n      rules:\n        - {path: \"/run/user/*/bus\", action: allow}\n"),
+        &[(9, 11, Conflict, "unix rule for \"/run/user/*/bus\" can never match: the built-in rule 10 protects every socket it names (a user's session bus asks their systemd to start units outside this identity's cgroup); hint: only an exact path replaces a built-in rule")],
+    );
+    // An exact path is how a built-in rule is replaced: no conflict.
+    assert!(errors(&spec("  egress:\n    unix:\n      rules:\n        - {path: /run/user/1000/bus, action: allow}\n"))
+        .is_empty());
+}
+
 // ----- validation errors, each at its line and column -----------------------------
 
 /// Every error of a document as (line, column, kind, display).
@@ -348,7 +648,7 @@ fn unknown_key_points_at_the_key_with_a_suggestion() {
         &spec("  exec:\n    rules:\n      - {path: /x, color: red}\n"),
         &[(8, 9, Schema, "missing key \"action\""), (8, 20, Schema, "unknown key \"color\"")],
     );
-    expect(&spec("  egres:\n    default: deny\n"), &[(6, 3, Schema, "unknown key \"egres\" in spec (expected one of: mode, exec, write, egress, approvals, receipts); hint: did you mean \"egress\"?")]);
+    expect(&spec("  egres:\n    default: deny\n"), &[(6, 3, Schema, "unknown key \"egres\" in spec (expected one of: mode, exec, write, egress, system, approvals, receipts); hint: did you mean \"egress\"?")]);
     expect(&format!("{HEAD}  exec: {{}}\nextra: 1\n"), &[(7, 1, Schema, "unknown key \"extra\" in the policy")]);
     expect(
         &spec("  exec:\n    default: deny\n    default: allow\n"),
@@ -460,8 +760,17 @@ fn egress_errors() {
     );
     expect(&rule("cidr: 10.0.0.0/8, ports: [], action: allow"), &[(8, 35, Invalid, "ports is empty")]);
     expect(
-        &rule("cidr: 10.0.0.0/8, protocol: icmp, action: allow"),
-        &[(8, 38, Invalid, "protocol \"icmp\" is not one of: tcp, udp")],
+        &rule("cidr: 10.0.0.0/8, protocol: icpm, action: allow"),
+        &[(8, 38, Invalid, "protocol \"icpm\" is not one of: tcp, udp, icmp; hint: did you mean \"icmp\"?")],
+    );
+    // `      - {cidr: 10.0.0.0/8, protocol: icmp, ports: ` is 50 characters.
+    expect(
+        &rule("cidr: 10.0.0.0/8, protocol: icmp, ports: [7], action: allow"),
+        &[(8, 51, Invalid, "an icmp rule has no ports: ICMP has none; hint: remove `ports`")],
+    );
+    expect(
+        &rule("host: example.com, protocol: icmp, action: allow"),
+        &[(8, 16, Invalid, "host \"example.com\" with protocol icmp: ICMP is allowed by address only")],
     );
     expect(&rule("host: example.com, action: deny"), &[(8, 37, Invalid, "host \"example.com\" with action deny: host rules can only allow or ask; hint: a name's addresses are never all known")]);
     expect(&rule("host: example.com, action: audit"), &[(8, 37, Invalid, "host rules can only allow or ask")]);
@@ -530,6 +839,52 @@ fn approvals_and_receipts_errors() {
 }
 
 #[test]
+fn system_settings_default_to_deny_and_compile_to_identity_flags() {
+    use agent_common::identity_flags::{NAMESPACES, PTRACE};
+    let none = ok("  exec: {default: allow}\n");
+    assert_eq!(none.system, System::default());
+    assert_eq!(compile_with(&none, &NoFiles).unwrap().system_flags, 0);
+    let p = ok("  system:\n    namespaces: allow\n");
+    assert_eq!(p.system, System { namespaces: true, ptrace: false });
+    assert_eq!(compile_with(&p, &NoFiles).unwrap().system_flags, NAMESPACES);
+    let p = ok("  system: {namespaces: allow, ptrace: allow}\n");
+    assert_eq!(compile_with(&p, &NoFiles).unwrap().system_flags, NAMESPACES | PTRACE);
+    assert_eq!(ok("  system: {ptrace: deny}\n").system, System::default());
+    // An empty section is every key's default.
+    assert_eq!(ok("  system: {}\n").system, System::default());
+}
+
+#[test]
+fn system_errors() {
+    expect(
+        &spec("  system:\n    ptrace: allow\n    bpf: allow\n"),
+        &[(8, 5, Schema, "unknown key \"bpf\" in system (expected one of: namespaces, ptrace)")],
+    );
+    expect(
+        &spec("  system:\n    namespace: allow\n"),
+        &[(7, 5, Schema, "unknown key \"namespace\" in system (expected one of: namespaces, ptrace); hint: did you mean \"namespaces\"?")],
+    );
+    expect(
+        &spec("  system:\n    ptrace: ask\n"),
+        &[(
+            7,
+            13,
+            Invalid,
+            "system.ptrace \"ask\" is not one of: allow, deny; hint: `ptrace` is allowed or denied as a whole",
+        )],
+    );
+    expect(
+        &spec("  system:\n    ptrace: alow\n"),
+        &[(7, 13, Invalid, "system.ptrace \"alow\" is not one of: allow, deny; hint: did you mean \"allow\"?")],
+    );
+    expect(&spec("  system: allow\n"), &[(6, 11, Schema, "system must be a mapping, found a scalar")]);
+    expect(
+        &spec("  system:\n    ptrace: allow\n    ptrace: deny\n"),
+        &[(8, 5, Schema, "key \"ptrace\" appears twice in system (first at line 7)")],
+    );
+}
+
+#[test]
 fn every_error_is_reported_at_once_in_file_order() {
     let e = pol("  exec:\n    default: deny\n    rules:\n      - {path: usr/bin/git, action: allow}\n      - {path: \"/home/*/x\", action: allow}\n  egress:\n    default: deny\n    rules:\n      - {cidr: 10.0.0.1/8, action: allow}\n      - {cidr: 10.0.0.0/8, ports: [0], action: allow}\n      - {host: example.com, action: deny}\n  approvals:\n    timeout: 60\n    max_pending: 0\n").unwrap_err();
     let lines: Vec<usize> = e.iter().map(|e| e.line).collect();
@@ -556,7 +911,7 @@ fn path_keys_exact_and_prefix() {
         ]
     );
     assert_eq!((c.exec_default, c.write_default, c.egress_default), (action::DENY, action::DENY, action::DENY));
-    assert_eq!(c.rules.len(), 4);
+    assert_eq!(c.rules.iter().filter(|r| !r.builtin).count(), 4);
     assert_eq!(c.rules[1].line, 10);
     assert_eq!(c.name, "t");
     assert_eq!(c.hash, p.hash());
@@ -806,6 +1161,9 @@ fn shipped_policies_decide_as_documented() {
     assert_eq!(ev(&d, wr("/etc/passwd")), Deny);
     assert_eq!(ev(&d, co("127.0.0.1", 8080)), Allow);
     assert_eq!(ev(&d, co("1.1.1.1", 443)), Deny);
+    assert_eq!(ev(&d, Action::ConnectUnix { path: "/run/systemd/journal/socket".into() }), Allow);
+    assert_eq!(ev(&d, Action::ConnectUnix { path: "/run/containerd/containerd.sock".into() }), Deny);
+    assert_eq!(ev(&d, Action::ConnectUnix { path: "/run/agentd/agentd.sock".into() }), Deny);
 
     let c = get("coding-agent.yaml");
     assert_eq!(ev(&c, ex("/usr/bin/git")), Allow);
@@ -814,6 +1172,14 @@ fn shipped_policies_decide_as_documented() {
     assert_eq!(ev(&c, wr("/home/alice/work/src/lib.rs")), Allow);
     assert_eq!(ev(&c, wr("/home/alice/work/.git/hooks/pre-commit")), Deny);
     assert_eq!(ev(&c, wr("/home/alice/.ssh/authorized_keys")), Deny);
+    let ux = |p: &str| Action::ConnectUnix { path: p.into() };
+    assert_eq!(ev(&c, ux("/tmp/ssh-XXXXabcd/agent.4242")), Deny);
+    assert_eq!(ev(&c, ux("/run/user/1000/gnupg/S.gpg-agent")), Deny);
+    assert_eq!(ev(&c, ux("/run/docker.sock")), Deny);
+    assert_eq!(ev(&c, ux("/run/user/1000/bus")), Deny);
+    assert_eq!(ev(&c, ux("/run/systemd/resolve/io.systemd.Resolve")), Allow);
+    assert_eq!(ev(&c, ux("/home/alice/work/target/dev.sock")), Allow);
+    assert_eq!(ev(&c, Action::Connect { addr: "127.0.0.1".parse().unwrap(), port: 0, protocol: Protocol::Icmp }), Deny);
 
     let m = get("mcp-server-readonly.yaml");
     assert_eq!(ev(&m, wr("/home/alice/notes.txt")), Deny);
@@ -821,7 +1187,8 @@ fn shipped_policies_decide_as_documented() {
     assert_eq!(ev(&m, co("140.82.112.5", 80)), Deny);
 
     let l = get("lockdown.yaml");
-    for a in [ex("/usr/bin/ls"), wr("/tmp/x"), co("127.0.0.1", 80)] {
+    let ux = Action::ConnectUnix { path: "/tmp/x.sock".into() };
+    for a in [ex("/usr/bin/ls"), wr("/tmp/x"), co("127.0.0.1", 80), ux] {
         assert_eq!(ev(&l, a), Deny);
     }
 }

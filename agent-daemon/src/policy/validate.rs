@@ -11,11 +11,12 @@ use ipnet::IpNet;
 use sha2::{Digest as _, Sha256};
 
 use super::{
+    builtin::Builtins,
     error::{ErrorKind, Errors, Location, PolicyErrors},
     glob::{Glob, GlobError},
     model::{
         mapped_net, ActionKind, Approvals, EgressRule, EgressSection, Mode, PathRule, PathSection, Policy, PortRange,
-        Protocol, Receipts, Target,
+        Protocol, Receipts, System, Target, UnixRule, UnixSection, UnixTarget,
     },
     parse::{Node, Value},
     path,
@@ -27,16 +28,29 @@ pub const KIND: &str = "AgentPolicy";
 
 const TOP_KEYS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
 const METADATA_KEYS: &[&str] = &["name", "description"];
-const SPEC_KEYS: &[&str] = &["mode", "exec", "write", "egress", "approvals", "receipts"];
+const SPEC_KEYS: &[&str] = &["mode", "exec", "write", "egress", "system", "approvals", "receipts"];
 const SECTION_KEYS: &[&str] = &["default", "rules"];
+const EGRESS_KEYS: &[&str] = &["default", "rules", "unix"];
 const PATH_RULE_KEYS: &[&str] = &["path", "action"];
 const EGRESS_RULE_KEYS: &[&str] = &["cidr", "host", "ports", "protocol", "action"];
 const APPROVALS_KEYS: &[&str] = &["timeout", "on_timeout", "max_pending"];
 const RECEIPTS_KEYS: &[&str] = &["allows"];
+const SYSTEM_KEYS: &[&str] = &System::KEYS;
 
-/// Validates a parsed document into a policy.
-pub(crate) fn validate(file: &str, text: &str, root: &Node) -> Result<Policy, PolicyErrors> {
-    let mut v = Validator { errors: Errors::new(file), warnings: Vec::new(), file: file.to_string(), next_id: 1 };
+/// The longest name an abstract socket can have: `sun_path` holds 108 bytes, the
+/// first of which is the NUL that makes it abstract.
+const ABSTRACT_NAME_MAX: usize = 107;
+
+/// Validates a parsed document into a policy, with the built-in unix rules of
+/// `builtins`.
+pub(crate) fn validate(file: &str, text: &str, root: &Node, builtins: &Builtins) -> Result<Policy, PolicyErrors> {
+    let mut v = Validator {
+        errors: Errors::new(file),
+        warnings: Vec::new(),
+        file: file.to_string(),
+        next_id: 1,
+        builtins: builtins.clone(),
+    };
     let policy = v.document(root);
     let Validator { errors, warnings, .. } = v;
     errors.finish()?;
@@ -52,8 +66,10 @@ struct Validator {
     errors: Errors,
     warnings: Vec<String>,
     file: String,
-    /// Rule ids are handed out as rules are read: exec, then write, then egress.
+    /// Rule ids are handed out as rules are read: exec, then write, then egress,
+    /// then egress.unix, then the built-in unix rules.
     next_id: u32,
+    builtins: Builtins,
 }
 
 /// A mapping's entries, already checked for unknown and repeated keys.
@@ -117,25 +133,30 @@ impl Validator {
             "add a `spec:` with exec, write and egress sections (see policies/)".to_string(),
         );
         let mut mode = Mode::Enforce;
-        let mut sections: [Option<&Node>; 5] = [None; 5];
+        let mut sections: [Option<&Node>; 6] = [None; 6];
         if let Some(spec) = spec.and_then(|s| self.mapping(s, "spec", SPEC_KEYS)) {
             if let Some(m) = spec.get("mode") {
                 mode = self
                     .choice(m, "spec.mode", &[("enforce", Mode::Enforce), ("monitor", Mode::Monitor)])
                     .unwrap_or_default();
             }
-            for (i, key) in ["exec", "write", "egress", "approvals", "receipts"].into_iter().enumerate() {
+            for (i, key) in ["exec", "write", "egress", "approvals", "receipts", "system"].into_iter().enumerate() {
                 sections[i] = spec.get(key);
             }
         }
         let exec = self.path_section(sections[0], "exec");
         let write = self.path_section(sections[1], "write");
-        let egress = self.egress_section(sections[2]);
+        let (egress, mut unix) = self.egress_section(sections[2]);
+        // After every rule of the file: their ids do not move when a rule is added.
+        unix.builtins = self.builtins.unix_rules(self.next_id);
+        self.next_id += unix.builtins.len() as u32;
         let approvals = sections[3].map(|n| self.approvals(n)).unwrap_or_default();
         let receipts = sections[4].map(|n| self.receipts(n)).unwrap_or_default();
+        let system = sections[5].map(|n| self.system(n)).unwrap_or_default();
         self.path_conflicts(&exec);
         self.path_conflicts(&write);
         self.egress_conflicts(&egress);
+        self.unix_conflicts(&unix);
         Some(Policy {
             file: String::new(),
             text: String::new(),
@@ -146,6 +167,8 @@ impl Validator {
             exec,
             write,
             egress,
+            unix,
+            system,
             approvals,
             receipts,
             warnings: Vec::new(),
@@ -194,10 +217,13 @@ impl Validator {
         section
     }
 
-    fn egress_section(&mut self, node: Option<&Node>) -> EgressSection {
+    /// `egress`, and `egress.unix` inside it (its rules' ids follow the egress
+    /// rules' wherever the file writes it).
+    fn egress_section(&mut self, node: Option<&Node>) -> (EgressSection, UnixSection) {
         let mut section = EgressSection { default: ActionKind::Deny, rules: Vec::new() };
-        let Some(node) = node else { return section };
-        let Some(m) = self.mapping(node, "egress", SECTION_KEYS) else { return section };
+        let mut unix = UnixSection { default: ActionKind::Allow, rules: Vec::new(), builtins: Vec::new() };
+        let Some(node) = node else { return (section, unix) };
+        let Some(m) = self.mapping(node, "egress", EGRESS_KEYS) else { return (section, unix) };
         if let Some(d) = m.get("default") {
             section.default = self.action(d, "egress.default").unwrap_or(ActionKind::Deny);
         }
@@ -207,7 +233,47 @@ impl Validator {
                 section.rules.push(r);
             }
         }
+        if let Some(u) = m.get("unix") {
+            unix = self.unix_section(u);
+        }
+        (section, unix)
+    }
+
+    fn unix_section(&mut self, node: &Node) -> UnixSection {
+        let mut section = UnixSection { default: ActionKind::Allow, rules: Vec::new(), builtins: Vec::new() };
+        let Some(m) = self.mapping(node, "egress.unix", SECTION_KEYS) else { return section };
+        if let Some(d) = m.get("default") {
+            section.default = self.unix_action(d, "egress.unix.default").unwrap_or(ActionKind::Allow);
+        }
+        for rule in self.rules(m.get("rules"), "egress.unix") {
+            let id = self.take_id();
+            if let Some(r) = self.unix_rule(rule, id) {
+                section.rules.push(r);
+            }
+        }
         section
+    }
+
+    /// allow, deny or audit: nothing can hold a connect to a local socket.
+    fn unix_action(&mut self, node: &Node, what: &str) -> Option<ActionKind> {
+        match self.string(node, what)? {
+            "ask" => {
+                self.error(
+                    ErrorKind::Invalid,
+                    node.at,
+                    format!(
+                        "{what} \"ask\" is not possible for unix sockets: nothing can hold a connect to a local socket"
+                    ),
+                    "use deny, or audit to allow it and report it".to_string(),
+                );
+                None
+            }
+            _ => self.choice(
+                node,
+                what,
+                &[("allow", ActionKind::Allow), ("deny", ActionKind::Deny), ("audit", ActionKind::Audit)],
+            ),
+        }
     }
 
     fn take_id(&mut self) -> u32 {
@@ -223,10 +289,10 @@ impl Validator {
             Some(n) if n.is_null() => &[],
             Some(Node { value: Value::Seq(items), .. }) => items,
             Some(n) => {
-                let example = if kind == "egress" {
-                    "- {cidr: 10.0.0.0/8, ports: [443], action: allow}"
-                } else {
-                    "- {path: /usr/bin/git, action: allow}"
+                let example = match kind {
+                    "egress" => "- {cidr: 10.0.0.0/8, ports: [443], action: allow}",
+                    "egress.unix" => "- {path: /run/docker.sock, action: deny}",
+                    _ => "- {path: /usr/bin/git, action: allow}",
                 };
                 self.error(
                     ErrorKind::Schema,
@@ -260,13 +326,85 @@ impl Validator {
                 return None;
             }
         };
+        self.literal_wildcard_warning(text, path_node.at);
+        Some(PathRule { id, pattern, action: action?, at: m.at, path_at: path_node.at, text: one_line(node) })
+    }
+
+    fn unix_rule(&mut self, node: &Node, id: u32) -> Option<UnixRule> {
+        let what = "unix rule";
+        let m = self.mapping(node, what, PATH_RULE_KEYS)?;
+        let path = self.required(
+            &m,
+            "path",
+            what,
+            "add `path: /run/app.sock` (a socket file; `/dir/**` for every socket below dir), or `path: \"@name\"` for an abstract socket".into(),
+        );
+        let action = self.required(&m, "action", what, "add `action: allow` (or deny, audit)".into());
+        let action = action.and_then(|a| self.unix_action(a, "action"));
+        let path_node = path?;
+        let text = self.string(path_node, "path")?;
+        let target = match text.strip_prefix('@') {
+            Some(name) => UnixTarget::Abstract(self.abstract_name(name, path_node.at)?),
+            None => match Glob::parse(text) {
+                Ok(g) => {
+                    self.literal_wildcard_warning(text, path_node.at);
+                    UnixTarget::Path(g)
+                }
+                Err(e) => {
+                    let hint = glob_hint(text, &e);
+                    self.error(ErrorKind::Invalid, path_node.at, format!("path {text:?} {e}"), hint);
+                    return None;
+                }
+            },
+        };
+        Some(UnixRule {
+            id,
+            target,
+            action: action?,
+            at: m.at,
+            target_at: path_node.at,
+            text: one_line(node),
+            builtin: None,
+        })
+    }
+
+    /// The name of an abstract socket (after its `@`).
+    fn abstract_name(&mut self, name: &str, at: Location) -> Option<String> {
+        let problem = if name.is_empty() {
+            Some((
+                "the abstract socket name after `@` is empty".to_string(),
+                "write `@` and the name, e.g. \"@my-service\"".to_string(),
+            ))
+        } else if name.len() > ABSTRACT_NAME_MAX {
+            Some((
+                format!("abstract socket name \"@{name}\" is {} bytes, longer than the {ABSTRACT_NAME_MAX} a socket address holds", name.len()),
+                "write the name the socket is bound to; no socket can have a longer one".to_string(),
+            ))
+        } else if name.contains('*') {
+            Some((
+                format!("abstract socket name \"@{name}\" has `*`: abstract sockets are matched by their exact name"),
+                "write one rule per name; `*` and `**` are wildcards only in paths".to_string(),
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some((message, hint)) => {
+                self.error(ErrorKind::Invalid, at, message, hint);
+                None
+            }
+            None => Some(name.to_string()),
+        }
+    }
+
+    /// `?`, `[` and `{` look like wildcards but are not: say so.
+    fn literal_wildcard_warning(&mut self, text: &str, at: Location) {
         if let Some(c) = text.chars().find(|c| matches!(c, '?' | '[' | ']' | '{' | '}')) {
             self.warnings.push(format!(
                 "{}:{}:{}: path {text:?} contains {c:?}, which is matched literally: only * and ** are wildcards",
-                self.file, path_node.at.line, path_node.at.column
+                self.file, at.line, at.column
             ));
         }
-        Some(PathRule { id, pattern, action: action?, at: m.at, path_at: path_node.at, text: one_line(node) })
     }
 
     fn egress_rule(&mut self, node: &Node, id: u32) -> Option<EgressRule> {
@@ -276,11 +414,22 @@ impl Validator {
         let action = action.and_then(|a| self.action(a, "action"));
         let protocol = match m.get("protocol") {
             None => Some(None),
-            Some(p) => self.choice(p, "protocol", &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)]).map(Some),
+            Some(p) => self
+                .choice(p, "protocol", &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp), ("icmp", Protocol::Icmp)])
+                .map(Some),
         };
-        let ports = match m.get("ports") {
-            None => Some(Vec::new()),
-            Some(p) => self.ports(p),
+        let ports = match (m.get("ports"), protocol) {
+            (None, _) => Some(Vec::new()),
+            (Some(p), Some(Some(Protocol::Icmp))) => {
+                self.error(
+                    ErrorKind::Invalid,
+                    p.at,
+                    "an icmp rule has no ports: ICMP has none",
+                    "remove `ports` (the rule covers ICMP and ICMPv6 to the whole cidr)".to_string(),
+                );
+                None
+            }
+            (Some(p), _) => self.ports(p),
         };
         let target = match (m.get("cidr"), m.get("host")) {
             (Some(_), Some(h)) => {
@@ -315,6 +464,15 @@ impl Validator {
                 action_at.unwrap_or(m.at),
                 format!("host {h:?} with action {a}: host rules can only allow or ask"),
                 hint.to_string(),
+            );
+            return None;
+        }
+        if let (Some((Target::Host(h), at)), Some(Some(Protocol::Icmp))) = (&target, protocol) {
+            self.error(
+                ErrorKind::Invalid,
+                *at,
+                format!("host {h:?} with protocol icmp: ICMP is allowed by address only"),
+                "write the addresses as a cidr rule with `protocol: icmp`".to_string(),
             );
             return None;
         }
@@ -524,6 +682,36 @@ impl Validator {
         }
     }
 
+    /// `spec.system`: each key `allow` or `deny` (left out: deny).
+    fn system(&mut self, node: &Node) -> System {
+        let mut system = System::default();
+        let Some(m) = self.mapping(node, "system", SYSTEM_KEYS) else { return system };
+        for (key, _, value) in &m.entries {
+            let what = format!("system.{key}");
+            // ask and audit have no meaning here: the kernel either lets the
+            // whole class through (within its limits) or refuses it.
+            let allowed = match self.string(value, &what) {
+                Some(s @ ("ask" | "audit")) => {
+                    self.error(
+                        ErrorKind::Invalid,
+                        value.at,
+                        format!("{what} {s:?} is not one of: allow, deny"),
+                        format!("`{key}` is allowed or denied as a whole: write `{key}: allow` or `{key}: deny`"),
+                    );
+                    None
+                }
+                Some(_) => self.choice(value, &what, &[("allow", true), ("deny", false)]),
+                None => None,
+            };
+            match (*key, allowed) {
+                ("namespaces", Some(a)) => system.namespaces = a,
+                ("ptrace", Some(a)) => system.ptrace = a,
+                _ => {}
+            }
+        }
+        system
+    }
+
     fn receipts(&mut self, node: &Node) -> Receipts {
         let mut r = Receipts::default();
         let Some(m) = self.mapping(node, "receipts", RECEIPTS_KEYS) else { return r };
@@ -550,25 +738,60 @@ impl Validator {
 
     /// The same path twice in one list: only one can ever apply.
     fn path_conflicts(&mut self, section: &PathSection) {
-        let mut first: HashMap<&str, &PathRule> = HashMap::new();
-        for r in &section.rules {
-            match first.get(r.pattern.as_str()) {
+        self.duplicates(section.rules.iter().map(|r| (r.pattern.as_str().to_string(), r.at, r.action)));
+    }
+
+    /// Reports every rule whose (path, where, action) repeats the path of an
+    /// earlier one.
+    fn duplicates(&mut self, rules: impl Iterator<Item = (String, Location, ActionKind)>) {
+        let mut first: HashMap<String, (Location, ActionKind)> = HashMap::new();
+        for (path, at, action) in rules {
+            match first.get(&path) {
                 None => {
-                    first.insert(r.pattern.as_str(), r);
+                    first.insert(path, (at, action));
                 }
-                Some(f) => {
-                    let hint = if f.action == r.action {
+                Some(&(f_at, f_action)) => {
+                    let hint = if f_action == action {
                         "remove one of them".to_string()
                     } else {
-                        format!("only the stronger one ({}) could ever apply: remove the other", f.action.max(r.action))
+                        format!("only the stronger one ({}) could ever apply: remove the other", f_action.max(action))
                     };
                     self.error(
                         ErrorKind::Conflict,
-                        r.at,
-                        format!("rule for path {:?} duplicates the rule at line {}", r.pattern.as_str(), f.at.line),
+                        at,
+                        format!("rule for path {path:?} duplicates the rule at line {}", f_at.line),
                         hint,
                     );
                 }
+            }
+        }
+    }
+
+    /// Unix rules on the same path (or abstract name) twice, and patterns that
+    /// repeat a built-in pattern: a pattern of the file never wins over a built-in
+    /// rule, so such a rule could never match.
+    fn unix_conflicts(&mut self, section: &UnixSection) {
+        let shown = |t: &UnixTarget| match t {
+            UnixTarget::Path(g) => g.as_str().to_string(),
+            UnixTarget::Abstract(name) => format!("@{name}"),
+        };
+        self.duplicates(section.rules.iter().map(|r| (shown(&r.target), r.at, r.action)));
+        for r in &section.rules {
+            let UnixTarget::Path(g) = &r.target else { continue };
+            let repeats = section.builtins.iter().find(|b| matches!(&b.target, UnixTarget::Path(p) if p == g));
+            if let (false, Some(b)) = (g.is_exact(), repeats) {
+                self.error(
+                    ErrorKind::Conflict,
+                    r.at,
+                    format!(
+                        "unix rule for {:?} can never match: the built-in rule {} protects every socket it names ({})",
+                        g.as_str(),
+                        b.id,
+                        b.builtin.unwrap_or_default()
+                    ),
+                    "only an exact path replaces a built-in rule: name each socket, e.g. /run/user/1000/bus"
+                        .to_string(),
+                );
             }
         }
     }
@@ -750,7 +973,9 @@ pub(crate) fn egress_rank_within_net(r: &EgressRule) -> (bool, bool, std::cmp::R
 
 /// Whether `earlier` matches some (protocol, port) that `r` matches.
 fn overlaps(earlier: &EgressRule, r: &EgressRule) -> bool {
-    let proto = earlier.protocol.is_none() || r.protocol.is_none() || earlier.protocol == r.protocol;
+    let proto = [Protocol::Tcp, Protocol::Udp, Protocol::Icmp]
+        .into_iter()
+        .any(|p| earlier.covers_protocol(p) && r.covers_protocol(p));
     proto
         && (earlier.ports.is_empty()
             || r.ports.is_empty()
@@ -764,12 +989,13 @@ fn shadowed(r: &EgressRule, earlier: &[&EgressRule]) -> bool {
     let protocols: &[Protocol] = match r.protocol {
         Some(Protocol::Tcp) => &[Protocol::Tcp],
         Some(Protocol::Udp) => &[Protocol::Udp],
+        Some(Protocol::Icmp) => &[Protocol::Icmp],
         None => &[Protocol::Tcp, Protocol::Udp],
     };
     protocols.iter().all(|&p| {
         let mut have: Vec<PortRange> = earlier
             .iter()
-            .filter(|o| o.protocol.is_none_or(|op| op == p))
+            .filter(|o| o.covers_protocol(p))
             .flat_map(|o| if o.ports.is_empty() { all.to_vec() } else { o.ports.clone() })
             .collect();
         have.sort();

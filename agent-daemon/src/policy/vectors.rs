@@ -12,7 +12,9 @@
 //! Loading checks everything that can be checked without a filesystem (shapes,
 //! unknown keys, placeholders, address ranges, paths that would leave `@ROOT@`),
 //! and every error names the file, the line and the vector, so that a mistake in
-//! one of hundreds of vectors is found by reading one line.
+//! one of hundreds of vectors is found by reading one line. The one way out of
+//! `@ROOT@`: a unix connect to a socket a built-in rule protects
+//! (`/run/docker.sock`, ...), since those rules are about exactly those paths.
 
 use std::{
     fs, io,
@@ -28,7 +30,7 @@ use super::{
     compiled::CompiledPolicy,
     evaluate_as,
     parse::{parse_yaml, Node, Value},
-    Action, ActionKind, Decision, Mode, Policy, PolicyErrors, Protocol, Standing,
+    path, Action, ActionKind, Decision, Mode, Policy, PolicyErrors, Protocol, Standing,
 };
 
 /// The placeholder for the scratch directory, in policies and vectors alike.
@@ -81,6 +83,8 @@ pub enum FixtureKind {
     /// A hard link to an earlier `exec` or `file` fixture (`target` relative to
     /// `@ROOT@`, like `path`).
     Hardlink { target: String },
+    /// A unix socket file (bound, nobody listening).
+    Socket,
 }
 
 /// One action and what the format says about it.
@@ -107,8 +111,12 @@ pub enum VectorAction {
     /// kernel replay does: see [`Vector::prepare`]). A relative `path` is opened
     /// from `cwd`, which is then `@ROOT@/...`.
     Write { path: String, cwd: Option<String> },
-    /// A non-blocking TCP connect, or a UDP connect and send.
+    /// A non-blocking TCP connect, a UDP connect and send, or an ICMP echo
+    /// request from a ping socket (`addr`'s port is then 0).
     Connect { addr: SocketAddr, protocol: Protocol },
+    /// A connect to a local socket: `@ROOT@/...`, a socket a built-in rule
+    /// protects (absolute), or an abstract socket `@name`.
+    Unix { path: String },
 }
 
 /// The decision and the rule that made it.
@@ -396,6 +404,8 @@ impl VectorFile {
                 FixtureKind::Dir => fs::create_dir_all(&path).map_err(ctx)?,
                 FixtureKind::Symlink { target } => symlink(substitute(target, root), &path).map_err(ctx)?,
                 FixtureKind::Hardlink { target } => fs::hard_link(root.join(target), &path).map_err(ctx)?,
+                // Binding makes the socket file; it stays when the listener goes.
+                FixtureKind::Socket => drop(std::os::unix::net::UnixListener::bind(&path).map_err(ctx)?),
             }
         }
         Ok(())
@@ -419,6 +429,7 @@ impl Vector {
             VectorAction::Connect { addr, protocol } => {
                 Action::Connect { addr: addr.ip(), port: addr.port(), protocol: *protocol }
             }
+            VectorAction::Unix { path } => Action::ConnectUnix { path: substitute(path, root).into() },
         }
     }
 
@@ -496,6 +507,7 @@ enum RawFixtureKind {
     Dir,
     Symlink,
     Hardlink,
+    Socket,
 }
 
 #[derive(Deserialize)]
@@ -515,6 +527,7 @@ struct RawAction {
     cwd: Option<String>,
     connect: Option<String>,
     protocol: Option<RawProtocol>,
+    unix: Option<String>,
 }
 
 #[derive(Clone, Copy, Deserialize)]
@@ -522,6 +535,7 @@ struct RawAction {
 enum RawProtocol {
     Tcp,
     Udp,
+    Icmp,
 }
 
 #[derive(Deserialize)]
@@ -620,6 +634,7 @@ impl Checker<'_> {
             (RawFixtureKind::Exec, None) => FixtureKind::Exec,
             (RawFixtureKind::File, None) => FixtureKind::File,
             (RawFixtureKind::Dir, None) => FixtureKind::Dir,
+            (RawFixtureKind::Socket, None) => FixtureKind::Socket,
             (RawFixtureKind::Symlink, Some(target)) => {
                 // Lexically inside @ROOT@, from the link's own directory.
                 let parent = f.path.rsplit_once('/').map_or("", |(p, _)| p);
@@ -674,9 +689,10 @@ impl Checker<'_> {
 
     fn action(&mut self, a: RawAction, line: usize, name: &str) -> Option<VectorAction> {
         let mut fail = |m: String| self.fail(line, Some(name), format!("action: {m}"));
-        let given = [a.exec.is_some(), a.write.is_some(), a.connect.is_some()].iter().filter(|b| **b).count();
+        let given =
+            [a.exec.is_some(), a.write.is_some(), a.connect.is_some(), a.unix.is_some()].iter().filter(|b| **b).count();
         if given != 1 {
-            fail("give exactly one of exec, write or connect".into());
+            fail("give exactly one of exec, write, connect or unix".into());
             return None;
         }
         if a.cwd.is_some() && a.write.is_none() {
@@ -686,6 +702,25 @@ impl Checker<'_> {
         if a.protocol.is_some() && a.connect.is_none() {
             fail("`protocol` goes with `connect` only".into());
             return None;
+        }
+        if let Some(path) = a.unix {
+            let checked = match path.strip_prefix('@') {
+                _ if path.starts_with(ROOT) => rooted_inside(&path),
+                Some("") => Err("names no abstract socket: write @ and a name".into()),
+                Some(name) if name.len() > 107 => {
+                    Err("is longer than an abstract socket name can be (107 bytes)".into())
+                }
+                Some(_) => Ok(()),
+                None if protected_socket(&path) => Ok(()),
+                None => Err(format!(
+                    "must start with {ROOT}/, be an abstract socket @name, or a socket a built-in rule protects"
+                )),
+            };
+            if let Err(e) = checked {
+                fail(format!("unix {path:?} {e}"));
+                return None;
+            }
+            return Some(VectorAction::Unix { path });
         }
         if let Some(path) = a.exec {
             if let Err(e) = rooted_inside(&path) {
@@ -709,14 +744,32 @@ impl Checker<'_> {
             return Some(VectorAction::Write { path, cwd: a.cwd });
         }
         let text = a.connect.unwrap_or_default();
-        let addr: SocketAddr = match text.parse() {
+        let protocol = match a.protocol {
+            None | Some(RawProtocol::Tcp) => Protocol::Tcp,
+            Some(RawProtocol::Udp) => Protocol::Udp,
+            Some(RawProtocol::Icmp) => Protocol::Icmp,
+        };
+        // ICMP has no ports: an address alone (held with port 0).
+        let parsed = match protocol {
+            Protocol::Icmp => match text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                Ok(ip) => Ok(SocketAddr::new(ip, 0)),
+                Err(_) if text.parse::<SocketAddr>().is_ok() => {
+                    Err(format!("connect {text:?}: ICMP has no ports: give the address alone"))
+                }
+                Err(_) => Err(format!("connect {text:?} is not an IPv4 or IPv6 address")),
+            },
+            _ => text
+                .parse::<SocketAddr>()
+                .map_err(|_| format!("connect {text:?} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")),
+        };
+        let addr = match parsed {
             Ok(a) => a,
-            Err(_) => {
-                fail(format!("connect {text:?} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)"));
+            Err(e) => {
+                fail(e);
                 return None;
             }
         };
-        if addr.port() == 0 {
+        if addr.port() == 0 && protocol != Protocol::Icmp {
             fail(format!("connect {text:?}: port 0 is not a port a connection goes to"));
             return None;
         }
@@ -727,12 +780,16 @@ impl Checker<'_> {
             ));
             return None;
         }
-        let protocol = match a.protocol {
-            None | Some(RawProtocol::Tcp) => Protocol::Tcp,
-            Some(RawProtocol::Udp) => Protocol::Udp,
-        };
         Some(VectorAction::Connect { addr, protocol })
     }
+}
+
+/// Whether `path` is a socket a built-in unix rule protects (on any machine: the
+/// agentd socket as the default `--socket` names it).
+pub fn protected_socket(path: &str) -> bool {
+    super::Builtins::default().unix_rules(1).iter().any(|r| {
+        matches!(&r.target, super::UnixTarget::Path(g) if g.matches(path.as_bytes()) && path::lexical(path.as_bytes()).as_deref() == Some(path))
+    })
 }
 
 /// Where a vector may connect: documentation ranges, loopback, private networks.
@@ -800,8 +857,9 @@ mod tests {
 
     use super::*;
     use crate::policy::{
-        model::{mapped_addr, RuleKind},
+        model::RuleKind,
         path::{real_path, FileSystem, RealPaths as _},
+        UnixTarget,
     };
 
     /// At least this many vectors must exist: the issue's floor.
@@ -838,22 +896,15 @@ mod tests {
             }
             Action::Write { path } => lookup(RuleKind::Write, path),
             Action::Connect { addr, port, protocol } => {
-                let a = mapped_addr(*addr);
-                let best = c
-                    .egress
-                    .iter()
-                    .filter(|e| {
-                        let mask = if e.prefix_len == 0 { 0 } else { u128::MAX << (128 - e.prefix_len) };
-                        u128::from_be_bytes(e.addr) & mask == a & mask
-                    })
-                    .max_by_key(|e| e.prefix_len);
-                best.and_then(|e| {
-                    e.value.rules[..e.value.count as usize].iter().find(|r| {
-                        (r.port_lo..=r.port_hi).contains(port) && (r.protocol == 0 || r.protocol == protocol.number())
-                    })
-                })
-                .map_or((code(c.egress_default), 0), |r| (code(r.action), r.rule_id))
+                let (a, rule) = c.egress_lookup(*addr, *port, protocol.number());
+                (code(a), rule)
             }
+            // An abstract socket is looked up by `@name`, a path by its real path.
+            Action::ConnectUnix { path } if path.as_os_str().as_bytes().starts_with(b"@") => {
+                let (a, rule) = c.path_lookup(RuleKind::Unix, path.as_os_str().as_bytes()).expect("a short name");
+                (code(a), rule)
+            }
+            Action::ConnectUnix { path } => lookup(RuleKind::Unix, path),
         }
     }
 
@@ -868,6 +919,7 @@ mod tests {
             Action::Exec { .. } => RuleKind::Exec,
             Action::Write { .. } => RuleKind::Write,
             Action::Connect { .. } => RuleKind::Egress,
+            Action::ConnectUnix { .. } => RuleKind::Unix,
         }
     }
 
@@ -918,6 +970,16 @@ mod tests {
                         fail(&mut failures, format!("rule {} names a path outside {ROOT}", r.text));
                     }
                 }
+                // Unix rules may also be about the sockets the built-in rules
+                // protect, which are all below /run (to show which rules replace a
+                // built-in one), and name abstract sockets.
+                for r in &p.unix.rules {
+                    let UnixTarget::Path(g) = &r.target else { continue };
+                    let dir = String::from_utf8_lossy(&g.literal_dir()).into_owned();
+                    if !Path::new(&dir).starts_with(&root) && !Path::new(&dir).starts_with("/run") {
+                        fail(&mut failures, format!("unix rule {} names a path outside {ROOT} and /run", r.text));
+                    }
+                }
             }
             for v in &file.vectors {
                 let at = file.location(v);
@@ -928,7 +990,15 @@ mod tests {
                     continue;
                 }
                 let action = v.to_action(&root);
+                let rooted = matches!(&v.action, VectorAction::Unix { path } if path.starts_with(ROOT));
                 if let Action::Exec { path } | Action::Write { path } = &action {
+                    if !inside(&root, path) {
+                        failed += 1;
+                        failures.push(format!("{at}: vector {:?}: {} is outside {ROOT}", v.name, path.display()));
+                        continue;
+                    }
+                }
+                if let (Action::ConnectUnix { path }, true) = (&action, rooted) {
                     if !inside(&root, path) {
                         failed += 1;
                         failures.push(format!("{at}: vector {:?}: {} is outside {ROOT}", v.name, path.display()));
@@ -1019,6 +1089,32 @@ vectors:
     }
 
     #[test]
+    fn unix_and_icmp_actions_load() {
+        let text = GOOD.replace(
+            "  - name: second\n",
+            "  - name: socket\n    action: {unix: \"@ROOT@/run/app.sock\"}\n    expected: {decision: allow, rule: default}\n  \
+             - name: abstract\n    action: {unix: \"@app\"}\n    expected: {decision: allow, rule: default}\n  \
+             - name: protected\n    action: {unix: /run/user/1000/bus}\n    expected: {decision: deny, rule: 1}\n  \
+             - name: ping\n    action: {connect: \"[2001:db8::1]\", protocol: icmp}\n    expected: {decision: deny, rule: default}\n  \
+             - name: second\n",
+        );
+        let f = parse_file(Path::new("u.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let root = Path::new("/scratch");
+        let actions: Vec<Action> = f.vectors[1..5].iter().map(|v| v.to_action(root)).collect();
+        assert_eq!(
+            actions,
+            [
+                Action::ConnectUnix { path: "/scratch/run/app.sock".into() },
+                Action::ConnectUnix { path: "@app".into() },
+                Action::ConnectUnix { path: "/run/user/1000/bus".into() },
+                Action::Connect { addr: "2001:db8::1".parse().unwrap(), port: 0, protocol: Protocol::Icmp },
+            ]
+        );
+        assert!(protected_socket("/run/docker.sock") && protected_socket("/run/user/0/docker.sock"));
+        assert!(!protected_socket("/run/user/0/other.sock") && !protected_socket("/run//docker.sock"));
+    }
+
+    #[test]
     fn unknown_keys_are_refused_naming_the_file_and_the_vector() {
         let top = GOOD.replace("files:", "fixtures:");
         let e = parse_file(Path::new("bad.yaml"), &top).unwrap_err();
@@ -1040,6 +1136,23 @@ vectors:
             ("decision: deny, rule: 3", "decision: block, rule: 3", "\"block\" is not one of"),
             ("bin/tool, type: exec}", "../tool, type: exec}", "must not have empty, `.` or `..` components"),
             ("name: second", "name: first", "13: vector \"first\": a vector by this name comes earlier"),
+            ("protocol: udp", "protocol: icmp", "ICMP has no ports: give the address alone"),
+            ("{exec: \"@ROOT@/bin/tool\"}", "{unix: /var/run/app.sock}", "or a socket a built-in rule protects"),
+            ("{exec: \"@ROOT@/bin/tool\"}", "{unix: \"@\"}", "names no abstract socket"),
+            ("{exec: \"@ROOT@/bin/tool\"}", "{unix: \"@ROOT@/../x.sock\"}", "leaves @ROOT@"),
+            (
+                "{exec: \"@ROOT@/bin/tool\"}",
+                "{unix: /run/x.sock, protocol: udp}",
+                "`protocol` goes with `connect` only",
+            ),
+            (
+                "{exec: \"@ROOT@/bin/tool\"}",
+                "{unix: /run/x.sock, exec: /x}",
+                "give exactly one of exec, write, connect or unix",
+            ),
+            ("\"[2001:db8::1]:443\", protocol: udp", "\"2001:db8::1\"", "is not ADDRESS:PORT"),
+            ("\"[2001:db8::1]:443\", protocol: udp", "\"nowhere\", protocol: icmp", "is not an IPv4 or IPv6 address"),
+            ("\"[2001:db8::1]:443\", protocol: udp", "\"8.8.8.8\", protocol: icmp", "outside the ranges"),
         ];
         for (from, to, want) in cases {
             let text = GOOD.replace(from, to);
@@ -1072,6 +1185,7 @@ files:
   - {path: links/tool, type: symlink, target: ../bin/tool}
   - {path: abs, type: symlink, target: "@ROOT@/work"}
   - {path: hard, type: hardlink, target: bin/tool}
+  - {path: run/app.sock, type: socket}
 vectors:
   - name: rel
     action: {write: "../a.txt", cwd: "@ROOT@/work/sub"}
@@ -1088,6 +1202,8 @@ vectors:
         assert_eq!(fs::read_link(root.join("abs")).unwrap(), root.join("work"));
         use std::os::unix::fs::MetadataExt as _;
         assert_eq!(fs::metadata(root.join("hard")).unwrap().ino(), meta.ino());
+        use std::os::unix::fs::FileTypeExt as _;
+        assert!(fs::metadata(root.join("run/app.sock")).unwrap().file_type().is_socket());
         assert_eq!(
             f.vectors[0].to_action(&root),
             Action::Write { path: root.join("work/sub").join("../a.txt") }

@@ -258,7 +258,7 @@ mod tests {
         assert_eq!(parse_action_kind("raw-socket").as_deref(), Ok("raw-socket"));
         assert_eq!(parse_action_kind("key-rotation").as_deref(), Ok("key-rotation"));
         let e = parse_action_kind("connect").unwrap_err().to_string();
-        assert!(e.contains("exec, write, egress, raw-socket, policy-apply") && e.ends_with("(connects and sends are `egress`)"), "{e}");
+        assert!(e.contains("exec, write, egress, raw-socket, system, unix, policy-apply") && e.ends_with("(connects and sends are `egress`)"), "{e}");
         assert!(parse_action_kind("decision").is_err(), "decision is a receipt type, not an action kind");
         assert_eq!(parse_receipt_type("hold-outcome"), Ok(ReceiptType::HoldOutcome));
         assert!(parse_receipt_type("holds").unwrap_err().to_string().contains("decision, hold, hold-outcome"));

@@ -146,10 +146,15 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Parses and compiles a policy; the error text has every problem, one per line
-/// with file:line:column. The one place the daemon calls the policy compiler.
-pub fn compile_policy(file_name: &str, text: &str) -> Result<(Policy, CompiledPolicy), String> {
-    let policy = crate::policy::parse(file_name, text).map_err(|e| e.to_string())?;
+/// Parses and compiles a policy, its built-in unix rules protecting what
+/// `builtins` names (agentd's socket); the error text has every problem, one per
+/// line with file:line:column. The one place the daemon calls the policy compiler.
+pub fn compile_policy(
+    file_name: &str,
+    text: &str,
+    builtins: &crate::policy::Builtins,
+) -> Result<(Policy, CompiledPolicy), String> {
+    let policy = crate::policy::parse_with(file_name, text, builtins).map_err(|e| e.to_string())?;
     let compiled = crate::policy::compile(&policy).map_err(|e| e.to_string())?;
     Ok((policy, compiled))
 }

@@ -130,7 +130,7 @@ fn now() -> SystemTime {
 impl World {
     fn apply(&mut self, name: &str, exec_default: &str) -> Result<Applied, OpError> {
         let text = policy_text(name, exec_default);
-        let (p, c) = state::compile_policy(&format!("{name}.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let (p, c) = state::compile_policy(&format!("{name}.yaml"), &text, &Builtins::default()).unwrap_or_else(|e| panic!("{e}"));
         self.core.apply(&text, &format!("{name}.yaml"), p, c, &who(), now())
     }
 
@@ -363,7 +363,7 @@ fn events_name_rules_of_the_version_that_decided() {
     assert!(v1_rule.text.contains("/usr/bin/curl"), "{v1_rule:?}");
     // v2 reorders the rules: rule 2 of v2 is another rule.
     let text = "apiVersion: agentd.io/v1\nkind: AgentPolicy\nmetadata:\n  name: coding\nspec:\n  mode: enforce\n  exec:\n    default: deny\n    rules:\n      - {path: /usr/bin/ssh, action: deny}\n      - {path: /usr/bin/git, action: allow}\n  write:\n    default: deny\n  egress:\n    default: deny\n";
-    let (p, c) = state::compile_policy("coding.yaml", text).unwrap();
+    let (p, c) = state::compile_policy("coding.yaml", text, &Builtins::default()).unwrap();
     w.core.apply(text, "coding.yaml", p, c, &who(), now()).unwrap();
     let a = w.core.attribute(1, 1, v1_rule.id).unwrap();
     assert_eq!((a.identity.as_str(), a.policy.as_str(), a.rule.as_str()), ("coder", "coding", v1_rule.text.as_str()));
@@ -559,7 +559,7 @@ fn events_carry_what_receipts_need() {
     let a = w.core.attribute(rec.id, 1, 0).unwrap();
     assert_eq!((a.owner.as_str(), a.key_fingerprint.as_str(), a.receipts_allows), ("bob", rec.fingerprint().as_str(), false));
     let text = policy_text("coding", "deny") + "  receipts:\n    allows: true\n";
-    let (p, c) = state::compile_policy("coding.yaml", &text).unwrap();
+    let (p, c) = state::compile_policy("coding.yaml", &text, &Builtins::default()).unwrap();
     w.core.apply(&text, "coding.yaml", p, c, &who(), now()).unwrap();
     assert!(w.core.attribute(rec.id, 2, 0).unwrap().receipts_allows);
 }
@@ -579,7 +579,7 @@ fn a_receipt_that_cannot_be_recorded_is_an_error_but_the_change_stands() {
     let journal = Arc::new(Journal::open(&jdir, NodeKey::load_or_create(&jdir).unwrap(), "h", opts).unwrap());
     let mut core = Core::new(Box::new(kernel.clone()), store, state, journal.clone());
     let text = policy_text("coding", "deny");
-    let (p, c) = state::compile_policy("coding.yaml", &text).unwrap();
+    let (p, c) = state::compile_policy("coding.yaml", &text, &Builtins::default()).unwrap();
     core.apply(&text, "coding.yaml", p, c, &who(), now()).unwrap();
     core.create_identity(NewIdentity::new("coder", "coding", "alice"), &who(), now()).unwrap();
     journal.flush().unwrap();
@@ -615,7 +615,7 @@ fn an_approved_write_request_opens_one_file_until_its_time_is_up() {
     use agent_common::action;
     let mut w = world();
     let text = policy_text("p", "allow").replace("  write:\n    default: deny\n", "  write:\n    default: allow\n    rules:\n      - {path: \"/home/a/.ssh/**\", action: ask}\n");
-    let (p, c) = state::compile_policy("p.yaml", &text).unwrap();
+    let (p, c) = state::compile_policy("p.yaml", &text, &Builtins::default()).unwrap();
     w.core.apply(&text, "p.yaml", p, c, &who(), now()).unwrap();
     let rec = w.core.create_identity(NewIdentity::new("coder", "p", "alice"), &who(), now()).unwrap();
     let lookup = |w: &World, path: &str| w.kernel.get().tables[&rec.id].path_lookup(crate::policy::RuleKind::Write, path.as_bytes());
@@ -641,7 +641,7 @@ fn an_approved_write_request_opens_one_file_until_its_time_is_up() {
 
     // A new version of the policy ends exceptions at once.
     w.core.grant(rec.id, Excepted::Write("/home/a/.ssh/config".into()), 3, until, t0).unwrap();
-    let (p, c) = state::compile_policy("p.yaml", &text).unwrap();
+    let (p, c) = state::compile_policy("p.yaml", &text, &Builtins::default()).unwrap();
     w.core.apply(&text, "p.yaml", p, c, &who(), t0).unwrap();
     assert_eq!(lookup(&w, "/home/a/.ssh/config"), Some((action::ASK, 3)));
     // A path the kernel cannot match exactly is refused, and changes nothing.
@@ -660,7 +660,7 @@ fn the_write_gate_is_on_only_while_a_policy_asks_about_writes() {
     w.apply("plain", "allow").unwrap();
     assert_eq!(told.lock().unwrap().last(), Some(&false), "a policy whose writes are deny or allow");
     let asks = policy_text("p", "allow").replace("  write:\n    default: deny\n", "  write:\n    default: allow\n    rules:\n      - {path: \"/home/a/.ssh/**\", action: ask}\n");
-    let (p, c) = state::compile_policy("p.yaml", &asks).unwrap();
+    let (p, c) = state::compile_policy("p.yaml", &asks, &Builtins::default()).unwrap();
     w.core.apply(&asks, "p.yaml", p, c, &who(), now()).unwrap();
     assert_eq!(told.lock().unwrap().last(), Some(&true), "applying a write ask turns the gate on");
     let rec = w.core.create_identity(NewIdentity::new("coder", "p", "alice"), &who(), now()).unwrap();
@@ -675,7 +675,7 @@ fn the_write_gate_is_on_only_while_a_policy_asks_about_writes() {
 
     // Monitor mode asks nobody: the gate goes off.
     let monitor = asks.replace("mode: enforce", "mode: monitor");
-    let (p, c) = state::compile_policy("p.yaml", &monitor).unwrap();
+    let (p, c) = state::compile_policy("p.yaml", &monitor, &Builtins::default()).unwrap();
     w.core.apply(&monitor, "p.yaml", p, c, &who(), now()).unwrap();
     assert_eq!(told.lock().unwrap().last(), Some(&false), "no enforced write ask left");
     assert!(w.core.write_hold_ask(rec.id, path, now()).is_none());

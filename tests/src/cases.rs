@@ -3,7 +3,7 @@
 //! daemon picks (tracepoints + SIGKILL on the host, BPF LSM in the VM), and every
 //! scenario asks the daemon which is active and expects exactly its effect.
 
-use std::{fs, path::PathBuf};
+use std::{fs, path::{Path, PathBuf}};
 
 use crate::harness::{outcome, unique, Cgroup, Daemon, HttpReceiver, Listener, Outcome};
 
@@ -1577,4 +1577,50 @@ pub fn unix_sockets_and_icmp_are_judged() {
         // No hook judges an ICMP destination without BPF LSM: the socket is refused.
         assert_eq!(probe_in(&d, &cg, &["ping", "127.0.0.1"]), Outcome::Errno("EPERM".into()), "ICMP sockets on the fallback");
     }
+}
+
+/// `spec.system.namespaces: allow` lets a sandbox-running agent make a user and
+/// mount namespace and bind-mount inside it, and never weakens a path rule: the
+/// denied binary bound over an allowed directory is still the denied binary, and
+/// a write through the bind mount still lands in the denied directory, so both
+/// are refused by their own rules (the measured escape, opted in). The same
+/// identity may not mount in the host's namespace.
+pub fn namespaces_allowed_never_weaken_paths() {
+    let d = Daemon::start("nsallow");
+    let files = Scratch::new("nsallow");
+    let (okbin, denybin, ok, deny) = (files.path("okbin"), files.path("denybin"), files.path("ok"), files.path("deny"));
+    for dir in [&okbin, &denybin, &ok, &deny] {
+        fs::create_dir_all(dir).expect("dir");
+        fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+    }
+    fs::copy(&d.bins.probe, format!("{okbin}/tool")).expect("copy");
+    fs::copy(&d.bins.probe, format!("{denybin}/tool")).expect("copy");
+    let probe_dir = fs::canonicalize(&d.bins.probe).expect("probe").parent().expect("dir").to_str().expect("utf-8").to_string();
+    let mut exec = "    default: deny\n    rules:\n      - {path: \"/usr/**\", action: allow}\n      - {path: \"/lib/**\", action: allow}\n      - {path: \"/lib64/**\", action: allow}\n".to_string();
+    if !probe_dir.starts_with("/usr/") {
+        exec.push_str(&format!("      - {{path: \"{probe_dir}/**\", action: allow}}\n"));
+    }
+    exec.push_str(&format!("      - {{path: \"{okbin}/**\", action: allow}}\n      - {{path: \"{denybin}/**\", action: deny}}\n"));
+    let write = format!("    default: allow\n    rules:\n      - {{path: \"{deny}/**\", action: deny}}\n");
+    let text = format!(
+        "{}  system:\n    namespaces: allow\n",
+        policy("nsallow", &exec, &write, "    default: deny\n")
+    );
+    let cg = Cgroup::new("nsallow");
+    d.identity_bound("nsallow", &text, &cg);
+    let (exec_stop, write_stop) = (d.denied("exec"), d.denied("write"));
+    // The denied directory bound over the allowed one, inside the agent's own
+    // user and mount namespace: the tool there is denybin/tool.
+    let ran = probe(&d, &cg, &["userns-bind-exec", &denybin, &okbin, "tool", "sleep", "0"]);
+    assert_eq!(ran, exec_stop, "a denied binary through a bind mount in the agent's own namespace");
+    event_where(&d, |e| e["kind"] == "exec" && e["target"].as_str().is_some_and(|t| t == format!("{denybin}/tool")));
+    let wrote = probe(&d, &cg, &["userns-bind-write", &deny, &ok, "planted"]);
+    assert_eq!(wrote, write_stop, "a write into the denied directory through a bind mount");
+    // (On the fallback tier an O_CREAT open has made the empty file before the
+    // kill: nothing is written into it.)
+    let planted = fs::read(format!("{deny}/planted")).unwrap_or_default();
+    assert!(planted.is_empty(), "the write landed: {:?}", String::from_utf8_lossy(&planted));
+    // Without a namespace of its own, mounting stays refused.
+    let mounted = probe(&d, &cg, &["bind-mount", &denybin, &okbin]);
+    assert_ne!(mounted, Outcome::Ok, "a bind mount in the host's mount namespace");
 }

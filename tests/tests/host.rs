@@ -67,6 +67,7 @@ agentd_tests::scenario_tests!(outside_tier;
     approvals_watch_prompts_in_a_terminal,
     drift_is_restored_and_recorded,
     unix_sockets_and_icmp_are_judged,
+    namespaces_allowed_never_weaken_paths,
     // The escape suite (issue 14): every way around enforcement, as root and not.
     escape_cgroup_moves_keep_the_identity,
     tamper_enforcement_is_out_of_reach,

@@ -63,6 +63,7 @@ agentd_tests::scenario_tests!(outside_vm;
     receipts_record_denials_and_an_export_verifies,
     drift_is_restored_and_recorded,
     unix_sockets_and_icmp_are_judged,
+    namespaces_allowed_never_weaken_paths,
     // The escape suite (issue 14): every way around enforcement, as root and not.
     escape_cgroup_moves_keep_the_identity,
     tamper_enforcement_is_out_of_reach,

@@ -340,7 +340,7 @@ pub fn run_puts_command_under_identity() {
 /// The VM tier's promise: BPF LSM is what enforces exec, write and egress there.
 pub fn lsm_is_the_active_mechanism() {
     let d = Daemon::start("lsm");
-    for kind in ["exec", "write", "egress"] {
+    for kind in ["exec", "write", "egress", "system"] {
         let (active, effect) = d.effect(kind);
         assert!(active.contains("BPF LSM"), "{kind} is enforced by {active:?}, not BPF LSM");
         assert_eq!(effect, "deny", "{kind}");

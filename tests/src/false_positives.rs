@@ -371,17 +371,25 @@ pub fn fp_c_project_builds_and_runs() {
 /// distribution's wheels), and a local package with a pyproject.toml installed into
 /// it by pip with no index, then imported and run through its console script.
 pub fn fp_python_venv_installs_a_local_package() {
+    let test = "fp_python_venv_installs_a_local_package";
     let wheels = "/usr/share/python-wheels";
-    if missing_tools("fp_python_venv_installs_a_local_package", &["/usr/bin/python3", "/usr/lib/python3/dist-packages"]) {
+    if missing_tools(test, &["/usr/bin/python3"]) {
         return;
     }
-    let wheel = fs::read_dir(wheels)
-        .ok()
-        .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.to_string_lossy().contains("/wheel-")));
-    if wheel.is_none() {
+    // python3-venv's ensurepip installs pip from the distribution's wheels
+    // (python3-pip-whl); setuptools 66 builds wheels with the `wheel` wheel.
+    let has_wheel = |name: &str| {
+        fs::read_dir(wheels).is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(name)))
+    };
+    let ensurepip = fs::read_dir("/usr/lib")
+        .is_ok_and(|d| d.flatten().any(|e| e.path().join("ensurepip/__main__.py").is_file()));
+    if !ensurepip || !has_wheel("pip-") || !has_wheel("wheel-") {
         skip(
-            "fp_python_venv_installs_a_local_package",
-            &format!("no wheel-*.whl in {wheels} (`cargo xtask setup` installs python3-venv and python3-wheel-whl)"),
+            test,
+            &format!(
+                "python3's ensurepip or the pip/wheel wheels in {wheels} are missing (`cargo xtask setup` installs \
+                 python3-venv and python3-wheel-whl)"
+            ),
         );
         return;
     }

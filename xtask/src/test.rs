@@ -31,8 +31,8 @@ pub struct Args {
     /// Fail when a host- or VM-tier test is skipped (always on when CI is set).
     #[arg(long)]
     pub strict: bool,
-    /// Kill the VM tier's VM after this many seconds (a hang detector: the tier takes ~12 min under TCG on 2 idle cores, longer on a busy machine).
-    #[arg(long, default_value_t = 1200)]
+    /// Kill the VM tier's VM after this many seconds (a hang detector: the tier takes ~20 min under TCG on 2 idle cores, longer on a busy machine).
+    #[arg(long, default_value_t = 2400)]
     pub vm_timeout: u64,
 }
 

@@ -351,7 +351,20 @@ impl Virtiofsd {
             .arg(format!("--socket-path={}", socket.display()))
             .args(["-o", "source=/usr", "-o", "cache=always", "-o", "sandbox=namespace", "-o", "log_level=warn"]);
         say(format!("sharing /usr read-only with the VM: {}", cmd::describe(&c)));
-        let child = c.stdin(Stdio::null()).spawn().context("could not start virtiofsd (through unshare, util-linux)")?;
+        let mut child = c
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("could not start virtiofsd (through unshare, util-linux)")?;
+        // Its messages, marked as its own (at shutdown it says `fv_remove_watch: TODO!`
+        // and `Unexpected poll revents`, which are harmless).
+        if let Some(stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    println!("virtiofsd| {line}");
+                }
+            });
+        }
         let mut d = Virtiofsd { child, socket: socket.to_path_buf() };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {

@@ -6,6 +6,7 @@
 
 pub mod cases;
 pub mod escape;
+pub mod false_positives;
 pub mod harness;
 pub mod replay;
 
@@ -22,19 +23,22 @@ pub fn tier() -> Option<String> {
     std::env::var("AGENTD_TEST_TIER").ok().filter(|t| !t.is_empty())
 }
 
-/// Declares one `#[test]` per scenario in [`cases`] (which also re-exports the
-/// [`escape`] scenarios), each first asking `$gate`
-/// (a `fn(&str) -> bool` that reports the skip and returns true when the test
-/// must not run here).
+/// Declares one `#[test]` per scenario in [`cases`] (or in the module named after
+/// `in`, e.g. `scenario_tests!(gate in false_positives; …)`), each first asking
+/// `$gate` (a `fn(&str) -> bool` that reports the skip and returns true when the
+/// test must not run here).
 #[macro_export]
 macro_rules! scenario_tests {
-    ($gate:ident; $($name:ident),* $(,)?) => {$(
+    ($gate:ident in $module:ident; $($name:ident),* $(,)?) => {$(
         #[test]
         fn $name() {
             if $gate(stringify!($name)) {
                 return;
             }
-            $crate::cases::$name();
+            $crate::$module::$name();
         }
     )*};
+    ($gate:ident; $($name:ident),* $(,)?) => {
+        $crate::scenario_tests!($gate in cases; $($name),*);
+    };
 }

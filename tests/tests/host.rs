@@ -88,3 +88,13 @@ agentd_tests::scenario_tests!(outside_tier;
     fallback_acct_into_protected_file,
     fallback_script_under_allowed_interpreter,
 );
+
+// Legitimate agent work under the shipped coding-agent policy: git, a C build, a
+// Python venv, an npm install, each with no denial recorded (tests/src/false_positives.rs).
+agentd_tests::scenario_tests!(outside_tier in false_positives;
+    fp_git_in_the_work_tree,
+    fp_c_project_builds_and_runs,
+    fp_python_venv_installs_a_local_package,
+    fp_npm_installs_a_local_package,
+    fp_mkdir_p_of_an_absolute_path_in_the_work_tree,
+);

@@ -42,7 +42,7 @@ pub struct Args {
 }
 
 pub fn command(args: Args) -> Result<bool> {
-    setup::ensure(setup::Needs { toolchain: true, vm: false })?;
+    setup::ensure(setup::Needs { toolchain: true, vm: false, agent_tools: false })?;
     let mut c = workspace::cargo();
     c.args([
         "test",

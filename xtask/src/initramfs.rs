@@ -1,7 +1,16 @@
 //! The test VM's root filesystem: an (uncompressed) newc cpio archive holding a
-//! static busybox (with its applet links), the binaries to test, every shared
-//! library they load, and an `/init` script that mounts what agentd needs and runs
-//! one command.
+//! static busybox (with its applet links), the binaries to test, the kernel modules
+//! for virtiofs, a few files of this machine's `/etc`, and an `/init` script that
+//! mounts this machine's `/usr` read-only over virtiofs, mounts what agentd needs,
+//! and runs one command.
+//!
+//! The guest is laid out as Debian 12 is (merged `/usr`: `/bin`, `/sbin`, `/lib`,
+//! `/lib64` are symlinks into `/usr`), and its `/usr` *is* this machine's, so git,
+//! gcc, python3, node and their libraries run in the guest at the same absolute paths
+//! as on the host: the example policies name `/usr/bin/**` and `/usr/lib/**`, and
+//! `/bin/sh` is the host's dash, not busybox. Busybox lives in `/busybox` and only
+//! `/init` relies on it (it runs before `/usr` is there). The binaries under test go
+//! to `/agentd/bin`; their shared libraries come from the shared `/usr`.
 //!
 //! The archive is written directly (newc is a simple format), so no staging
 //! directory, root-owned files or device nodes on the host are needed: `/dev/console`
@@ -22,6 +31,20 @@ use anyhow::{bail, Context as _, Result};
 pub const BOOTED_MARKER: &str = "AGENTD-VM-BOOTED";
 /// The line `/init` prints after the command, followed by its exit code.
 pub const EXIT_MARKER: &str = "AGENTD-VM-EXIT";
+/// The virtiofs tag of the host's `/usr` (QEMU's vhost-user-fs-pci `tag=`).
+pub const USR_TAG: &str = "hostusr";
+/// Where the binaries under test live in the guest (outside `/usr`, which is the host's).
+pub const GUEST_BIN_DIR: &str = "/agentd/bin";
+
+/// Top-level symlinks of a merged-`/usr` system, reproduced in the guest as the host
+/// has them.
+const MERGED_USR_LINKS: &[&str] = &["bin", "sbin", "lib", "lib64", "lib32", "libx32"];
+
+/// Small files and directories of this machine's `/etc` that programs in its `/usr`
+/// expect: the alternatives links (`/usr/bin/cc -> /etc/alternatives/cc`), the
+/// dynamic loader's cache and configuration, name-service configuration, and the
+/// Python site customisation Debian links from `/usr/lib/python3.*`. Copied when present.
+const HOST_ETC: &[&str] = &["alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "nsswitch.conf", "os-release"];
 
 /// What the VM should run and with which files.
 pub struct Spec {
@@ -32,47 +55,87 @@ pub struct Spec {
     pub extra: Vec<(PathBuf, String)>,
     /// Environment of the command.
     pub env: Vec<(String, String)>,
+    /// Kernel modules `/init` loads, in this order, before mounting the host's `/usr`.
+    pub modules: Vec<PathBuf>,
 }
 
-/// Where the command's binary lands in the guest: outside /bin so it can never
-/// collide with a busybox applet link.
+/// Where the command's binary lands in the guest.
 pub fn guest_program_path(program: &Path) -> String {
     let name = program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "program".into());
-    format!("/usr/local/bin/{name}")
+    format!("{GUEST_BIN_DIR}/{name}")
 }
 
 /// Builds the initramfs for `spec` and writes it to `out`. Returns its size in bytes.
 pub fn build(spec: &Spec, busybox: &Path, out: &Path) -> Result<u64> {
     let mut archive = Archive::default();
-    for dir in
-        ["dev", "proc", "sys", "tmp", "run", "root", "etc", "bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin"]
-    {
+    for dir in ["dev", "proc", "sys", "tmp", "run", "root", "etc", "usr", "var/tmp", "busybox", "agentd/bin", "agentd/modules"] {
         archive.dir(dir);
+    }
+    for link in MERGED_USR_LINKS {
+        let host = Path::new("/").join(link);
+        match fs::read_link(&host) {
+            Ok(target) if target.starts_with("usr") || target.starts_with("/usr") => {
+                archive.symlink_if_absent(link, &target.to_string_lossy())
+            }
+            Ok(target) => bail!(
+                "{} points to {}, not into /usr: the VM shares this machine's /usr and needs a merged-/usr \
+                 system (Debian 12 or newer)",
+                host.display(),
+                target.display()
+            ),
+            Err(_) if host.is_dir() => bail!(
+                "{} is a directory, not a symlink into /usr: the VM shares this machine's /usr and needs a \
+                 merged-/usr system (Debian 12 or newer)",
+                host.display()
+            ),
+            Err(_) => {}
+        }
     }
     // The kernel opens /dev/console for init's stdio before init can mount devtmpfs.
     archive.char_device("dev/console", 0o600, 5, 1);
     archive.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n".to_vec());
     archive.file("etc/group", 0o644, b"root:x:0:\n".to_vec());
+    for name in HOST_ETC {
+        archive.copy_tree(&Path::new("/etc").join(name), &format!("etc/{name}"))?;
+    }
+    // Debian links /usr/lib/python3.X/sitecustomize.py to /etc/python3.X/.
+    for entry in fs::read_dir("/etc").context("reading /etc")?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("python3") {
+            archive.copy_tree(&entry.path(), &format!("etc/{name}"))?;
+        }
+    }
 
-    let mut binaries: Vec<(PathBuf, String)> = vec![
-        (busybox.to_path_buf(), "/bin/busybox".to_string()),
-        (spec.program.clone(), guest_program_path(&spec.program)),
-    ];
+    let busybox_data = fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
+    archive.file("busybox/busybox", 0o755, busybox_data);
+    for applet in busybox_applets(busybox)? {
+        archive.symlink_if_absent(&format!("busybox/{applet}"), "/busybox/busybox");
+    }
+    let mut binaries: Vec<(PathBuf, String)> = vec![(spec.program.clone(), guest_program_path(&spec.program))];
     binaries.extend(spec.extra.iter().cloned());
     let mut libraries = BTreeSet::new();
     for (host, guest) in &binaries {
+        if guest == "/usr" || guest.starts_with("/usr/") || MERGED_USR_LINKS.iter().any(|l| guest.starts_with(&format!("/{l}/"))) {
+            bail!("{guest} is inside the guest's /usr, which is this machine's /usr shared read-only; put it elsewhere");
+        }
         let data = without_debug_info(host, out)?;
         archive.file(guest.trim_start_matches('/'), 0o755, data);
         libraries.extend(shared_libraries(host)?);
     }
     for lib in &libraries {
-        // fs::read follows symlinks: the guest gets the real library under the name
-        // the loader asks for.
-        let data = fs::read(lib).with_context(|| format!("reading shared library {}", lib.display()))?;
+        // Libraries in /usr (all of them, on a merged-/usr system) reach the guest
+        // through the shared /usr; any other is copied under the name the loader asks for.
+        let real = fs::canonicalize(lib).with_context(|| format!("resolving shared library {}", lib.display()))?;
+        if real.starts_with("/usr") {
+            continue;
+        }
+        let data = fs::read(&real).with_context(|| format!("reading shared library {}", real.display()))?;
         archive.file(lib.to_string_lossy().trim_start_matches('/'), 0o755, data);
     }
-    for applet in busybox_applets(busybox)? {
-        archive.symlink_if_absent(&applet, "/bin/busybox");
+    for module in &spec.modules {
+        let name = module.file_name().context("module without a file name")?.to_string_lossy().into_owned();
+        let data = fs::read(module).with_context(|| format!("reading kernel module {}", module.display()))?;
+        archive.file(&format!("agentd/modules/{name}"), 0o644, data);
     }
     archive.file("init", 0o755, init_script(spec).into_bytes());
 
@@ -148,40 +211,54 @@ fn parse_ldd(out: &str) -> Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
-/// Guest paths of every busybox applet (`bin/sh`, `sbin/ip`, …).
+/// The names of every busybox applet (`sh`, `ip`, …).
 fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
     let out = Command::new(busybox)
-        .arg("--list-full")
+        .arg("--list")
         .output()
-        .with_context(|| format!("running {} --list-full", busybox.display()))?;
+        .with_context(|| format!("running {} --list", busybox.display()))?;
     if !out.status.success() {
-        bail!("{} --list-full failed; reinstall busybox-static", busybox.display());
+        bail!("{} --list failed; reinstall busybox-static", busybox.display());
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| l.trim().trim_start_matches('/').to_string())
-        .filter(|l| !l.is_empty())
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty() && !l.contains('/'))
         .collect())
 }
 
 /// `/init`: PID 1 of the VM. It must never exit before printing the exit marker, so
 /// a failing mount is reported and the command still runs (it will say what is wrong).
+/// It runs on busybox alone until the host's `/usr` is mounted; the command gets a
+/// Debian PATH (busybox last, as a fallback).
 fn init_script(spec: &Spec) -> String {
     let mut s = String::from(
-        "#!/bin/sh\n\
+        "#!/busybox/sh\n\
          # Generated by `cargo xtask vm`: PID 1 of the test VM.\n\
-         export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin\n\
+         export PATH=/busybox\n\
          export HOME=/root\n\
          mnt() { mkdir -p \"$3\"; mount -t \"$1\" \"$2\" \"$3\" || echo \"init: mounting $1 on $3 failed\"; }\n\
          mnt proc proc /proc\n\
          mnt sysfs sysfs /sys\n\
-         mnt devtmpfs devtmpfs /dev\n\
-         mnt tmpfs tmpfs /tmp\n\
+         mnt devtmpfs devtmpfs /dev\n",
+    );
+    s.push_str("# This machine's /usr, read-only over virtiofs: the guest's programs and libraries.\n");
+    for module in &spec.modules {
+        let name = module.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        s.push_str(&format!("insmod /agentd/modules/{name} || echo 'init: insmod {name} failed'\n"));
+    }
+    s.push_str(&format!(
+        "mount -t virtiofs -o ro {USR_TAG} /usr || echo 'init: mounting the host /usr (virtiofs tag {USR_TAG}) failed: \
+         nothing dynamically linked can run'\n"
+    ));
+    s.push_str(
+        "mnt tmpfs tmpfs /tmp\n\
          mnt tmpfs tmpfs /run\n\
          mnt cgroup2 cgroup2 /sys/fs/cgroup\n\
          mnt bpf bpf /sys/fs/bpf\n\
          mnt tracefs tracefs /sys/kernel/tracing\n\
          mnt securityfs securityfs /sys/kernel/security\n\
+         chmod 1777 /tmp /var/tmp\n\
          ip link set lo up || echo 'init: bringing up lo failed'\n\
          # No NIC: default routes over lo, so a connect(2) to any address is judged by\n\
          # agentd's hooks and then routed, as on a host, instead of ENETUNREACH.\n\
@@ -189,14 +266,15 @@ fn init_script(spec: &Spec) -> String {
          ip -6 route add default dev lo || echo 'init: IPv6 default route failed'\n",
     );
     s.push_str(&format!("echo \"{BOOTED_MARKER} $(cut -d' ' -f1 /proc/uptime)\"\n"));
+    s.push_str("cd /tmp\n(\n");
+    s.push_str("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/busybox\n");
     for (k, v) in &spec.env {
         s.push_str(&format!("export {k}={}\n", shell_quote(v)));
     }
-    s.push_str("cd /tmp\n");
-    let mut command = vec![shell_quote(&guest_program_path(&spec.program))];
+    let mut command = vec!["exec".to_string(), shell_quote(&guest_program_path(&spec.program))];
     command.extend(spec.args.iter().map(|a| shell_quote(a)));
     s.push_str(&command.join(" "));
-    s.push_str(&format!("\ncode=$?\necho \"{EXIT_MARKER} $code\"\npoweroff -f\n"));
+    s.push_str(&format!("\n)\ncode=$?\necho \"{EXIT_MARKER} $code\"\npoweroff -f\n"));
     s
 }
 
@@ -249,6 +327,28 @@ impl Archive {
     fn symlink_if_absent(&mut self, path: &str, target: &str) {
         self.parents(path);
         self.entries.entry(path.to_string()).or_insert_with(|| Entry::Symlink(target.to_string()));
+    }
+
+    /// Copies `host` (a file, a symlink as a symlink, or a directory with what is in
+    /// it) to `path` in the archive; nothing when `host` does not exist.
+    fn copy_tree(&mut self, host: &Path, path: &str) -> Result<()> {
+        let Ok(meta) = fs::symlink_metadata(host) else { return Ok(()) };
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(host).with_context(|| format!("reading link {}", host.display()))?;
+            self.parents(path);
+            self.entries.insert(path.to_string(), Entry::Symlink(target.to_string_lossy().into_owned()));
+        } else if meta.is_dir() {
+            self.dir(path);
+            for entry in fs::read_dir(host).with_context(|| format!("reading {}", host.display()))? {
+                let entry = entry.with_context(|| format!("reading {}", host.display()))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                self.copy_tree(&entry.path(), &format!("{path}/{name}"))?;
+            }
+        } else if meta.is_file() {
+            let data = fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+            self.file(path, meta.permissions().mode() & 0o7777, data);
+        }
+        Ok(())
     }
 
     fn char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) {
@@ -377,10 +477,16 @@ mod tests {
             args: vec!["--test-threads=1".into(), "it's".into()],
             extra: vec![],
             env: vec![("AGENTD_TEST_TIER".into(), "vm".into())],
+            modules: vec![PathBuf::from("/k/modules/virtio.ko"), PathBuf::from("/k/modules/virtiofs.ko")],
         };
         let init = init_script(&spec);
+        assert!(init.starts_with("#!/busybox/sh\n"), "init runs before /usr (and /bin/sh) exists");
         assert!(init.contains("export AGENTD_TEST_TIER='vm'\n"));
-        assert!(init.contains("'/usr/local/bin/vm-123' '--test-threads=1' 'it'\\''s'\n"));
+        assert!(init.contains("exec '/agentd/bin/vm-123' '--test-threads=1' 'it'\\''s'\n"));
         assert!(init.contains("echo \"AGENTD-VM-EXIT $code\"\npoweroff -f\n"));
+        let virtio = init.find("insmod /agentd/modules/virtio.ko").expect("loads virtio");
+        let virtiofs = init.find("insmod /agentd/modules/virtiofs.ko").expect("loads virtiofs");
+        let mount = init.find("mount -t virtiofs -o ro hostusr /usr").expect("mounts /usr read-only");
+        assert!(virtio < virtiofs && virtiofs < mount, "modules in order, then the mount:\n{init}");
     }
 }

@@ -8,7 +8,12 @@
 //!   against the same LLVM major as nightly's rustc, so that major is read from
 //!   `rustc +nightly -vV` and never hard-coded;
 //! - the VM tier: QEMU, a static busybox for the initramfs, and Debian's newest 6.1
-//!   cloud kernel (a kernel where BPF LSM programs actually run).
+//!   cloud kernel (a kernel where BPF LSM programs actually run), with the modules
+//!   that let the guest mount this machine's `/usr` over virtiofs (the guest runs
+//!   this machine's programs, at the same paths);
+//! - the agent tools the false-positive scenarios run as a bound agent would, on the
+//!   host and (through that shared `/usr`) in the VM: git, gcc with libc headers,
+//!   make, python3 with venv and the wheels pip installs offline, node and npm.
 
 use std::{
     fs,
@@ -31,13 +36,24 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub struct Needs {
     /// Building the workspace: nightly + rust-src, LLVM dev packages, bpf-linker.
     pub toolchain: bool,
-    /// Booting the test VM: QEMU, busybox, the 6.1 test kernel.
+    /// Booting the test VM: QEMU, busybox, the 6.1 test kernel and its virtiofs modules.
     pub vm: bool,
+    /// The programs the false-positive scenarios run as an agent: git, gcc, make,
+    /// python3 + venv, node + npm (host tier, and the VM tier through the shared /usr).
+    pub agent_tools: bool,
 }
 
 impl Needs {
-    pub const ALL: Needs = Needs { toolchain: true, vm: true };
+    pub const ALL: Needs = Needs { toolchain: true, vm: true, agent_tools: true };
 }
+
+/// Debian packages of the agent tools. `libc6-dev` is only a Recommends of gcc (and
+/// `--no-install-recommends` is used), so it is named. `python3-venv` brings the pip
+/// and setuptools wheels `python3 -m venv` installs from; `python3-wheel-whl` is the
+/// `wheel` wheel, which setuptools 66 needs to build a wheel, so a venv can build a
+/// local package with no index.
+const AGENT_TOOL_PACKAGES: &[&str] =
+    &["git", "gcc", "libc6-dev", "make", "python3", "python3-venv", "python3-wheel-whl"];
 
 /// Checks each prerequisite and installs what is missing.
 pub fn ensure(needs: Needs) -> Result<()> {
@@ -57,8 +73,14 @@ pub fn ensure(needs: Needs) -> Result<()> {
         // (it starts its own with its own config; the system's is not used).
         packages.push("rsyslog".to_string());
     }
+    if needs.agent_tools {
+        packages.extend(AGENT_TOOL_PACKAGES.iter().map(|p| p.to_string()));
+    }
     let mut apt = Apt::default();
     apt.install_missing(&packages)?;
+    if needs.agent_tools {
+        ensure_node(&mut apt)?;
+    }
 
     if let Some(n) = llvm {
         ensure_rust_src()?;
@@ -66,6 +88,25 @@ pub fn ensure(needs: Needs) -> Result<()> {
     }
     if needs.vm {
         ensure_test_kernel(&mut apt)?;
+    }
+    Ok(())
+}
+
+/// node and npm at `/usr/bin` (where the scenarios and the example policies expect
+/// them). Whoever provides them is fine: NodeSource's `nodejs` package includes npm
+/// and conflicts with Debian's `npm`, so Debian's `nodejs` is installed only when
+/// there is no node at all, and Debian's `npm` only when npm is still missing then.
+fn ensure_node(apt: &mut Apt) -> Result<()> {
+    for (program, package) in [("/usr/bin/node", "nodejs"), ("/usr/bin/npm", "npm")] {
+        if Path::new(program).exists() {
+            say(format!("{program}: present"));
+        } else {
+            say(format!("{program} is missing: installing the {package} package"));
+            apt.install_missing(&[package.to_string()])?;
+            if !Path::new(program).exists() {
+                bail!("the {package} package is installed but there is no {program}; the agent-tool scenarios run {program}");
+            }
+        }
     }
     Ok(())
 }
@@ -286,19 +327,37 @@ pub struct TestKernel {
     pub vmlinuz: PathBuf,
     /// e.g. `6.1.0-56-cloud-amd64`.
     pub version: String,
+    /// The modules the guest loads (in this order) to mount the host's `/usr` over
+    /// virtiofs: the cloud kernel has the virtio PCI transport, FUSE and virtiofs as
+    /// modules only.
+    pub modules: Vec<PathBuf>,
 }
 
-/// The test kernel if it has been fetched.
+/// The modules the VM needs, by name; their dependencies are found in the modules
+/// themselves. virtio_pci is the transport of the vhost-user-fs-pci device, virtiofs
+/// the filesystem.
+const VM_MODULES: &[&str] = &["virtio_pci", "virtiofs"];
+
+/// `.vm/kernel/modules/ORDER`: the copied modules' file names, in load order.
+const MODULE_ORDER: &str = "ORDER";
+
+/// The test kernel if it has been fetched, with its modules (a kernel fetched by an
+/// older setup, without them, counts as missing and is fetched again).
 pub fn test_kernel() -> Option<TestKernel> {
     let dir = workspace::vm_dir().join("kernel");
     let vmlinuz = dir.join("vmlinuz");
     let version = fs::read_to_string(dir.join("VERSION")).ok()?.trim().to_string();
-    (vmlinuz.is_file() && !version.is_empty()).then_some(TestKernel { vmlinuz, version })
+    let modules_dir = dir.join("modules");
+    let order = fs::read_to_string(modules_dir.join(MODULE_ORDER)).ok()?;
+    let modules: Vec<PathBuf> =
+        order.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| modules_dir.join(l)).collect();
+    let complete = vmlinuz.is_file() && !version.is_empty() && !modules.is_empty() && modules.iter().all(|m| m.is_file());
+    complete.then_some(TestKernel { vmlinuz, version, modules })
 }
 
 fn ensure_test_kernel(apt: &mut Apt) -> Result<()> {
     if let Some(k) = test_kernel() {
-        say(format!("VM test kernel {}: present ({})", k.version, k.vmlinuz.display()));
+        say(format!("VM test kernel {}: present ({}, {} modules)", k.version, k.vmlinuz.display(), k.modules.len()));
         return Ok(());
     }
     let mut package = newest_cloud_kernel()?;
@@ -338,17 +397,124 @@ fn ensure_test_kernel(apt: &mut Apt) -> Result<()> {
         .and_then(|n| n.strip_prefix("vmlinuz-"))
         .context("kernel image has an unexpected name")?
         .to_string();
+    // The modules the guest needs for virtiofs, with what they depend on.
+    let modules_dir = kernel_dir.join("modules");
+    let _ = fs::remove_dir_all(&modules_dir);
+    fs::create_dir_all(&modules_dir).with_context(|| format!("creating {}", modules_dir.display()))?;
+    let available = index_modules(&extract.join("lib/modules").join(&version))?;
+    let order = module_load_order(VM_MODULES, &available, |ko| module_depends(ko, &modules_dir))?;
+    let mut names = String::new();
+    for ko in &order {
+        let name = ko.file_name().context("module without a file name")?;
+        fs::copy(ko, modules_dir.join(name))
+            .with_context(|| format!("copying {} into {}", ko.display(), modules_dir.display()))?;
+        names.push_str(&format!("{}\n", name.to_string_lossy()));
+    }
     // Write then rename so an interrupted setup never leaves a half-copied kernel
-    // that a later run would take for present.
+    // that a later run would take for present (the module list is written last:
+    // without it the kernel counts as missing).
     let tmp = kernel_dir.join("vmlinuz.tmp");
     fs::copy(&image, &tmp).with_context(|| format!("copying {} to {}", image.display(), tmp.display()))?;
     fs::rename(&tmp, kernel_dir.join("vmlinuz")).context("moving the kernel image into place")?;
     fs::write(kernel_dir.join("VERSION"), format!("{version}\n")).context("writing .vm/kernel/VERSION")?;
-    // The modules are most of the package and the VM needs none of them.
+    fs::write(modules_dir.join(MODULE_ORDER), names).context("writing .vm/kernel/modules/ORDER")?;
+    // The other modules are most of the package and the VM needs none of them.
     let _ = fs::remove_dir_all(&extract);
     let _ = fs::remove_file(&deb);
-    say(format!("VM test kernel {version} installed in {}", kernel_dir.display()));
+    say(format!(
+        "VM test kernel {version} installed in {} with modules {}",
+        kernel_dir.display(),
+        order.iter().filter_map(|m| m.file_name()).map(|n| n.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    ));
     Ok(())
+}
+
+/// Every module file under `dir`, by module name (`-` in a file name is `_` in the
+/// module's name, as the kernel spells it).
+fn index_modules(dir: &Path) -> Result<std::collections::BTreeMap<String, PathBuf>> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut compressed = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let path = entry.with_context(|| format!("reading {}", d.display()))?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Some(stem) = name.strip_suffix(".ko") {
+                found.insert(stem.replace('-', "_"), path);
+            } else if name.contains(".ko.") {
+                compressed.push(name);
+            }
+        }
+    }
+    if found.is_empty() {
+        bail!(
+            "the kernel package has no uncompressed modules under {} ({} compressed ones: busybox insmod in the VM \
+             loads plain .ko files only)",
+            dir.display(),
+            compressed.len()
+        );
+    }
+    Ok(found)
+}
+
+/// `roots` and everything they depend on, dependencies first.
+fn module_load_order(
+    roots: &[&str],
+    available: &std::collections::BTreeMap<String, PathBuf>,
+    depends: impl Fn(&Path) -> Result<Vec<String>>,
+) -> Result<Vec<PathBuf>> {
+    fn visit(
+        name: &str,
+        available: &std::collections::BTreeMap<String, PathBuf>,
+        depends: &dyn Fn(&Path) -> Result<Vec<String>>,
+        visiting: &mut Vec<String>,
+        order: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        let path = available
+            .get(name)
+            .with_context(|| format!("the kernel package has no module {name} (is it built in? then drop it from VM_MODULES)"))?;
+        if order.contains(path) {
+            return Ok(());
+        }
+        if visiting.iter().any(|v| v == name) {
+            bail!("module dependency cycle through {name}");
+        }
+        visiting.push(name.to_string());
+        for dep in depends(path)? {
+            visit(&dep, available, depends, visiting, order)?;
+        }
+        visiting.pop();
+        order.push(path.clone());
+        Ok(())
+    }
+    let mut order = Vec::new();
+    for root in roots {
+        visit(root, available, &depends, &mut Vec::new(), &mut order)?;
+    }
+    Ok(order)
+}
+
+/// The `depends=` entry of a module's `.modinfo` section, read with objcopy (no kmod
+/// needed on the host). `scratch` is a directory for objcopy's output.
+fn module_depends(ko: &Path, scratch: &Path) -> Result<Vec<String>> {
+    let out = scratch.join("modinfo.tmp");
+    cmd::output(Command::new("objcopy").args(["-O", "binary", "--only-section=.modinfo"]).arg(ko).arg(&out))
+        .with_context(|| format!("reading the .modinfo section of {} (binutils' objcopy)", ko.display()))?;
+    let data = fs::read(&out).with_context(|| format!("reading {}", out.display()));
+    let _ = fs::remove_file(&out);
+    Ok(parse_modinfo_depends(&data?))
+}
+
+/// `depends=a,b` among the NUL-separated `key=value` strings of `.modinfo`.
+fn parse_modinfo_depends(modinfo: &[u8]) -> Vec<String> {
+    modinfo
+        .split(|b| *b == 0)
+        .filter_map(|entry| entry.strip_prefix(b"depends="))
+        .flat_map(|deps| String::from_utf8_lossy(deps).split(',').map(str::to_string).collect::<Vec<_>>())
+        .filter(|d| !d.is_empty())
+        .collect()
 }
 
 /// The newest `linux-image-6.1.0-N-cloud-amd64-unsigned` apt knows, by N.
@@ -411,6 +577,33 @@ mod tests {
         let json = r#"{"installs":{"bpf-linker 0.13.0 (registry+https://github.com/rust-lang/crates.io-index)":{"features":["llvm-22"],"no_default_features":true}}}"#;
         assert_eq!(parse_crates2_llvm_feature(json), Some(22));
         assert_eq!(parse_crates2_llvm_feature(r#"{"installs":{}}"#), None);
+    }
+
+    #[test]
+    fn module_dependencies_come_first_once() {
+        let available: std::collections::BTreeMap<String, PathBuf> =
+            ["virtio", "virtio_ring", "virtio_pci", "fuse", "virtiofs", "virtio_pci_modern_dev"]
+                .iter()
+                .map(|n| (n.to_string(), PathBuf::from(format!("/m/{n}.ko"))))
+                .collect();
+        let deps = |ko: &Path| -> Result<Vec<String>> {
+            Ok(match ko.file_stem().and_then(|s| s.to_str()) {
+                Some("virtio_pci") => vec!["virtio_pci_modern_dev".into(), "virtio".into(), "virtio_ring".into()],
+                Some("virtiofs") => vec!["fuse".into(), "virtio".into(), "virtio_ring".into()],
+                _ => vec![],
+            })
+        };
+        let order = module_load_order(&["virtio_pci", "virtiofs"], &available, deps).expect("order");
+        let names: Vec<_> = order.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["virtio_pci_modern_dev", "virtio", "virtio_ring", "virtio_pci", "fuse", "virtiofs"]);
+        assert!(module_load_order(&["nope"], &available, |_| Ok(vec![])).is_err());
+    }
+
+    #[test]
+    fn modinfo_depends_entry() {
+        let modinfo = b"license=GPL\0depends=fuse,virtio,virtio_ring\0name=virtiofs\0";
+        assert_eq!(parse_modinfo_depends(modinfo), ["fuse", "virtio", "virtio_ring"]);
+        assert!(parse_modinfo_depends(b"depends=\0name=virtio\0").is_empty());
     }
 
     #[test]

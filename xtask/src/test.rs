@@ -114,7 +114,7 @@ pub fn command(args: Args) -> Result<bool> {
     let strict = args.strict || workspace::env_flag("CI");
 
     // Every tier builds the workspace, and its build script compiles the eBPF programs.
-    let toolchain = setup::ensure(setup::Needs { toolchain: true, vm: false }).map_err(|e| format!("{e:#}"));
+    let toolchain = setup::ensure(setup::Needs { toolchain: true, vm: false, agent_tools: false }).map_err(|e| format!("{e:#}"));
     let mut builds = Builds::default();
     let mut reports = Vec::new();
     for tier in tiers {
@@ -256,6 +256,8 @@ fn host(report: &mut Report, builds: &mut Builds) -> Result<()> {
         report.skips.push(Skip { test: "all host-tier tests".to_string(), reason: reason.to_string() });
         return Ok(());
     }
+    // The false-positive scenarios run git, gcc, make, python3 and npm as an agent.
+    setup::ensure(setup::Needs { toolchain: false, vm: false, agent_tools: true })?;
     let dir = builds.daemon()?;
     let mut c = workspace::cargo();
     c.args(["test", "-p", "agentd-tests", "--test", "host", "--", "--test-threads=1", "--nocapture"])
@@ -270,14 +272,14 @@ fn host(report: &mut Report, builds: &mut Builds) -> Result<()> {
 
 /// Tier 3: the VM integration tests, run by the test binary inside the VM.
 fn vm_tier(report: &mut Report, builds: &mut Builds, timeout: Duration) -> Result<()> {
-    setup::ensure(setup::Needs { toolchain: false, vm: true })?;
+    setup::ensure(setup::Needs { toolchain: false, vm: true, agent_tools: true })?;
     report.label = label(Tier::Vm);
     let dir = builds.daemon()?;
     let artifacts = build_vm_tests()?;
     let mut extra = vm::project_binaries(&dir);
-    extra.retain(|(_, guest)| guest != "/bin/probe");
+    extra.retain(|(_, guest)| *guest != vm::guest_bin("probe"));
     if let Some(probe) = &artifacts.probe {
-        extra.push((probe.clone(), "/bin/probe".to_string()));
+        extra.push((probe.clone(), vm::guest_bin("probe")));
     }
     let req = vm::Request {
         env: vm::default_env(&extra),

@@ -3,6 +3,12 @@
 //! command's exit code. The VM test tier uses [`run`] to run its test binary in a
 //! kernel where BPF LSM programs really run.
 //!
+//! The guest's `/usr` is this machine's, shared read-only with virtiofs: QEMU's own
+//! `virtiofsd` serves it from a private mount namespace in which `/usr` is bind-mounted
+//! read-only, and the guest mounts it `ro` too. So the guest runs git, gcc, python3,
+//! node, … at the paths the example policies name, with no copy (see initramfs.rs).
+//! Serving it needs root (virtiofsd and the mount namespace).
+//!
 //! Always TCG (software emulation): `/dev/kvm` exists on these machines but QEMU
 //! hangs at boot with KVM (shared/ENVIRONMENT.md).
 
@@ -19,7 +25,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     cmd::{self, say},
-    initramfs::{self, BOOTED_MARKER, EXIT_MARKER},
+    initramfs::{self, BOOTED_MARKER, EXIT_MARKER, GUEST_BIN_DIR, USR_TAG},
     setup, workspace,
 };
 
@@ -52,7 +58,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 
 /// `cargo xtask vm`: exits with the guest command's exit code.
 pub fn command(args: Args) -> Result<i32> {
-    setup::ensure(setup::Needs { toolchain: false, vm: true })?;
+    setup::ensure(setup::Needs { toolchain: false, vm: true, agent_tools: false })?;
     let (program, rest) = args.command.split_first().context("no binary given: `cargo xtask vm -- BINARY [ARGS]`")?;
     let program = resolve_program(program)?;
     let profile = if args.release { "release" } else { "debug" };
@@ -83,12 +89,17 @@ fn resolve_program(program: &str) -> Result<PathBuf> {
         .with_context(|| format!("{program} is not in PATH; give the path of the binary to run in the VM"))
 }
 
+/// The guest path of a project binary (`agentd`, `agentctl`, `probe`).
+pub fn guest_bin(name: &str) -> String {
+    format!("{GUEST_BIN_DIR}/{name}")
+}
+
 /// agentd, agentctl and the tests' probe from `dir`, where they exist, with their
 /// guest paths.
 pub fn project_binaries(dir: &Path) -> Vec<(PathBuf, String)> {
     ["agentd", "agentctl", "probe"]
         .iter()
-        .map(|name| (dir.join(name), format!("/bin/{name}")))
+        .map(|name| (dir.join(name), guest_bin(name)))
         .filter(|(host, _)| host.is_file())
         .collect()
 }
@@ -104,10 +115,10 @@ pub fn default_env(bins: &[(PathBuf, String)]) -> Vec<(String, String)> {
         ("AGENTD_TEST_PIN_DIR".to_string(), "/sys/fs/bpf/agentd-vm-tests".to_string()),
     ];
     for (_, guest) in bins {
-        let var = match guest.as_str() {
-            "/bin/agentd" => "AGENTD_BIN",
-            "/bin/agentctl" => "AGENTCTL_BIN",
-            "/bin/probe" => "AGENTD_PROBE_BIN",
+        let var = match guest.strip_prefix(GUEST_BIN_DIR).and_then(|n| n.strip_prefix('/')) {
+            Some("agentd") => "AGENTD_BIN",
+            Some("agentctl") => "AGENTCTL_BIN",
+            Some("probe") => "AGENTD_PROBE_BIN",
             _ => continue,
         };
         env.push((var.to_string(), guest.clone()));
@@ -179,6 +190,7 @@ pub fn run(req: &Request) -> Result<Outcome> {
         args: req.args.clone(),
         extra: req.extra.clone(),
         env: req.env.clone(),
+        modules: kernel.modules.clone(),
     };
     let size = initramfs::build(&spec, &busybox, &image)?;
     say(format!(
@@ -193,8 +205,16 @@ pub fn run(req: &Request) -> Result<Outcome> {
         started.elapsed().as_secs_f64()
     ));
 
+    let socket = vm_dir.join(format!("usr-{}.sock", std::process::id()));
+    let _virtiofsd = Virtiofsd::start(&socket)?;
+
     let mut c = Command::new(qemu);
     c.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
+        // vhost-user needs the guest's memory shared with virtiofsd.
+        .args(["-object", "memory-backend-memfd,id=mem,size=1024M,share=on", "-machine", "memory-backend=mem"])
+        .arg("-chardev")
+        .arg(format!("socket,id=usr,path={}", socket.display()))
+        .args(["-device", &format!("vhost-user-fs-pci,chardev=usr,tag={USR_TAG}")])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
@@ -305,6 +325,76 @@ fn printable(raw: &str) -> String {
         }
     }
     out
+}
+
+/// QEMU's virtiofsd serving this machine's `/usr`, read-only, on a vhost-user
+/// socket; stopped (by its process id) and its socket removed on drop.
+struct Virtiofsd {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+/// Debian's qemu-system-common ships it here (the C virtiofsd of QEMU 7.2).
+const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
+
+impl Virtiofsd {
+    fn start(socket: &Path) -> Result<Virtiofsd> {
+        if !Path::new(VIRTIOFSD).is_file() {
+            bail!("{VIRTIOFSD} is missing; it comes with qemu-system-x86 (qemu-system-common): run `cargo xtask setup`");
+        }
+        if !workspace::is_root() {
+            bail!("the test VM shares this machine's /usr through virtiofsd, which needs root: run as root");
+        }
+        let _ = fs::remove_file(socket);
+        // A private mount namespace where /usr is bind-mounted read-only: whatever the
+        // guest does, virtiofsd cannot write to this machine's /usr.
+        let script = format!(
+            "mount --bind /usr /usr && mount -o remount,bind,ro /usr && exec {VIRTIOFSD} \"$@\""
+        );
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "/bin/sh", "-c", &script, "virtiofsd"])
+            .arg(format!("--socket-path={}", socket.display()))
+            .args(["-o", "source=/usr", "-o", "cache=always", "-o", "sandbox=namespace", "-o", "log_level=warn"]);
+        say(format!("sharing /usr read-only with the VM: {}", cmd::describe(&c)));
+        let mut child = c
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("could not start virtiofsd (through unshare, util-linux)")?;
+        // Its messages, marked as its own (at shutdown it says `fv_remove_watch: TODO!`
+        // and `Unexpected poll revents`, which are harmless).
+        if let Some(stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    println!("virtiofsd| {line}");
+                }
+            });
+        }
+        let mut d = Virtiofsd { child, socket: socket.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if let Some(status) = d.child.try_wait().context("waiting for virtiofsd")? {
+                bail!("virtiofsd exited ({status}) before opening {}; see its message above", socket.display());
+            }
+            if Instant::now() > deadline {
+                bail!("virtiofsd did not open {} within 10 s", socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        // It exits by itself when QEMU closes the connection; this is for when QEMU
+        // never connected.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.socket);
+    }
 }
 
 struct RemoveOnDrop(PathBuf);

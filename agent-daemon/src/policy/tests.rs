@@ -1171,6 +1171,10 @@ fn shipped_policies_decide_as_documented() {
     assert_eq!(ev(&c, ex("/usr/bin/curl")), Ask);
     assert_eq!(ev(&c, wr("/home/alice/work/src/lib.rs")), Allow);
     assert_eq!(ev(&c, wr("/home/alice/work/.git/hooks/pre-commit")), Deny);
+    // git init copies its samples; none of them runs, and nothing becomes a hook.
+    assert_eq!(ev(&c, wr("/home/alice/work/.git/hooks/pre-commit.sample")), Allow);
+    assert_eq!(ev(&c, wr("/home/alice/work/.git/hooks/x.sample/pre-commit")), Deny);
+    assert_eq!(ev(&c, wr("/home/alice/work/.git/hooks/pre-commit.sample.d")), Deny);
     assert_eq!(ev(&c, wr("/home/alice/.ssh/authorized_keys")), Deny);
     let ux = |p: &str| Action::ConnectUnix { path: p.into() };
     assert_eq!(ev(&c, ux("/tmp/ssh-XXXXabcd/agent.4242")), Deny);

@@ -395,12 +395,25 @@ pub fn resolve_string(
         start += 1;
         let total = start + (r as usize - 1);
         check_normal(s, start, total, true)?;
+        let total = without_trailing_slash(s, total);
         let r = finish(s, total, false);
         return Ok(with_protection(s, r));
     }
     check_normal(s, 0, ulen, false)?;
+    let ulen = without_trailing_slash(s, ulen);
     let r = finish(s, ulen, false);
     Ok(with_protection(s, r))
+}
+
+/// `len` less a trailing `/` (`mkdir dir/` names `dir`, not something in it);
+/// `check_normal` has refused `//`, so there is at most one.
+#[inline(always)]
+fn without_trailing_slash(s: &Scratch, len: usize) -> usize {
+    if len > 1 && len <= PATH_KEY_LEN && s.path[(len - 1) & 0x1ff] == b'/' {
+        len - 1
+    } else {
+        len
+    }
 }
 
 /// Reads a NUL-terminated string of at most 256 bytes to `dst` (which must have

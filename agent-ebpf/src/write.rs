@@ -981,22 +981,22 @@ pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
     // (dirfd, path) pairs to judge, by syscall. Cheap filter before attribution:
     // this runs on every syscall of every task.
     let (a_fd, a_path, b_fd, b_path, op): (u64, u64, u64, u64, u8) = match id {
-        nr::TRUNCATE | nr::UNLINK | nr::RMDIR | nr::MKDIR | nr::MKNOD => {
+        // mkdir and mkdirat are judged at their exit, when they succeeded: `mkdir -p`
+        // tries every existing ancestor and gets EEXIST, which changes nothing.
+        nr::TRUNCATE | nr::UNLINK | nr::RMDIR | nr::MKNOD => {
             let regs: u64 = ctx.arg(0);
             let opc = match id {
                 nr::TRUNCATE => op::TRUNCATE,
                 nr::UNLINK => op::UNLINK,
                 nr::RMDIR => op::RMDIR,
-                nr::MKDIR => op::MKDIR,
                 _ => op::CREATE,
             };
             (cwd_fd, arg(regs, 0), 0, 0, opc)
         }
-        nr::UNLINKAT | nr::MKDIRAT | nr::MKNODAT => {
+        nr::UNLINKAT | nr::MKNODAT => {
             let regs: u64 = ctx.arg(0);
             let opc = match id {
                 nr::UNLINKAT => op::UNLINK,
-                nr::MKDIRAT => op::MKDIR,
                 _ => op::CREATE,
             };
             (arg(regs, 0), arg(regs, 1), 0, 0, opc)
@@ -1090,6 +1090,17 @@ pub fn tp_sys_exit(ctx: RawTracePointContext) -> i32 {
     let ret: i64 = ctx.arg(1);
     let regs: u64 = ctx.arg(0);
     let id = read_u64(regs + REG_ORIG_AX).unwrap_or(u64::MAX);
+    if id == nr::MKDIR || id == nr::MKDIRAT {
+        // A directory was made (the arguments are still in the saved registers).
+        if ret != 0 {
+            return 0;
+        }
+        let Some(subject) = current_subject() else { return 0 };
+        let Ok(o) = offsets() else { return 0 };
+        let (dfd, path) = if id == nr::MKDIR { (AT_FDCWD as u64, arg(regs, 0)) } else { (arg(regs, 0), arg(regs, 1)) };
+        kill_if_blocked(judge_user(&subject, o, dfd, path, op::MKDIR));
+        return 0;
+    }
     if !matches!(id, nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT | nr::OPEN_BY_HANDLE_AT) {
         return 0;
     }

@@ -3,7 +3,7 @@
 //! daemon picks (tracepoints + SIGKILL on the host, BPF LSM in the VM), and every
 //! scenario asks the daemon which is active and expects exactly its effect.
 
-use std::{fs, path::{Path, PathBuf}};
+use std::{fs, path::PathBuf};
 
 use crate::harness::{outcome, unique, Cgroup, Daemon, HttpReceiver, Listener, Outcome};
 

@@ -427,10 +427,7 @@ pub fn fp_npm_installs_a_local_package() {
         return;
     }
     let mut a = Agent::start("npm");
-    // npm's cache defaults to ~/.npm, which the shipped policy does not allow (its
-    // comment says npm's cache is under ~/.cache): put it there, as a launcher would.
-    let cache = a.home.join(".cache/npm");
-    a.setenv("npm_config_cache", cache.to_str().expect("utf-8"));
+    // npm's cache is its default, ~/.npm, which the shipped policy allows.
     // No registry: offline, no audit, no funding message, no update check.
     a.setenv("npm_config_offline", "true");
     a.setenv("npm_config_audit", "false");

@@ -701,6 +701,9 @@ pub struct KernelOffsets {
     pub proc_inode_vfs_inode: u32,
     pub inode_i_nlink: u32,
     pub _pad: u32,
+    /// `task_struct::cgroups`, `css_set::dfl_cgrp`: a task's cgroup (v2).
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
 }
 
 /// A decision the kernel reports to the daemon through the `EVENTS` ring buffer.
@@ -789,7 +792,7 @@ mod tests {
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<PortRule>(), 12);
         assert_eq!(size_of::<EgressRules>(), 4 + 12 * MAX_PORT_RULES);
-        assert_eq!(size_of::<KernelOffsets>(), 68 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 70 * 4);
         assert_eq!(size_of::<TaskIdentity>(), 16);
         assert_eq!(size_of::<MountPrefix>(), 8 + MOUNT_PREFIX_LEN);
         assert_eq!(size_of::<GuardConfig>(), 16);

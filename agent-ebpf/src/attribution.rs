@@ -27,10 +27,22 @@ pub fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// The current task's identity as kept in `TASK_IDENTITY`, or, for a process
-/// that has not acted yet, as its cgroup's binding says (and then kept).
+/// The current task's identity: `TASK_IDENTITY` only, one hash lookup, which is
+/// what every hook asks (they run for every task on the machine). Every process
+/// that acts for an identity has its entry: agentd records the processes in a
+/// cgroup when it binds it, `lineage` records children at fork (and processes
+/// started or moved into a bound cgroup), and the entry stays until the last
+/// thread exits or the binding goes.
 #[inline(always)]
 pub fn current_subject() -> Option<Subject> {
+    sticky_subject()
+}
+
+/// [`current_subject`], or, for a process without an entry, its cgroup's binding
+/// (then kept). For the fork tracepoint, which must not miss a parent that
+/// agentd's bind-time walk has not reached yet.
+#[inline(always)]
+pub fn attributing_subject() -> Option<Subject> {
     if let Some(s) = sticky_subject() {
         return Some(s);
     }

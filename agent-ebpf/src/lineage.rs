@@ -10,11 +10,40 @@ use agent_common::{counter, TaskIdentity, MAX_CGROUP_DEPTH};
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{
-    attribution::{current_subject, current_tgid},
+    attribution::{attributing_subject, current_tgid},
     decide::bump,
-    maps::{BINDINGS, TASK_IDENTITY},
+    maps::{BINDINGS, SYS_ENTER_PROGS, SYS_EXIT_PROGS, TASK_IDENTITY},
     vfs::{offsets, read_u32, read_u64},
 };
+use agent_common::KernelOffsets;
+
+/// Index of `SYS_ENTER_PROGS` for a syscall the fallback tier cannot read.
+pub const SYSCALL_OTHER: u32 = 511;
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+#[inline(always)]
+pub fn tp_sys_enter_dispatch(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct pt_regs *regs, long id)
+    let id: u64 = ctx.arg(1);
+    let idx = if id >= SYSCALL_OTHER as u64 || crate::write::is_compat() { SYSCALL_OTHER } else { id as u32 };
+    // SAFETY: a tail call with this program's own context; on failure (no
+    // handler for the syscall) control comes back here.
+    unsafe { SYS_ENTER_PROGS.tail_call(&ctx, idx) };
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+#[inline(always)]
+pub fn tp_sys_exit_dispatch(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let regs: u64 = ctx.arg(0);
+    let id = read_u64(regs + crate::write::REG_ORIG_AX).unwrap_or(u64::MAX);
+    if id < SYSCALL_OTHER as u64 {
+        // SAFETY: as in tp_sys_enter_dispatch.
+        unsafe { SYS_EXIT_PROGS.tail_call(&ctx, id as u32) };
+    }
+    0
+}
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 #[inline(always)]
@@ -28,12 +57,46 @@ pub fn tp_sched_process_fork(ctx: RawTracePointContext) -> i32 {
         // A new thread: the process already has (or has not) its identity.
         return 0;
     }
-    let Some(parent) = current_subject() else { return 0 };
-    let kept = TaskIdentity { identity: parent.identity, _pad: 0, binding: parent.binding };
+    let kept = match attributing_subject() {
+        Some(parent) => TaskIdentity { identity: parent.identity, _pad: 0, binding: parent.binding },
+        None => {
+            // An unbound parent can start a child straight into a bound cgroup
+            // (clone3 CLONE_INTO_CGROUP: systemd starting a bound unit's process).
+            let cg = read_u64(child + o.task_cgroups as u64).and_then(|cs| read_u64(cs + o.css_set_dfl_cgrp as u64));
+            let Ok(cg) = cg else { return 0 };
+            let (identity, binding) = bound_cgroup(o, cg);
+            if binding == 0 {
+                return 0;
+            }
+            TaskIdentity { identity, _pad: 0, binding }
+        }
+    };
     if TASK_IDENTITY.insert(&child_tgid, &kept, 0).is_err() {
         bump(counter::LINEAGE_FULL);
     }
     0
+}
+
+/// The deepest bound ancestor of cgroup `cg` (a `struct cgroup *`), itself
+/// included: (identity, cgroup id), id 0 when none.
+#[inline(always)]
+fn bound_cgroup(o: &KernelOffsets, cg: u64) -> (u32, u64) {
+    let mut cg = cg;
+    let mut level = 0;
+    while level <= MAX_CGROUP_DEPTH {
+        if cg == 0 {
+            break;
+        }
+        let Ok(kn) = read_u64(cg + o.cgroup_kn as u64) else { break };
+        let Ok(id) = read_u64(kn + o.kernfs_node_id as u64) else { break };
+        // SAFETY: the value is copied out at once.
+        if let Some(identity) = unsafe { BINDINGS.get(&id) }.copied() {
+            return (identity, id);
+        }
+        cg = read_u64(cg + o.cgroup_parent as u64).unwrap_or(0);
+        level += 1;
+    }
+    (0, 0)
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
@@ -70,24 +133,15 @@ pub fn tp_cgroup_attach_task(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     // The deepest bound ancestor of the destination (walking up, the first).
-    let mut cg = dst;
-    let mut level = 0;
-    while level <= MAX_CGROUP_DEPTH {
-        if cg == 0 {
-            break;
-        }
-        let Ok(kn) = read_u64(cg + o.cgroup_kn as u64) else { return 0 };
-        let Ok(id) = read_u64(kn + o.kernfs_node_id as u64) else { return 0 };
-        // SAFETY: the value is copied out at once.
-        if let Some(identity) = unsafe { BINDINGS.get(&id) }.copied() {
-            let kept = TaskIdentity { identity, _pad: 0, binding: id };
-            if TASK_IDENTITY.insert(&tgid, &kept, 1).is_err() {
+    let (identity, binding) = bound_cgroup(o, dst);
+    if binding != 0 {
+        let kept = TaskIdentity { identity, _pad: 0, binding };
+        // BPF_NOEXIST: -EEXIST means a fork recorded it meanwhile.
+        if let Err(e) = TASK_IDENTITY.insert(&tgid, &kept, 1) {
+            if e != -17 {
                 bump(counter::LINEAGE_FULL);
             }
-            return 0;
         }
-        cg = read_u64(cg + o.cgroup_parent as u64).unwrap_or(0);
-        level += 1;
     }
     0
 }

@@ -9,7 +9,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 
 /// cgroup id → identity id. A task is attributed to the deepest bound ancestor of
@@ -50,6 +50,15 @@ pub static REF_MOUNTS: LpmTrie<PathKey, MountPrefix> = LpmTrie::pinned(4096, 0);
 /// killed, and agentd, looking up who sent it, finds the sender gone.
 #[map]
 pub static AGENTD_SIGNALLERS: LruHashMap<u32, u32> = LruHashMap::pinned(256, 0);
+
+/// The fallback tier's syscall handlers, by syscall number (index
+/// `SYSCALL_OTHER` for a syscall this tier cannot read: 32-bit and x32): one
+/// dispatcher per tracepoint tail-calls the handler of the syscall in hand, so a
+/// syscall nothing judges costs one program and one lookup.
+#[map]
+pub static SYS_ENTER_PROGS: ProgramArray = ProgramArray::pinned(512, 0);
+#[map]
+pub static SYS_EXIT_PROGS: ProgramArray = ProgramArray::pinned(512, 0);
 
 /// Index 0: agentd's pid and the reference mount namespace (see `GuardConfig`).
 #[map]

@@ -886,7 +886,7 @@ fn opaque(s: &mut Scratch, v: [u64; 5]) -> [u64; 5] {
 /// dispatch below would not recognise its file syscalls). Unknown offsets read as
 /// not compat here; the judging code fails closed on them anyway.
 #[inline(always)]
-fn is_compat() -> bool {
+pub(crate) fn is_compat() -> bool {
     let Ok(o) = offsets() else { return false };
     // SAFETY: the current task pointer, only read through probe_read.
     let task = unsafe { bpf_get_current_task() };

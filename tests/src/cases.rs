@@ -309,9 +309,26 @@ pub fn bad_input_is_refused_and_changes_nothing() {
 pub fn agents_cannot_unbind_themselves() {
     let d = Daemon::start("selfunbind");
     let cg = Cgroup::new("selfunbind");
-    d.identity_bound("captive", &policy("captive", ALLOW_ALL, ALLOW_ALL, ALLOW_ALL), &cg);
     let socket = d.socket.to_str().expect("utf-8").to_string();
     let path = cg.path.to_str().expect("utf-8").to_string();
+    // By default agentd's socket is out of a bound agent's reach altogether (a
+    // built-in egress.unix rule): the connect itself is refused.
+    d.identity_bound("captive", &policy("captive", ALLOW_ALL, ALLOW_ALL, ALLOW_ALL), &cg);
+    let out = cg.run(&d.bins.agentctl, &["--socket", &socket, "unbind", &path]);
+    match d.denied("write") {
+        Outcome::Killed(sig) => assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(sig), "{out:?}"),
+        _ => assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"), "{out:?}"),
+    }
+    event_where(&d, |e| e["kind"] == "unix" && e["target"].as_str() == Some(socket.as_str()));
+    // A policy that names the socket exactly lets the agent reach it, and agentd
+    // itself refuses every change from a bound process.
+    let reach = format!("    default: allow
+    unix:
+      default: allow
+      rules:
+        - {{path: \"{socket}\", action: allow}}
+");
+    d.apply("captive", &policy("captive", ALLOW_ALL, ALLOW_ALL, &reach));
     let out = cg.run(&d.bins.agentctl, &["--socket", &socket, "unbind", &path]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("agents cannot change their own enforcement"), "{out:?}");
@@ -571,6 +588,15 @@ fn ask_policy(name: &str, tool: &str, timeout: &str) -> String {
 }
 
 /// The pending holds (`agentctl approvals list --json`).
+/// `yaml` (a policy whose egress section is last in `spec`) with an
+/// `egress.unix` rule that names agentd's socket: without it the built-in rule
+/// keeps bound agents off the socket altogether.
+fn reaching_agentd(d: &Daemon, yaml: &str) -> String {
+    let socket = d.socket.to_str().expect("utf-8");
+    let unix = format!("    unix:\n      default: allow\n      rules:\n        - {{path: \"{socket}\", action: allow}}\n");
+    format!("{}\n{unix}", yaml.trim_end_matches('\n'))
+}
+
 fn pending(d: &Daemon) -> Vec<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["approvals", "list", "--json"])).expect("approvals list --json");
     v["pending"].as_array().cloned().unwrap_or_default()
@@ -616,7 +642,9 @@ pub fn exec_hold_waits_for_approval() {
     let files = Scratch::new("hold");
     let tool = tool_in(&d, &files);
     let cg = Cgroup::new("hold");
-    d.identity_bound("holder", &ask_policy("holder", &tool, "60s"), &cg);
+    // The agent may reach agentd's socket (named exactly), so that agentd's own
+    // refusal of a self-approval is what is tested.
+    d.identity_bound("holder", &reaching_agentd(&d, &ask_policy("holder", &tool, "60s")), &cg);
 
     let child = cg.spawn(&d.bins.probe, &["exec", &tool, "sleep", "0"]);
     let h = hold_on(&d, &tool);
@@ -1348,7 +1376,7 @@ pub fn receipts_verify_across_a_key_rotation() {
     let d = Daemon::start("rrotate");
     let cg = Cgroup::new("rrotate");
     let egress = "    default: allow\n    rules:\n      - {cidr: 127.0.0.1/32, ports: [9], action: deny}\n";
-    d.identity_bound("rrotate", &policy("rrotate", ALLOW_ALL, ALLOW_ALL, egress), &cg);
+    d.identity_bound("rrotate", &reaching_agentd(&d, &policy("rrotate", ALLOW_ALL, ALLOW_ALL, egress)), &cg);
     let (first_key, before) = public_key_file(&d, "first.pub");
     let old_id = before["current"]["key_id"].as_str().expect("key id").to_string();
     assert_eq!(before["first"]["key_id"], old_id.as_str(), "not rotated yet: {before}");

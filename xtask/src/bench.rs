@@ -39,6 +39,10 @@ pub struct Args {
     /// opens per sample of the enforcement bench.
     #[arg(long, default_value_t = 200_000)]
     pub opens: u32,
+    /// Also measure another build's agentd and agentctl (the directory holding
+    /// them, e.g. an earlier release's target/release), in the same run.
+    #[arg(long, value_name = "DIR")]
+    pub compare_with: Option<std::path::PathBuf>,
 }
 
 pub fn command(args: Args) -> Result<bool> {
@@ -154,13 +158,46 @@ fn enforcement_cost(args: &Args) -> Result<()> {
     };
     say("enforcement cost: measuring with no agentd");
     let (base_exec, base_open) = measure(None)?;
-    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/agentd-bench-{}", std::process::id()));
-    let socket = dir.join("agentd.sock");
-    let config = dir.join("agentd.yaml");
+    let mut builds = vec![("this build".to_string(), bin.clone())];
+    if let Some(other) = &args.compare_with {
+        builds.push((format!("{}", other.display()), other.clone()));
+    }
+    for (label, dir_bin) in builds {
+        let ((un_exec, un_open), (b_exec, b_open)) = with_agentd(&dir_bin, &dir, &bound, || Ok((measure(None)?, measure(Some(&bound))?)))?;
+        say(format!(
+            "enforcement cost ({label}), unbound process: exec {:.1} µs vs {:.1} µs with no agentd (x{:.3}); open {:.2} µs vs {:.2} µs (x{:.3})",
+            un_exec / 1e3,
+            base_exec / 1e3,
+            un_exec / base_exec,
+            un_open / 1e3,
+            base_open / 1e3,
+            un_open / base_open
+        ));
+        say(format!(
+            "enforcement cost ({label}), bound process: exec {:.1} µs (x{:.3} of no agentd); open {:.2} µs (x{:.3})",
+            b_exec / 1e3,
+            b_exec / base_exec,
+            b_open / 1e3,
+            b_open / base_open
+        ));
+    }
+    let _ = std::fs::remove_dir(&bound);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Starts the agentd in `bin` (with its agentctl), applies an allow-all policy
+/// to a fresh identity bound to `bound`, runs `f`, and stops it, removing its pins.
+fn with_agentd<T>(bin: &std::path::Path, dir: &std::path::Path, bound: &std::path::Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let run = dir.join(format!("run-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+    std::fs::create_dir_all(&run)?;
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/agentd-bench-{}-{}", std::process::id(), run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()));
+    let socket = run.join("agentd.sock");
+    let config = run.join("agentd.yaml");
     std::fs::write(&config, "")?;
     let mut agentd = std::process::Command::new(bin.join("agentd"))
         .arg("--state-dir")
-        .arg(dir.join("state"))
+        .arg(run.join("state"))
         .arg("--socket")
         .arg(&socket)
         .arg("--pin-dir")
@@ -169,7 +206,7 @@ fn enforcement_cost(args: &Args) -> Result<()> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .context("starting agentd")?;
+        .with_context(|| format!("starting {}", bin.join("agentd").display()))?;
     let ctl = |a: &[&str]| -> Result<()> {
         let out = std::process::Command::new(bin.join("agentctl")).arg("--socket").arg(&socket).args(a).output()?;
         if !out.status.success() {
@@ -177,7 +214,7 @@ fn enforcement_cost(args: &Args) -> Result<()> {
         }
         Ok(())
     };
-    let result = (|| -> Result<((f64, f64), (f64, f64))> {
+    let result = (|| -> Result<T> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         while ctl(&["status"]).is_err() {
             if std::time::Instant::now() > deadline {
@@ -185,7 +222,7 @@ fn enforcement_cost(args: &Args) -> Result<()> {
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        let policy = dir.join("bench.yaml");
+        let policy = run.join("bench.yaml");
         std::fs::write(
             &policy,
             "apiVersion: agentd.io/v1\nkind: AgentPolicy\nmetadata:\n  name: bench\nspec:\n  exec: {default: allow}\n  write: {default: allow}\n  egress: {default: deny}\n",
@@ -193,32 +230,13 @@ fn enforcement_cost(args: &Args) -> Result<()> {
         ctl(&["policy", "apply", &policy.to_string_lossy()])?;
         ctl(&["identity", "create", "bench", "--policy", "bench"])?;
         ctl(&["bind", &bound.to_string_lossy(), "bench"])?;
-        say("enforcement cost: measuring with agentd running (an unbound process, then a bound one)");
-        Ok((measure(None)?, measure(Some(&bound))?))
+        say(format!("enforcement cost: measuring with {} running (an unbound process, then a bound one)", bin.join("agentd").display()));
+        f()
     })();
     let _ = agentd.kill();
     let _ = agentd.wait();
     let _ = std::fs::remove_dir_all(&pins);
-    let _ = std::fs::remove_dir(&bound);
-    let _ = std::fs::remove_dir_all(&dir);
-    let ((un_exec, un_open), (b_exec, b_open)) = result?;
-    say(format!(
-        "enforcement cost, unbound process: exec {:.1} µs vs {:.1} µs with no agentd (x{:.3}); open {:.2} µs vs {:.2} µs (x{:.3})",
-        un_exec / 1e3,
-        base_exec / 1e3,
-        un_exec / base_exec,
-        un_open / 1e3,
-        base_open / 1e3,
-        un_open / base_open
-    ));
-    say(format!(
-        "enforcement cost, bound process: exec {:.1} µs (x{:.3} of no agentd); open {:.2} µs (x{:.3})",
-        b_exec / 1e3,
-        b_exec / base_exec,
-        b_open / 1e3,
-        b_open / base_open
-    ));
-    Ok(())
+    result
 }
 
 /// The cgroup2 mount point, from /proc/self/mountinfo.

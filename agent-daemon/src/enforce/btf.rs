@@ -97,6 +97,8 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         proc_inode_vfs_inode: f("proc_inode", "vfs_inode")?,
         inode_i_nlink: f("inode", "i_nlink")?,
         _pad: 0,
+        task_cgroups: f("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: f("css_set", "dfl_cgrp")?,
     })
 }
 

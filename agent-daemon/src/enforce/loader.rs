@@ -20,7 +20,7 @@ use agent_common::{
     PathRule, TaskIdentity, WriteHold, COUNTERS_LEN, PATH_KEY_LEN,
 };
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     programs::{
         links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, RawTracePoint, SockOps,
     },
@@ -1055,6 +1055,9 @@ fn attach_all(
     for (name, tp) in LINEAGE {
         attach_raw_tp(ebpf, name, tp, links_dir)?;
     }
+    // The fallback tier's syscall handlers: (program, table, syscalls), wired
+    // behind one dispatcher per tracepoint at the end.
+    let mut tail_calls: Vec<(&str, &str, &[u32])> = Vec::new();
 
     // exec
     let mut exec = KindReport { kind: "exec".into(), ..Default::default() };
@@ -1071,7 +1074,7 @@ fn attach_all(
                 "not used as the exec check: a fanotify deny needs agentd alive and the kernel programs do not (fanotify holds `ask` execs: see `exec holds` under checks)".into(),
             ));
             attach_raw_tp(ebpf, "tp_sched_process_exec", "sched_process_exec", links_dir)?;
-            attach_raw_tp(ebpf, "tp_sys_enter_mmap", "sys_enter", links_dir)?;
+            tail_calls.push(("tp_sys_enter_mmap", SYS_ENTER, &[9]));
             exec.active = "raw tracepoints sched_process_exec, sys_enter (mmap PROT_EXEC) + SIGKILL".into();
             exec.effect = "kill".into();
         }
@@ -1095,8 +1098,8 @@ fn attach_all(
                 "fanotify FAN_OPEN_PERM as the write check".into(),
                 "not used as the check (a fanotify deny needs agentd alive; the kernel programs do not); it holds ask opens".into(),
             ));
-            attach_raw_tp(ebpf, "tp_sys_enter", "sys_enter", links_dir)?;
-            attach_raw_tp(ebpf, "tp_sys_exit", "sys_exit", links_dir)?;
+            tail_calls.push(("tp_sys_enter", SYS_ENTER, SYSCALLS_WRITE_ENTER));
+            tail_calls.push(("tp_sys_exit", SYS_EXIT, SYSCALLS_WRITE_EXIT));
             write.active = "raw tracepoints sys_enter/sys_exit + SIGKILL".into();
             write.effect = "kill".into();
         }
@@ -1112,7 +1115,7 @@ fn attach_all(
         }
         Err(why) => {
             system.unavailable.push(("BPF LSM guard hooks".into(), why));
-            attach_raw_tp(ebpf, "tp_sys_enter_guard", "sys_enter", links_dir)?;
+            tail_calls.push(("tp_sys_enter_guard", SYS_ENTER, SYSCALLS_GUARD));
             system.active = "raw tracepoint sys_enter + SIGKILL".into();
             system.effect = "kill".into();
         }
@@ -1150,11 +1153,15 @@ fn attach_all(
         }
         Err(why) => {
             egress.unavailable.push(("BPF LSM socket_connect, unix_stream_connect, unix_may_send".into(), why));
-            attach_raw_tp(ebpf, "tp_sys_exit_unix", "sys_exit", links_dir)?;
+            tail_calls.push(("tp_sys_exit_unix", SYS_EXIT, &[42]));
             egress.active = "cgroup sock_addr connect4/6, sendmsg4/6; raw tracepoint sys_exit of connect(2) + SIGKILL for unix sockets".into();
         }
     }
     kinds.push(egress);
+
+    if !tail_calls.is_empty() {
+        wire_syscall_handlers(ebpf, &tail_calls, links_dir)?;
+    }
 
     let prog: &mut CgroupSock = program(ebpf, "sock_create")?;
     prog.load().map_err(|e| EnforceError::kernel("loading sock_create", e))?;
@@ -1244,6 +1251,59 @@ fn attach_lsm_inner(ebpf: &mut Ebpf, btf: &Btf, progs: &[(&str, &str)], links_di
         pin_link(link, links_dir, &name).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// The tables of `SYS_ENTER_PROGS`/`SYS_EXIT_PROGS` (agent-ebpf `lineage`).
+const SYS_ENTER: &str = "SYS_ENTER_PROGS";
+const SYS_EXIT: &str = "SYS_EXIT_PROGS";
+/// x86-64 syscall numbers each fallback handler judges; 511 is the dispatcher's
+/// index for a syscall it cannot read (32-bit, x32), which the write handler
+/// refuses. They must match the handlers' own dispatch in agent-ebpf.
+const SYSCALLS_WRITE_ENTER: &[u32] = &[
+    2, 257, 437, 85, // open, openat, openat2, creat (write intent, for holds)
+    76, 82, 84, 86, 87, 88, 133, 259, 263, 264, 265, 266, 316, // truncate .. renameat2
+    90, 91, 92, 93, 94, 132, 188, 189, 190, 197, 198, 199, 235, 260, 261, 268, 280, 452, // metadata
+    425, 511, // io_uring_setup; unreadable syscalls
+];
+const SYSCALLS_WRITE_EXIT: &[u32] = &[2, 257, 437, 85, 304, 83, 258];
+const SYSCALLS_GUARD: &[u32] = &[
+    41, 56, 62, 101, 129, 155, 160, 161, 163, 165, 166, 172, 173, 175, 176, 200, 234, 246, 272, 297, 298, 302, 308, 310,
+    311, 313, 320, 321, 424, 428, 429, 432, 435, 438, 442,
+];
+
+/// Loads each fallback handler and puts it in its table at its syscalls, then
+/// attaches the two dispatchers: a syscall no handler wants costs one program and
+/// one array lookup per tracepoint (the tables are pinned, so the handlers stay
+/// with them).
+fn wire_syscall_handlers(ebpf: &mut Ebpf, handlers: &[(&str, &str, &[u32])], links_dir: &Path) -> Result<(), EnforceError> {
+    for (name, _, _) in handlers {
+        let prog: &mut RawTracePoint = program(ebpf, name)?;
+        prog.load().map_err(|e| EnforceError::kernel(format!("loading {name}"), e))?;
+    }
+    for table in [SYS_ENTER, SYS_EXIT] {
+        let fds = handlers
+            .iter()
+            .filter(|(_, t, _)| *t == table)
+            .map(|(name, _, ids)| {
+                let prog: &mut RawTracePoint = program(ebpf, name)?;
+                let fd = prog.fd().map_err(|e| EnforceError::kernel(format!("{name}"), e))?;
+                let fd = fd.try_clone().map_err(|e| EnforceError::kernel(format!("{name}"), e))?;
+                Ok((*name, fd, *ids))
+            })
+            .collect::<Result<Vec<_>, EnforceError>>()?;
+        // Borrowed, not taken: the dispatchers, loaded after this, refer to it.
+        let mut map: ProgramArray<&mut MapData> = match ebpf.map_mut(table).map(ProgramArray::try_from) {
+            Some(Ok(m)) => m,
+            _ => return Err(EnforceError::Other(format!("eBPF object has no program array {table}"))),
+        };
+        for (name, fd, ids) in &fds {
+            for id in ids.iter() {
+                map.set(*id, fd, 0).map_err(kerr(format!("wiring {name} for syscall {id}")))?;
+            }
+        }
+    }
+    attach_raw_tp(ebpf, "tp_sys_enter_dispatch", "sys_enter", links_dir)?;
+    attach_raw_tp(ebpf, "tp_sys_exit_dispatch", "sys_exit", links_dir)
 }
 
 fn attach_raw_tp(ebpf: &mut Ebpf, name: &str, tp: &str, links_dir: &Path) -> Result<(), EnforceError> {

@@ -792,7 +792,7 @@ mod tests {
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<PortRule>(), 12);
         assert_eq!(size_of::<EgressRules>(), 4 + 12 * MAX_PORT_RULES);
-        assert_eq!(size_of::<KernelOffsets>(), 70 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 69 * 4);
         assert_eq!(size_of::<TaskIdentity>(), 16);
         assert_eq!(size_of::<MountPrefix>(), 8 + MOUNT_PREFIX_LEN);
         assert_eq!(size_of::<GuardConfig>(), 16);

@@ -210,16 +210,28 @@ impl Daemon {
         let id = unique(name);
         let dir = std::env::temp_dir().join(format!("agentd-test-{id}"));
         fs::create_dir_all(&dir).expect("test dir");
-        Daemon::start_in(id, dir, env)
+        Daemon::start_in(id, dir, env, shared_pin_dir())
     }
 
-    fn start_in(id: String, dir: PathBuf, env: &[(&str, &str)]) -> Daemon {
+    /// A daemon with pins of its own even where the tier shares them, for a test
+    /// that floods the kernel's event ring buffer: the pinned buffer outlives the
+    /// daemon, and the next daemon to adopt shared pins would spend minutes
+    /// receipting this test's leftover decisions (under identity ids its own state
+    /// gives to other names).
+    pub fn start_with_own_pins(name: &str) -> Daemon {
+        let id = unique(name);
+        let dir = std::env::temp_dir().join(format!("agentd-test-{id}"));
+        fs::create_dir_all(&dir).expect("test dir");
+        Daemon::start_in(id, dir, &[], None)
+    }
+
+    fn start_in(id: String, dir: PathBuf, env: &[(&str, &str)], shared: Option<PathBuf>) -> Daemon {
         let mut d = Daemon {
             child: None,
             bins: Bins::get(),
             state_dir: dir.join("state"),
             socket: dir.join("agentd.sock"),
-            pin_dir: match shared_pin_dir() {
+            pin_dir: match shared {
                 Some(shared) => shared,
                 None => PathBuf::from("/sys/fs/bpf").join(format!("agentd-test-{id}")),
             },
@@ -285,7 +297,7 @@ impl Daemon {
         let dir = std::env::temp_dir().join(format!("agentd-test-{id}"));
         fs::create_dir_all(&dir).expect("test dir");
         fs::write(dir.join("agentd.yaml"), config).expect("config file");
-        Daemon::start_in(id, dir, &[])
+        Daemon::start_in(id, dir, &[], shared_pin_dir())
     }
 
     /// Runs agentd with `config` where it is expected to refuse to start; returns
@@ -474,7 +486,7 @@ impl Drop for Daemon {
         }
         // Removing the pins detaches this daemon's programs from the kernel
         // (shared pins stay for the next daemon).
-        if shared_pin_dir().is_none() {
+        if shared_pin_dir().as_ref() != Some(&self.pin_dir) {
             let _ = fs::remove_dir_all(&self.pin_dir);
         }
         if std::thread::panicking() {

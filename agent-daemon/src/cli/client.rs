@@ -198,6 +198,9 @@ fn classify_io(socket: &Path, e: &std::io::Error) -> CliError {
     match e.kind() {
         ErrorKind::NotFound => CliError::NotRunning { socket },
         ErrorKind::ConnectionRefused => CliError::StaleSocket { socket },
+        // EPERM is a security hook's refusal (agentd's own policy on a bound
+        // process, or another LSM); EACCES is the file's permissions.
+        ErrorKind::PermissionDenied if e.raw_os_error() == Some(libc::EPERM) => CliError::SocketRefused { socket },
         ErrorKind::PermissionDenied => CliError::SocketPermission { socket },
         _ => CliError::Connect { socket, reason: e.to_string() },
     }

@@ -29,6 +29,9 @@ pub enum CliError {
     StaleSocket { socket: PathBuf },
     #[error("permission denied on agentd's socket {}", .socket.display())]
     SocketPermission { socket: PathBuf },
+    /// EPERM from the connect: a security policy refuses this process the socket.
+    #[error("connecting to agentd's socket {} was refused: Operation not permitted", .socket.display())]
+    SocketRefused { socket: PathBuf },
     #[error("cannot connect to agentd at {}: {reason}", .socket.display())]
     Connect { socket: PathBuf, reason: String },
     /// The daemon answered with an error status.
@@ -98,6 +101,12 @@ impl CliError {
                 "run agentctl as root (sudo), or join the group that owns {} and log in again",
                 socket.display()
             )),
+            CliError::SocketRefused { .. } => Some(
+                "a security policy refused it: under an agentd identity, agentd's socket is out of reach \
+                 unless egress.unix names it (agents cannot change their own enforcement); run \
+                 agentctl from outside the agent's cgroup"
+                    .into(),
+            ),
             CliError::Connect { .. } => Some("check that --socket names agentd's unix socket".into()),
             CliError::Rpc { status, .. } => rpc_hint(status),
             CliError::Timeout { .. } => Some("agentd may be overloaded or stuck: see `journalctl -u agentd`".into()),
@@ -198,6 +207,13 @@ mod tests {
         let text = e.render();
         assert!(text.starts_with("agentctl: agentd is not running (no socket at /run/agentd/agentd.sock)\n"), "{text}");
         assert!(text.contains("hint: start it with `systemctl start agentd` or `cargo xtask run`"), "{text}");
+    }
+
+    #[test]
+    fn socket_refused_by_policy_is_not_a_group_problem() {
+        let text = CliError::SocketRefused { socket: "/run/agentd/agentd.sock".into() }.render();
+        assert!(text.contains("Operation not permitted"), "{text}");
+        assert!(text.contains("egress.unix") && !text.contains("join the group"), "{text}");
     }
 
     #[test]

@@ -163,6 +163,10 @@ pub fn lsm_bprm_check_security(ctx: LsmContext) -> i32 {
 #[inline(always)]
 pub fn tp_sched_process_exec(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+    // Every exec on the machine: an unbound one leaves after one hash lookup.
+    if current_subject().is_none() {
+        return 0;
+    }
     let bprm: u64 = ctx.arg(2);
     if let Some(d) = judge(bprm_file(bprm), op::EXEC, mechanism::TRACEPOINT, verdict::KILL) {
         if d.block {
@@ -303,6 +307,13 @@ pub fn lsm_file_mprotect(ctx: LsmContext) -> i32 {
     }
 }
 
+/// mmap(2)'s saved registers ask for an executable mapping of a file.
+#[inline(always)]
+pub(crate) fn mmap_is_exec(regs: u64) -> bool {
+    let (prot, flags) = (crate::write::arg(regs, 2), crate::write::arg(regs, 3));
+    prot & PROT_EXEC != 0 && flags & MAP_ANONYMOUS == 0
+}
+
 #[raw_tracepoint(tracepoint = "sys_enter")]
 #[inline(always)]
 pub fn tp_sys_enter_mmap(ctx: RawTracePointContext) -> i32 {
@@ -314,8 +325,8 @@ pub fn tp_sys_enter_mmap(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let regs: u64 = ctx.arg(0);
-    let (prot, flags, fd) = (crate::write::arg(regs, 2), crate::write::arg(regs, 3), crate::write::arg(regs, 4));
-    if prot & PROT_EXEC == 0 || flags & MAP_ANONYMOUS != 0 {
+    let fd = crate::write::arg(regs, 4);
+    if !mmap_is_exec(regs) {
         return 0;
     }
     let Ok(o) = offsets() else { return 0 };

@@ -10,7 +10,7 @@ use agent_common::{counter, TaskIdentity, MAX_CGROUP_DEPTH};
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{
-    attribution::{attributing_subject, current_tgid},
+    attribution::{attributing_subject, current_tgid, sticky_subject},
     decide::bump,
     maps::{BINDINGS, SYS_ENTER_PROGS, SYS_EXIT_PROGS, TASK_IDENTITY},
     vfs::{offsets, read_u32, read_u64},
@@ -26,6 +26,17 @@ pub fn tp_sys_enter_dispatch(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long id)
     let id: u64 = ctx.arg(1);
     let idx = if id >= SYSCALL_OTHER as u64 || crate::write::is_compat() { SYSCALL_OTHER } else { id as u32 };
+    // Every task opens files all the time, and a tail call is an indirect jump
+    // (a retpoline where Spectre mitigations are on): an open that only reads
+    // has nothing to record at its entry, so it stops here.
+    if idx != SYSCALL_OTHER && crate::write::is_open(id) && crate::write::open_is_read_only(ctx.arg(0), id) {
+        return 0;
+    }
+    // Likewise an mmap that maps nothing executable (the loader's and malloc's,
+    // many per exec): only executable mappings are judged.
+    if id == crate::guard::MMAP_NR && !crate::exec::mmap_is_exec(ctx.arg(0)) {
+        return 0;
+    }
     // SAFETY: a tail call with this program's own context; on failure (no
     // handler for the syscall) control comes back here.
     unsafe { SYS_ENTER_PROGS.tail_call(&ctx, idx) };
@@ -39,6 +50,11 @@ pub fn tp_sys_exit_dispatch(ctx: RawTracePointContext) -> i32 {
     let regs: u64 = ctx.arg(0);
     let id = read_u64(regs + crate::write::REG_ORIG_AX).unwrap_or(u64::MAX);
     if id < SYSCALL_OTHER as u64 {
+        // Every exit handler judges a bound task only; an unbound task's open (the
+        // commonest of them) ends with one hash lookup instead of a tail call.
+        if crate::write::is_open(id) && sticky_subject().is_none() {
+            return 0;
+        }
         // SAFETY: as in tp_sys_enter_dispatch.
         unsafe { SYS_EXIT_PROGS.tail_call(&ctx, id as u32) };
     }

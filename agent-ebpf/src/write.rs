@@ -792,7 +792,6 @@ mod nr {
     pub const RENAMEAT2: u64 = 316;
     pub const OPENAT2: u64 = 437;
     pub const OPEN_BY_HANDLE_AT: u64 = 304;
-    pub const IO_URING_SETUP: u64 = 425;
     pub const CHMOD: u64 = 90;
     pub const FCHMOD: u64 = 91;
     pub const CHOWN: u64 = 92;
@@ -811,8 +810,6 @@ mod nr {
     pub const FCHMODAT: u64 = 268;
     pub const UTIMENSAT: u64 = 280;
     pub const FCHMODAT2: u64 = 452;
-    /// Set in the number of x32-ABI syscalls.
-    pub const X32_BIT: u64 = 0x4000_0000;
 }
 
 /// x86 `TS_COMPAT`: the current syscall entered through a 32-bit gate.
@@ -953,9 +950,23 @@ fn open_flags(regs: u64, id: u64) -> u64 {
 
 /// Fallback tier: a bound task is opening a file to write it. Recorded so agentd,
 /// seeing the open held by fanotify, knows to judge it (see `WriteHold`).
+/// The open (`id` one of open, openat, openat2, creat) neither writes, creates nor
+/// truncates: nothing to hold at its entry.
+#[inline(always)]
+pub(crate) fn open_is_read_only(regs: u64, id: u64) -> bool {
+    open_flags(regs, id) & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) == 0
+}
+
+/// x86-64 open, openat, openat2 and creat: the syscalls every task makes most of
+/// those the fallback handlers judge.
+#[inline(always)]
+pub(crate) fn is_open(id: u64) -> bool {
+    matches!(id, nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT)
+}
+
 #[inline(always)]
 fn note_write_intent(regs: u64, id: u64) {
-    if open_flags(regs, id) & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) == 0 {
+    if open_is_read_only(regs, id) {
         return;
     }
     let Some(subject) = current_subject() else { return };
@@ -963,16 +974,24 @@ fn note_write_intent(regs: u64, id: u64) {
     let _ = WRITE_HOLDS.insert(&current_tid(), &h, 0);
 }
 
+/// The dispatcher's slots for what this tier cannot follow: io_uring_setup, and
+/// `SYSCALL_OTHER` (every 32-bit and x32 syscall). Its own program, so the path
+/// handler below, which every open of every task reaches, need not ask again
+/// whether the task is in compat mode.
 #[raw_tracepoint(tracepoint = "sys_enter")]
+#[inline(always)]
+pub fn tp_sys_enter_unjudgeable(_ctx: RawTracePointContext) -> i32 {
+    refuse_unjudgeable();
+    0
+}
 
+/// Wired only at x86-64 syscall numbers (the dispatcher sends 32-bit and x32
+/// syscalls to `tp_sys_enter_unjudgeable`), so `id` is a native number.
+#[raw_tracepoint(tracepoint = "sys_enter")]
 #[inline(always)]
 pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long id)
     let id: u64 = ctx.arg(1);
-    if id == nr::IO_URING_SETUP || id & nr::X32_BIT != 0 || is_compat() {
-        refuse_unjudgeable();
-        return 0;
-    }
     if matches!(id, nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT) {
         note_write_intent(ctx.arg(0), id);
         return 0;
@@ -1087,6 +1106,10 @@ pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 pub fn tp_sys_exit(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long ret)
+    // Every open of every task ends here: an unbound task leaves after one hash
+    // lookup. (Its thread has no write hold to forget: only a bound task's open
+    // records one, and WRITE_HOLDS is LRU for one left by an unbind mid-open.)
+    let Some(subject) = current_subject() else { return 0 };
     let ret: i64 = ctx.arg(1);
     let regs: u64 = ctx.arg(0);
     let id = read_u64(regs + REG_ORIG_AX).unwrap_or(u64::MAX);
@@ -1095,7 +1118,6 @@ pub fn tp_sys_exit(ctx: RawTracePointContext) -> i32 {
         if ret != 0 {
             return 0;
         }
-        let Some(subject) = current_subject() else { return 0 };
         let Ok(o) = offsets() else { return 0 };
         let (dfd, path) = if id == nr::MKDIR { (AT_FDCWD as u64, arg(regs, 0)) } else { (arg(regs, 0), arg(regs, 1)) };
         kill_if_blocked(judge_user(&subject, o, dfd, path, op::MKDIR));
@@ -1112,7 +1134,6 @@ pub fn tp_sys_exit(ctx: RawTracePointContext) -> i32 {
     // Open flags live in a register, not user memory (openat2's struct open_how is
     // the exception: read it from user memory, it is only used to widen the check).
     let flags = open_flags(regs, id);
-    let Some(subject) = current_subject() else { return 0 };
     let Ok(o) = offsets() else {
         kill_if_blocked(judge(&subject, Object::Unknown, op::OPEN, mechanism::TRACEPOINT, verdict::KILL, Settle::Refuse));
         return 0;

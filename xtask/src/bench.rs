@@ -43,6 +43,9 @@ pub struct Args {
     /// them, e.g. an earlier release's target/release), in the same run.
     #[arg(long, value_name = "DIR")]
     pub compare_with: Option<std::path::PathBuf>,
+    /// With --compare-with: rounds of A B B A (each run starts its own agentd).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: u32,
 }
 
 pub fn command(args: Args) -> Result<bool> {
@@ -162,8 +165,36 @@ fn enforcement_cost(args: &Args) -> Result<()> {
     if let Some(other) = &args.compare_with {
         builds.push((format!("{}", other.display()), other.clone()));
     }
-    for (label, dir_bin) in builds {
-        let ((un_exec, un_open), (b_exec, b_open)) = with_agentd(&dir_bin, &dir, &bound, || Ok((measure(None)?, measure(Some(&bound))?)))?;
+    // Two builds are measured in rounds of A B B A, and each one's figure is the
+    // median over its runs, so a drift of the machine over the run (measured: the
+    // second of two runs of one build came out 1.5 % faster at exec) favours
+    // neither, and one disturbed run (on a shared VM, ±8 % between runs) does
+    // not decide.
+    let round: &[usize] = if builds.len() == 2 { &[0, 1, 1, 0] } else { &[0] };
+    let order: Vec<usize> = round.iter().copied().cycle().take(round.len() * args.rounds.max(1) as usize).collect();
+    let mut runs: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); builds.len()];
+    for &i in &order {
+        let ((un_exec, un_open), (b_exec, b_open)) = with_agentd(&builds[i].1, &dir, &bound, || Ok((measure(None)?, measure(Some(&bound))?)))?;
+        say(format!(
+            "enforcement cost: run {} of {} ({}): unbound exec {:.1} µs, open {:.2} µs; bound exec {:.1} µs, open {:.2} µs",
+            runs.iter().map(Vec::len).sum::<usize>() + 1,
+            order.len(),
+            builds[i].0,
+            un_exec / 1e3,
+            un_open / 1e3,
+            b_exec / 1e3,
+            b_open / 1e3
+        ));
+        runs[i].push((un_exec, un_open, b_exec, b_open));
+    }
+    for ((label, _), r) in builds.iter().zip(&runs) {
+        let mid = |f: fn(&(f64, f64, f64, f64)) -> f64| {
+            let mut v: Vec<f64> = r.iter().map(f).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            // The mean of the middle two of an even count.
+            (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
+        };
+        let (un_exec, un_open, b_exec, b_open) = (mid(|x| x.0), mid(|x| x.1), mid(|x| x.2), mid(|x| x.3));
         say(format!(
             "enforcement cost ({label}), unbound process: exec {:.1} µs vs {:.1} µs with no agentd (x{:.3}); open {:.2} µs vs {:.2} µs (x{:.3})",
             un_exec / 1e3,

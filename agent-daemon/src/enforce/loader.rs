@@ -1099,6 +1099,7 @@ fn attach_all(
                 "not used as the check (a fanotify deny needs agentd alive; the kernel programs do not); it holds ask opens".into(),
             ));
             tail_calls.push(("tp_sys_enter", SYS_ENTER, SYSCALLS_WRITE_ENTER));
+            tail_calls.push(("tp_sys_enter_unjudgeable", SYS_ENTER, SYSCALLS_UNJUDGEABLE));
             tail_calls.push(("tp_sys_exit", SYS_EXIT, SYSCALLS_WRITE_EXIT));
             write.active = "raw tracepoints sys_enter/sys_exit + SIGKILL".into();
             write.effect = "kill".into();
@@ -1257,14 +1258,16 @@ fn attach_lsm_inner(ebpf: &mut Ebpf, btf: &Btf, progs: &[(&str, &str)], links_di
 const SYS_ENTER: &str = "SYS_ENTER_PROGS";
 const SYS_EXIT: &str = "SYS_EXIT_PROGS";
 /// x86-64 syscall numbers each fallback handler judges; 511 is the dispatcher's
-/// index for a syscall it cannot read (32-bit, x32), which the write handler
-/// refuses. They must match the handlers' own dispatch in agent-ebpf.
+/// index for a syscall it cannot read (32-bit, x32), which
+/// `tp_sys_enter_unjudgeable` refuses. They must match the handlers' own dispatch in agent-ebpf.
 const SYSCALLS_WRITE_ENTER: &[u32] = &[
     2, 257, 437, 85, // open, openat, openat2, creat (write intent, for holds)
     76, 82, 84, 86, 87, 88, 133, 259, 263, 264, 265, 266, 316, // truncate .. renameat2
     90, 91, 92, 93, 94, 132, 188, 189, 190, 197, 198, 199, 235, 260, 261, 268, 280, 452, // metadata
-    425, 511, // io_uring_setup; unreadable syscalls
 ];
+/// What the fallback tier cannot follow, refused to bound tasks: io_uring_setup,
+/// and 511, the dispatcher's index for every 32-bit and x32 syscall.
+const SYSCALLS_UNJUDGEABLE: &[u32] = &[425, 511];
 const SYSCALLS_WRITE_EXIT: &[u32] = &[2, 257, 437, 85, 304, 83, 258];
 const SYSCALLS_GUARD: &[u32] = &[
     41, 56, 62, 101, 129, 155, 160, 161, 163, 165, 166, 172, 173, 175, 176, 200, 234, 246, 272, 297, 298, 302, 308, 310,

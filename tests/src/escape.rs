@@ -674,6 +674,23 @@ pub fn tamper_enforcement_is_out_of_reach() {
     assert!(Path::new(&key).exists(), "agentd keeps no {key} any more: update this scenario");
     let r = Who::Root;
 
+    // doctor says, per protection, how this tier provides it: the same effect the
+    // attempts below must see.
+    let doc = lab.d.doctor();
+    let lines: Vec<String> = doc["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with("protection: ")))
+        .map(|c| format!("{}: {}", c["name"].as_str().unwrap_or(""), c["detail"].as_str().unwrap_or("")))
+        .collect();
+    let says = if lab.deny_tier { "refused with EPERM (BPF LSM)" } else { "refused by killing the caller (SIGKILL" };
+    let out_of_reach = lines.iter().find(|l| l.starts_with("protection: enforcement out of reach: "));
+    assert!(
+        out_of_reach.is_some_and(|l| l.contains(says)) && lines.len() >= 9,
+        "doctor's protection lines do not say {says:?} on this tier: {lines:#?}"
+    );
+
     lab.attempt("read agentd's receipts/node.key", r, &["read", &key], By::Guard, SYSTEM, &["tamper"]);
 
     let planted = format!("{state}/receipts/planted");

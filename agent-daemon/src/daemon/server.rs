@@ -263,7 +263,7 @@ fn identity_pb(core: &Core, rec: &IdentityRecord, now: SystemTime) -> pb::Identi
 /// for `agentctl doctor` (the README's "Threat model" says the same per tier).
 fn protections(report: &MechanismReport) -> Vec<pb::Check> {
     let lsm = report.kinds.iter().any(|k| k.kind == "system" && k.effect == "deny");
-    let stop = if lsm { "refused with EPERM (BPF LSM)" } else { "the caller is killed (SIGKILL) before its next instruction; the one call may already have taken effect" };
+    let stop = if lsm { "refused with EPERM (BPF LSM)" } else { "refused by killing the caller (SIGKILL, before its next instruction: the one call may already have taken effect)" };
     let check = |name: &str, detail: String| pb::Check { name: format!("protection: {name}"), ok: true, detail };
     vec![
         check(
@@ -761,4 +761,35 @@ pub fn requester(peer: &Peer) -> Requester {
         r.pid = None;
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enforce::KindReport;
+
+    fn report(system_effect: &str) -> MechanismReport {
+        MechanismReport {
+            kinds: vec![KindReport { kind: "system".into(), effect: system_effect.into(), ..Default::default() }],
+            adopted: false,
+        }
+    }
+
+    /// doctor's protection lines say how this tier stops each class: EPERM under
+    /// BPF LSM, a kill (with what that leaves) on the fallback tier; each reads as
+    /// a sentence whichever it is.
+    #[test]
+    fn protections_name_each_class_and_the_tiers_effect() {
+        for (effect, says, never) in [("deny", "refused with EPERM", "SIGKILL"), ("kill", "refused by killing the caller (SIGKILL", "refused with EPERM (BPF LSM)")] {
+            let checks = protections(&report(effect));
+            let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+            for class in ["sticky identity", "honest paths", "enforcement out of reach", "namespaces and mounts", "other processes", "executable mappings", "metadata, links, guarded directories", "sockets", "drift"] {
+                assert!(names.contains(&format!("protection: {class}").as_str()), "{effect}: no {class} in {names:?}");
+            }
+            let all: String = checks.iter().map(|c| c.detail.as_str()).collect::<Vec<_>>().join("\n");
+            assert!(all.contains(says), "{effect}: {all}");
+            assert!(!all.contains(never), "{effect}: {all}");
+            assert!(!all.contains("is the caller") && !all.contains("are the caller"), "{effect}: {all}");
+        }
+    }
 }

@@ -227,6 +227,106 @@ pub mod counter {
     pub const LINEAGE_FULL: u32 = 10;
     /// Attempts on enforcement itself refused (kind SYSTEM decisions).
     pub const GUARDS: u32 = 11;
+    /// Reported decisions folded into an earlier identical one of the same window
+    /// (`AGG`): they reach the daemon as a count, not one by one.
+    pub const AGG_REPEATS: u32 = 12;
+    /// Reported decisions the kernel could keep neither in `AGG` (the identity's
+    /// share or the table was full) nor in the ring buffer: counted per identity
+    /// and kind in `AGG_LOST`, and recorded as a `gap` receipt.
+    pub const LOST: u32 = 13;
+    /// Decisions lost even from `AGG_LOST` (that table full): counted only here.
+    pub const LOST_UNCOUNTED: u32 = 14;
+}
+
+/// Length of one aggregation window (`AggKey::epoch`), in ns of boot time. Every
+/// distinct decision gets its own event once per window; the repeats within it
+/// are counted.
+pub const AGG_WINDOW_NS: u64 = 5_000_000_000;
+/// Live `AGG` entries one identity may hold: past it, its new distinct decisions
+/// are counted in `AGG_LOST` instead, so one identity's flood of distinct
+/// decisions cannot take the table from the others.
+pub const AGG_IDENTITY_SHARE: u64 = 4096;
+/// Entries of the `AGG` table (allocated as used).
+pub const AGG_MAX: u32 = 32768;
+
+/// Key of the in-kernel aggregation table `AGG`: what makes two reported
+/// decisions the same one (identity, kind, operation, target, rule, verdict),
+/// within one window. Bytes of `path` past `path_len` are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AggKey {
+    /// `ktime_get_boot_ns() / AGG_WINDOW_NS`.
+    pub epoch: u32,
+    pub identity: u32,
+    pub rule_id: u32,
+    pub policy_version: u32,
+    pub kind: u8,
+    pub verdict: u8,
+    pub mechanism: u8,
+    pub op: u8,
+    pub reason: u8,
+    pub protocol: u8,
+    pub port: u16,
+    pub family: u16,
+    pub path_len: u16,
+    pub path_truncated: u8,
+    pub _pad: [u8; 3],
+    pub aux: u64,
+    pub addr: [u8; 16],
+    pub path: [u8; EVENT_PATH_LEN],
+}
+
+/// Value of `AGG`: how many times the decision was made in its window, and who
+/// made it first (so the daemon can report it even when the ring buffer had no
+/// room for its event).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AggValue {
+    /// Decisions counted, the first included (atomically incremented).
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    /// `agg_emitted`: whether the first one's event went into the ring buffer.
+    pub emitted: u32,
+    pub comm: [u8; 16],
+}
+
+/// `AggValue::emitted`.
+pub mod agg_emitted {
+    /// The daemon must deliver the first decision from the table: the ring
+    /// buffer was full.
+    pub const TABLE: u32 = 0;
+    /// Its event is in the ring buffer.
+    pub const SENT: u32 = 1;
+    /// Being decided by the program that made the entry; the daemon looks again
+    /// at its next reading (and delivers it from the table if the window closes
+    /// first).
+    pub const PENDING: u32 = 2;
+}
+
+/// Key of `AGG_LOST`: decisions that could not be kept, per window, identity,
+/// kind and verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LostKey {
+    pub epoch: u32,
+    pub identity: u32,
+    pub kind: u8,
+    pub verdict: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Value of `AGG_LOST`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LostValue {
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
 }
 
 /// Value of the `IDENTITIES` map, keyed by the identity's numeric id (`u32`).
@@ -768,6 +868,10 @@ mod pod {
     unsafe impl aya::Pod for TaskIdentity {}
     unsafe impl aya::Pod for MountPrefix {}
     unsafe impl aya::Pod for GuardConfig {}
+    unsafe impl aya::Pod for AggKey {}
+    unsafe impl aya::Pod for AggValue {}
+    unsafe impl aya::Pod for LostKey {}
+    unsafe impl aya::Pod for LostValue {}
 }
 
 #[cfg(test)]
@@ -796,6 +900,16 @@ mod tests {
         assert_eq!(size_of::<TaskIdentity>(), 16);
         assert_eq!(size_of::<MountPrefix>(), 8 + MOUNT_PREFIX_LEN);
         assert_eq!(size_of::<GuardConfig>(), 16);
-        assert_eq!(size_of::<Event>(), 8 + 8 + 6 * 4 + 8 + 4 + 4 + 8 + 16 + 16 + EVENT_PATH_LEN);
+        assert_eq!(
+            size_of::<Event>(),
+            8 + 8 + 6 * 4 + 8 + 4 + 4 + 8 + 16 + 16 + EVENT_PATH_LEN
+        );
+        assert_eq!(
+            size_of::<AggKey>(),
+            16 + 6 + 2 + 2 + 2 + 4 + 8 + 16 + EVENT_PATH_LEN
+        );
+        assert_eq!(size_of::<AggValue>(), 4 * 8 + 4 * 4 + 16);
+        assert_eq!(size_of::<LostKey>(), 16);
+        assert_eq!(size_of::<LostValue>(), 24);
     }
 }

@@ -5,8 +5,9 @@
 //! not resolve are all denied.
 
 use agent_common::{
-    action, counter, glob_flags, identity_flags, kind, reason, verdict, Event, GlobKey, HitKey, Hits, IdentityConfig,
-    PathKey, EVENT_PATH_LEN, PATH_KEY_LEN,
+    action, agg_emitted, counter, glob_flags, identity_flags, kind, reason, verdict, AggKey, Event,
+    GlobKey, HitKey, Hits, IdentityConfig, LostKey, LostValue, PathKey, AGG_IDENTITY_SHARE,
+    AGG_WINDOW_NS, EVENT_PATH_LEN, PATH_KEY_LEN,
 };
 use aya_ebpf::{
     helpers::{
@@ -18,7 +19,10 @@ use core::ffi::c_void;
 
 use crate::{
     attribution::Subject,
-    maps::{Scratch, COUNTERS, EVENTS, GLOB_STATES, HITS, IDENTITIES, SCRATCH},
+    maps::{
+        Scratch, AGG, AGG_FREED, AGG_LOST, AGG_SCRATCH, AGG_USED, COUNTERS, EVENTS, GLOB_STATES,
+        HITS, IDENTITIES, SCRATCH,
+    },
     vfs::{Resolved, Unresolved},
 };
 
@@ -371,17 +375,229 @@ pub fn report(s: &Scratch, subject: &Subject, d: &Decision, t: &Target, hard_ver
     if !d.report {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        bump(counter::EVENTS_DROPPED);
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let v = if d.block {
+        hard_verdict
+    } else {
+        d.soft_verdict
+    };
+    let Some(a) = AGG_SCRATCH.get_ptr_mut(0) else {
+        // Cannot happen (a per-CPU array always has its entry); counted if it does.
+        bump(counter::LOST);
+        bump(counter::LOST_UNCOUNTED);
         return;
     };
-    let ev = entry.as_mut_ptr();
+    // SAFETY: this CPU's scratch entry; nothing else uses it while we run.
+    let key = unsafe { &mut (*a).key };
+    key.epoch = (now / AGG_WINDOW_NS) as u32;
+    key.identity = subject.identity;
+    key.rule_id = d.rule_id;
+    key.policy_version = d.policy_version;
+    key.kind = t.kind;
+    key.verdict = v;
+    key.mechanism = t.mechanism;
+    key.op = t.op;
+    key.reason = d.reason;
+    key.protocol = t.protocol;
+    key.port = t.port;
+    key.family = t.family;
+    key._pad = [0; 3];
+    key.aux = t.aux;
+    key.addr = t.addr;
+    match t.path {
+        Some(p) => {
+            key.path_len = p.len as u16;
+            key.path_truncated = p.truncated as u8;
+            copy_path_exact(key, s, p.len);
+        }
+        None => {
+            key.path_len = 0;
+            key.path_truncated = 0;
+            key.path = [0; EVENT_PATH_LEN];
+        }
+    }
+    let key: &AggKey = key;
+    if let Some(val) = AGG.get_ptr_mut(key) {
+        // A repeat within the window: counted, not sent.
+        // SAFETY: a live AGG value (no-prealloc: not reused while we hold it).
+        unsafe { add_repeat(val as *mut u64, now) };
+        bump(counter::AGG_REPEATS);
+        return;
+    }
+    // A new distinct decision. Past its share of the table the identity's new
+    // decisions are only counted, so its flood leaves room for the others.
+    let used = unsafe { AGG_USED.get(&subject.identity) }
+        .copied()
+        .unwrap_or(0);
+    let freed = unsafe { AGG_FREED.get(&subject.identity) }
+        .copied()
+        .unwrap_or(0);
+    if used >= freed && used - freed >= AGG_IDENTITY_SHARE {
+        lost(key, now);
+        return;
+    }
+    // SAFETY: as for `key`.
+    let value = unsafe { &mut (*a).value };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    value.count = 1;
+    value.first_ns = now;
+    value.last_ns = now;
+    value.cgroup_id = subject.cgroup_id;
+    value.tgid = (pid_tgid >> 32) as u32;
+    value.pid = pid_tgid as u32;
+    value.uid = bpf_get_current_uid_gid() as u32;
+    value.emitted = agg_emitted::PENDING;
+    value.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // BPF_NOEXIST: another CPU may have made this very entry meanwhile.
+    let alone = match AGG.insert(key, &*value, 1) {
+        Ok(()) => {
+            count_used(subject.identity);
+            false
+        }
+        Err(e) if i64::from(e) == -(EEXIST as i64) => {
+            match AGG.get_ptr_mut(key) {
+                // SAFETY: as above.
+                Some(val) => unsafe { add_repeat(val as *mut u64, now) },
+                None => lost(key, now),
+            }
+            bump(counter::AGG_REPEATS);
+            return;
+        }
+        // The table is full: the event goes alone, if it finds room.
+        Err(_) => true,
+    };
+    // The ring buffer reservation is taken only here, so the verifier follows
+    // one reference through straight-line code.
+    let sent = match EVENTS.reserve::<Event>(0) {
+        Some(mut en) => {
+            fill(en.as_mut_ptr(), s, subject, d, t, v, now, value.comm);
+            en.submit(0);
+            bump(counter::EVENTS);
+            true
+        }
+        None => false,
+    };
+    if alone {
+        if !sent {
+            lost(key, now);
+        }
+        return;
+    }
+    if !sent {
+        // Kept in AGG: the daemon delivers it from there.
+        bump(counter::EVENTS_DROPPED);
+    }
+    if let Some(val) = AGG.get_ptr_mut(key) {
+        // SAFETY: as above; `emitted` is a plain u32 the daemon only reads.
+        unsafe {
+            (*val).emitted = if sent {
+                agg_emitted::SENT
+            } else {
+                agg_emitted::TABLE
+            }
+        };
+    }
+}
+
+const EEXIST: u32 = 17;
+
+/// `*p += n`, atomically (BPF_ATOMIC add; its result is unused, which every
+/// kernel with BPF supports). The BPF target has no compare-and-swap, so core's
+/// `AtomicU64::fetch_add` is not there; this is the one use of the intrinsic.
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, n: u64) {
+    // SAFETY: the caller passes a valid, aligned pointer into a map value.
+    let _ = unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, n,
+        )
+    };
+}
+
+/// Adds one to an `AGG` value's count (its first field) and moves its last time.
+#[inline(always)]
+unsafe fn add_repeat(count: *mut u64, now: u64) {
+    // SAFETY: the caller's pointer is a live AggValue; `count` is its first field
+    // and `last_ns` its third. The add is atomic: other CPUs count the same entry.
+    unsafe {
+        atomic_add(count, 1);
+        *count.add(2) = now;
+    }
+}
+
+/// One more `AGG` entry created by `identity`.
+#[inline(always)]
+fn count_used(identity: u32) {
+    if let Some(u) = AGG_USED.get_ptr_mut(&identity) {
+        // SAFETY: a live value of a preallocated map; atomic against other CPUs.
+        unsafe { atomic_add(u, 1) };
+        return;
+    }
+    if AGG_USED.insert(&identity, &1, 1).is_err() {
+        if let Some(u) = AGG_USED.get_ptr_mut(&identity) {
+            // SAFETY: as above.
+            unsafe { atomic_add(u, 1) };
+        }
+    }
+}
+
+/// A decision kept nowhere: counted per window, identity, kind and verdict for
+/// the daemon's `gap` receipt.
+#[inline(always)]
+fn lost(key: &AggKey, now: u64) {
+    bump(counter::LOST);
+    let lk = LostKey {
+        epoch: key.epoch,
+        identity: key.identity,
+        kind: key.kind,
+        verdict: key.verdict,
+        _pad: [0; 6],
+    };
+    if let Some(l) = AGG_LOST.get_ptr_mut(&lk) {
+        // SAFETY: a live LostValue; count first, last_ns third, as in AggValue.
+        unsafe { add_repeat(l as *mut u64, now) };
+        return;
+    }
+    if AGG_LOST
+        .insert(
+            &lk,
+            &LostValue {
+                count: 1,
+                first_ns: now,
+                last_ns: now,
+            },
+            1,
+        )
+        .is_ok()
+    {
+        return;
+    }
+    match AGG_LOST.get_ptr_mut(&lk) {
+        // SAFETY: as above.
+        Some(l) => unsafe { add_repeat(l as *mut u64, now) },
+        None => bump(counter::LOST_UNCOUNTED),
+    }
+}
+
+/// Writes every field of a reserved event.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fill(
+    ev: *mut Event,
+    s: &Scratch,
+    subject: &Subject,
+    d: &Decision,
+    t: &Target,
+    v: u8,
+    now: u64,
+    comm: [u8; 16],
+) {
     // SAFETY: `ev` points at a reserved, exclusively owned ring buffer slot of
     // size_of::<Event>(); every field is written before submit.
     unsafe {
         let pid_tgid = bpf_get_current_pid_tgid();
         let uid_gid = bpf_get_current_uid_gid();
-        (*ev).ktime_ns = bpf_ktime_get_boot_ns();
+        (*ev).ktime_ns = now;
         (*ev).cgroup_id = subject.cgroup_id;
         (*ev).identity = subject.identity;
         (*ev).tgid = (pid_tgid >> 32) as u32;
@@ -390,7 +606,7 @@ pub fn report(s: &Scratch, subject: &Subject, d: &Decision, t: &Target, hard_ver
         (*ev).rule_id = d.rule_id;
         (*ev).policy_version = d.policy_version;
         (*ev).kind = t.kind;
-        (*ev).verdict = if d.block { hard_verdict } else { d.soft_verdict };
+        (*ev).verdict = v;
         (*ev).mechanism = t.mechanism;
         (*ev).op = t.op;
         (*ev).reason = d.reason;
@@ -400,7 +616,7 @@ pub fn report(s: &Scratch, subject: &Subject, d: &Decision, t: &Target, hard_ver
         (*ev).addr = t.addr;
         (*ev)._pad = [0; 3];
         (*ev).aux = t.aux;
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).comm = comm;
         match t.path {
             Some(p) => {
                 (*ev).path_len = p.len as u16;
@@ -414,8 +630,23 @@ pub fn report(s: &Scratch, subject: &Subject, d: &Decision, t: &Target, hard_ver
             }
         }
     }
-    bump(counter::EVENTS);
-    entry.submit(0);
+}
+
+/// Copies the first `len` bytes of the scratch path into the key, the rest of
+/// the key's path being zero, so the same path always makes the same key. (No
+/// loop over the bytes: a branch per word multiplies the verifier's states.)
+#[inline(always)]
+fn copy_path_exact(key: &mut AggKey, s: &Scratch, len: usize) {
+    key.path = [0; EVENT_PATH_LEN];
+    let n = (len as u32).min(EVENT_PATH_LEN as u32);
+    // SAFETY: both buffers hold at least EVENT_PATH_LEN bytes and n is at most that.
+    let _ = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            key.path.as_mut_ptr() as *mut c_void,
+            n,
+            s.path.as_ptr() as *const c_void,
+        )
+    };
 }
 
 /// Copies the scratch path into an event with one bounded helper call.

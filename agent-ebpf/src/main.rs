@@ -3,6 +3,10 @@
 //! everything else returns at once.
 #![no_std]
 #![no_main]
+// One atomic add (decide::atomic_add): the BPF target has no CAS, so core's
+// atomics do not offer fetch_add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod attribution;
 mod decide;

@@ -3,9 +3,10 @@
 //! depends on the daemon being alive.
 
 use agent_common::{
-    AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, GlobKey, GlobState, GuardConfig, HeldConnect, HitKey,
-    HoldProxy, Hits, IdentityConfig, KernelOffsets, MountPrefix, PathKey, PathRule, TaskIdentity, WriteHold,
-    COUNTERS_LEN, GLOB_STATES_MAX, PATH_KEY_LEN,
+    AddrKey, AggKey, AggValue, EgressRules, Event, ExecApproval, ExecInodeKey, GlobKey, GlobState,
+    GuardConfig, HeldConnect, HitKey, Hits, HoldProxy, IdentityConfig, KernelOffsets, LostKey,
+    LostValue, MountPrefix, PathKey, PathRule, TaskIdentity, WriteHold, AGG_MAX, COUNTERS_LEN,
+    GLOB_STATES_MAX, PATH_KEY_LEN,
 };
 use aya_ebpf::{
     macros::map,
@@ -145,6 +146,43 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
 /// Decisions reported to the daemon. 4 MiB holds ~12k events.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(4 << 20, 0);
+
+/// `BPF_F_NO_PREALLOC`: entries are allocated as used and freed after an RCU
+/// grace period, so a program still holding one never writes into another's.
+const NO_PREALLOC: u32 = 1;
+
+/// In-kernel aggregation of reported decisions, per window (see
+/// `agent_common::AggKey`): the first of each distinct decision goes to the ring
+/// buffer, the repeats only add to its count. The daemon reads every entry once a
+/// second (delivering a first whose event found the ring full), and reports and
+/// deletes the entries of closed windows. Not LRU: an evicted entry would be a
+/// decision lost without a trace.
+#[map]
+pub static AGG: HashMap<AggKey, AggValue> = HashMap::pinned(AGG_MAX, NO_PREALLOC);
+
+/// Decisions kept neither in `AGG` nor in the ring buffer, counted for `gap`
+/// receipts; the daemon deletes the entries of closed windows once recorded.
+#[map]
+pub static AGG_LOST: HashMap<LostKey, LostValue> = HashMap::pinned(8192, NO_PREALLOC);
+
+/// identity → `AGG` entries it ever created (written by the kernel only).
+#[map]
+pub static AGG_USED: HashMap<u32, u64> = HashMap::pinned(16384, 0);
+/// identity → its `AGG` entries the daemon deleted (written by the daemon only).
+/// `AGG_USED - AGG_FREED` is what the identity holds now, with no counter
+/// written from both sides.
+#[map]
+pub static AGG_FREED: HashMap<u32, u64> = HashMap::pinned(16384, 0);
+
+/// Per-CPU room to build an `AGG` key and value (too big for the stack).
+#[repr(C)]
+pub struct AggScratch {
+    pub key: AggKey,
+    pub value: AggValue,
+}
+
+#[map]
+pub static AGG_SCRATCH: PerCpuArray<AggScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Index 0: the tgid of the daemon's start-up probe. An LSM program that sees this
 /// task counts a hit in `counter::LSM_PROBE`, proving the BPF LSM really runs (a BPF

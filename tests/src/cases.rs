@@ -1654,3 +1654,252 @@ pub fn namespaces_allowed_never_weaken_paths() {
     let mounted = probe(&d, &cg, &["bind-mount", &denybin, &okbin]);
     assert_ne!(mounted, Outcome::Ok, "a bind mount in the host's mount namespace");
 }
+
+/// Every receipt in the daemon's journal, exported (`receipts export`).
+fn all_receipts(d: &Daemon, name: &str) -> Vec<serde_json::Value> {
+    let file = export_receipts(d, name);
+    fs::read_to_string(&file)
+        .expect("export")
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("export line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// The decisions a decision receipt stands for: 1, or `repeats` for an aggregate.
+fn decisions_in(r: &serde_json::Value) -> u64 {
+    r["action"]["parameters"]["repeats"].as_u64().unwrap_or(1)
+}
+
+/// The numbers `probe flood` printed: hammer_denied, hammer_ok, distinct_denied, distinct_ok.
+fn flood_counts(out: &std::process::Output) -> [u64; 4] {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let get = |name: &str| -> u64 {
+        let i = words
+            .iter()
+            .position(|w| *w == name)
+            .unwrap_or_else(|| panic!("probe flood printed no {name}: {out:?}"));
+        words[i + 1].parse().expect("a count")
+    };
+    [
+        get("hammer_denied"),
+        get("hammer_ok"),
+        get("distinct_denied"),
+        get("distinct_ok"),
+    ]
+}
+
+/// Issue 20: a flood of denials hides nothing. One identity connects to one denied
+/// address as fast as it can for 6 s, with 50 distinct denied connects spread
+/// through the flood; a second identity makes 20 distinct denied connects at the
+/// same time; a third makes more distinct denied connects than its share of the
+/// kernel's aggregation table. Every distinct denial gets a receipt; the
+/// repeats are counted in aggregate receipts whose counts add up to exactly the
+/// attempts the process made; what did not fit the third identity's share is in
+/// `gap` receipts whose counts add up too; the chain verifies; agentd's log does
+/// not grow with the flood.
+pub fn a_flood_hides_no_distinct_decision() {
+    let d = Daemon::start_with_own_pins("flood");
+    let deny_all = "    default: deny\n";
+    let allow = "    default: allow\n";
+    let (flooder, steady, spreader) = (
+        Cgroup::new("flooder"),
+        Cgroup::new("steady"),
+        Cgroup::new("spreader"),
+    );
+    d.identity_bound(
+        "flooder",
+        &policy("flooder", allow, allow, deny_all),
+        &flooder,
+    );
+    d.identity_bound("steady", &policy("steady", allow, allow, deny_all), &steady);
+    d.identity_bound(
+        "spreader",
+        &policy("spreader", allow, allow, deny_all),
+        &spreader,
+    );
+    let log_before = d.log_text().len();
+    let share = agent_common::AGG_IDENTITY_SHARE;
+    let spread = share + 1000;
+
+    let f = flooder.spawn(
+        &d.bins.probe,
+        &["flood", "127.0.0.2:9", "127.0.0.3", "20000", "50", "6000"],
+    );
+    let s = steady.spawn(
+        &d.bins.probe,
+        &["flood", "-", "127.0.0.4", "30000", "20", "6000"],
+    );
+    let p = spreader.spawn(
+        &d.bins.probe,
+        &[
+            "flood",
+            "-",
+            "127.0.0.5",
+            "1024",
+            &spread.to_string(),
+            "3000",
+        ],
+    );
+    let [hammered, hammer_ok, distinct, distinct_ok] =
+        flood_counts(&f.wait_with_output().expect("flooder"));
+    let [_, _, steady_denied, steady_ok] = flood_counts(&s.wait_with_output().expect("steady"));
+    let [_, _, spread_denied, spread_ok] = flood_counts(&p.wait_with_output().expect("spreader"));
+    assert_eq!(
+        (hammer_ok, distinct, distinct_ok),
+        (0, 50, 0),
+        "the flooder's connects are all denied"
+    );
+    assert_eq!((steady_denied, steady_ok), (20, 0));
+    assert_eq!((spread_denied, spread_ok), (spread, 0));
+    assert!(
+        hammered > 100_000,
+        "a flood is at least 100k decisions (made {hammered})"
+    );
+    eprintln!("flood: {hammered} denied connects to one address, 50 distinct among them");
+
+    // Aggregates come when their window closes (5 s windows, 1 s grace); wait
+    // until every decision the flooder made is accounted for.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let receipts = loop {
+        let all = all_receipts(&d, "flood.jsonl");
+        let hammer_total: u64 = all
+            .iter()
+            .filter(|r| r["type"] == "decision" && r["action"]["target"] == "127.0.0.2:9")
+            .map(decisions_in)
+            .sum();
+        let spread_total: u64 = all
+            .iter()
+            .filter(|r| r["requester"]["identity"] == "spreader")
+            .map(|r| {
+                if r["type"] == "gap" {
+                    r["action"]["parameters"]["lost"].as_u64().unwrap_or(0)
+                } else {
+                    decisions_in(r)
+                }
+            })
+            .sum();
+        if (hammer_total >= hammered && spread_total >= spread)
+            || std::time::Instant::now() > deadline
+        {
+            break all;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    };
+    let decisions = |who: &str| -> Vec<&serde_json::Value> {
+        receipts
+            .iter()
+            .filter(|r| r["type"] == "decision" && r["requester"]["identity"] == who)
+            .collect()
+    };
+
+    // Every distinct denial of the flooder and of the steady identity.
+    let flooder_receipts = decisions("flooder");
+    for port in 20000..20050 {
+        let target = format!("127.0.0.3:{port}");
+        assert!(
+            flooder_receipts
+                .iter()
+                .any(|r| r["action"]["target"] == target.as_str()
+                    && r["decision"]["result"] == "deny"),
+            "no receipt for the distinct denial {target} inside the flood"
+        );
+    }
+    for port in 30000..30020 {
+        let target = format!("127.0.0.4:{port}");
+        assert!(
+            decisions("steady")
+                .iter()
+                .any(|r| r["action"]["target"] == target.as_str()),
+            "the steady identity's {target} has no receipt"
+        );
+    }
+    // The flood's repeats add up to the attempts, exactly.
+    let hammer: Vec<_> = flooder_receipts
+        .iter()
+        .filter(|r| r["action"]["target"] == "127.0.0.2:9")
+        .collect();
+    let total: u64 = hammer.iter().map(|r| decisions_in(r)).sum();
+    assert_eq!(
+        total, hammered,
+        "receipts of the hammered address stand for {total} decisions; the process made {hammered}"
+    );
+    let aggregates: Vec<_> = hammer
+        .iter()
+        .filter(|r| r["action"]["parameters"]["repeats"].is_u64())
+        .collect();
+    assert!(
+        !aggregates.is_empty() && hammer.len() < 20,
+        "a flood is recorded as a few aggregates, not one receipt per attempt: {}",
+        hammer.len()
+    );
+    for r in &aggregates {
+        assert!(
+            r["action"]["parameters"]["until"]
+                .as_str()
+                .is_some_and(|u| u >= r["time"].as_str().unwrap_or("")),
+            "{r}"
+        );
+    }
+    // The spreader: its share of distinct decisions has receipts, the rest is in
+    // gap receipts, and together they are every attempt.
+    let spread_receipts = decisions("spreader").len() as u64;
+    let gaps: Vec<_> = receipts
+        .iter()
+        .filter(|r| r["type"] == "gap" && r["requester"]["identity"] == "spreader")
+        .collect();
+    let lost: u64 = gaps
+        .iter()
+        .map(|r| r["action"]["parameters"]["lost"].as_u64().expect("lost"))
+        .sum();
+    eprintln!("flood: spreader made {spread} distinct denials: {spread_receipts} receipts, {lost} in {} gap receipts", gaps.len());
+    assert!(
+        spread_receipts >= share,
+        "the spreader's share ({share}) has receipts: {spread_receipts}"
+    );
+    assert!(
+        lost > 0,
+        "the spreader went past its share of the table, and the rest is in gap receipts"
+    );
+    assert_eq!(
+        spread_receipts + lost,
+        spread,
+        "receipts ({spread_receipts}) and gaps ({lost}) account for every attempt"
+    );
+    for g in &gaps {
+        assert_eq!(
+            (
+                g["action"]["kind"].as_str(),
+                g["decision"]["result"].as_str()
+            ),
+            (Some("egress"), Some("deny")),
+            "{g}"
+        );
+        assert_eq!(
+            g["action"]["parameters"]["cause"], "aggregation-full",
+            "{g}"
+        );
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&d.ctl_ok(&["status", "--json"])).expect("status");
+    assert_eq!(status["counters"]["lost"].as_u64(), Some(lost), "{status}");
+
+    // The chain, aggregates and gaps included, verifies.
+    let (key, _) = public_key_file(&d, "node.pub");
+    let (code, report) = verify_receipts(&d, &d.dir.join("flood.jsonl"), &key, &[]);
+    assert_eq!(
+        (code, report["ok"].as_bool()),
+        (Some(0), Some(true)),
+        "{report}"
+    );
+
+    // agentd's own log is not where decisions go.
+    let grew = d.log_text().len().saturating_sub(log_before);
+    assert!(
+        grew < 16 * 1024,
+        "agentd's log grew {grew} bytes during the flood:\n{}",
+        d.log_text()
+    );
+}

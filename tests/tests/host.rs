@@ -66,6 +66,8 @@ agentd_tests::scenario_tests!(outside_tier;
     // Host only: needs script(1) for a terminal.
     approvals_watch_prompts_in_a_terminal,
     drift_is_restored_and_recorded,
+    // Issue 20: audit that a flood cannot hide (host only: the flood needs real CPU speed).
+    a_flood_hides_no_distinct_decision,
     unix_sockets_and_icmp_are_judged,
     namespaces_allowed_never_weaken_paths,
     // The escape suite (issue 14): every way around enforcement, as root and not.

@@ -89,10 +89,20 @@ fn rule(e: &pb::Event) -> String {
 }
 
 fn target(e: &pb::Event) -> String {
-    if e.protocol.is_empty() {
+    let t = if e.protocol.is_empty() {
         or_dash(&e.target)
     } else {
         format!("{} {}", e.protocol, or_dash(&e.target))
+    };
+    if e.count > 1 {
+        // An aggregate: the kernel counted these instead of sending each.
+        format!(
+            "{t} ({} more like it, until {})",
+            e.count,
+            short_time(&e.until)
+        )
+    } else {
+        t
     }
 }
 
@@ -158,7 +168,24 @@ mod tests {
             target: "/usr/bin/curl".into(),
             protocol: String::new(),
             policy_hash: "ab".repeat(32),
+            count: 1,
+            until: String::new(),
         }
+    }
+
+    #[test]
+    fn an_aggregate_says_how_many_more_and_until_when() {
+        let e = pb::Event {
+            count: 98218,
+            until: "2025-06-01T12:00:04.999999999Z".into(),
+            ..sample()
+        };
+        let line = event_line(&e);
+        assert!(
+            line.contains("/usr/bin/curl (98218 more like it, until 2025-06-01T12:00:04.999Z)"),
+            "{line}"
+        );
+        assert!(!event_line(&sample()).contains("more like it"));
     }
 
     #[test]
@@ -209,6 +236,7 @@ mod tests {
             [
                 "cgroup_id",
                 "comm",
+                "count",
                 "executable",
                 "identity",
                 "identity_id",
@@ -227,6 +255,7 @@ mod tests {
                 "tid",
                 "time",
                 "uid",
+                "until",
                 "verdict"
             ]
         );

@@ -28,7 +28,15 @@ fn status_text(s: &pb::StatusReply) -> String {
     let dropped = if k.events_dropped == 0 {
         "0".to_string()
     } else {
-        format!("{} (the ring buffer was full: these decisions were enforced but not reported)", k.events_dropped)
+        format!(
+            "{} (the ring buffer was full: delivered from the aggregation table instead)",
+            k.events_dropped
+        )
+    };
+    let lost = match (k.lost, k.lost_uncounted) {
+        (0, 0) => "0".to_string(),
+        (n, 0) => format!("{n} (enforced; recorded only as counts in `gap` receipts)"),
+        (n, u) => format!("{n} (enforced; {u} of them not even counted per identity)"),
     };
     let mut out = key_values(&[
         ("version", s.version.clone()),
@@ -44,6 +52,8 @@ fn status_text(s: &pb::StatusReply) -> String {
         ("bindings", s.bindings.to_string()),
         ("events", k.events.to_string()),
         ("events_dropped", dropped),
+        ("aggregated", k.aggregated.to_string()),
+        ("lost", lost),
         ("deny_exec", k.deny_exec.to_string()),
         ("deny_write", k.deny_write.to_string()),
         ("deny_egress", k.deny_egress.to_string()),

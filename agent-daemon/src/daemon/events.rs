@@ -5,22 +5,25 @@
 //! cannot keep up is told how many events it lost; nothing is dropped silently.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     net::Ipv6Addr,
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, SystemTime},
 };
 
-use agent_common::{kind, mechanism, op, reason, verdict, Event};
+use agent_common::{
+    agg_emitted, kind, mechanism, op, reason, verdict, AggKey, AggValue, Event, LostKey, LostValue,
+    AGG_WINDOW_NS,
+};
 use nix::time::{clock_gettime, ClockId};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     api::pb,
-    enforce::EventReader,
+    enforce::{Aggregates, EventReader},
     receipts::{model::parse_time, Draft, Journal, Requester, Verdict},
 };
 
@@ -182,31 +185,64 @@ impl LogLimit {
     }
 }
 
-/// Reads kernel events until the ring buffer goes away. `attribute` names an
-/// event's (identity id, policy version, rule id). Each decision that needs one
-/// (see [`decision_receipt`]) gets a receipt in `journal`; each denial is also
-/// handed to `denied` (which turns a denied `ask` write into a request), and so is
-/// each kill.
-pub async fn pump<F, A>(mut reader: EventReader, hub: Hub, attribute: F, journal: Arc<Journal>, denied: A)
+/// How often the aggregation tables are read.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long after its window ends an aggregation entry is reported and deleted:
+/// a program that read the clock just before the window ended may still be
+/// counting into it.
+const WINDOW_GRACE_NS: u64 = 1_000_000_000;
+
+/// Everything one decision goes through on its way out: names, a receipt,
+/// `denied` for denials, and the hub.
+struct Deliver<F, A> {
+    hub: Hub,
+    attribute: F,
+    journal: Arc<Journal>,
+    denied: A,
+    unrecorded: LogLimit,
+    gaps: LogLimit,
+}
+
+/// Identical decisions an aggregate event stands for: `count` of them, the last
+/// at boot time `until_ns`.
+#[derive(Clone, Copy, Debug)]
+struct Repeats {
+    count: u64,
+    until_ns: u64,
+}
+
+impl<F, A> Deliver<F, A>
 where
-    F: Fn(u32, u32, u32) -> Option<Attribution> + Send + 'static,
-    A: Fn(&pb::Event) + Send + 'static,
+    F: Fn(u32, u32, u32) -> Option<Attribution>,
+    A: Fn(&pb::Event),
 {
-    let mut unrecorded = LogLimit::new(REPEAT_EVERY);
-    while let Some(ev) = reader.next().await {
-        let names = attribute(ev.identity, ev.policy_version, ev.rule_id);
-        let exe = std::fs::read_link(format!("/proc/{}/exe", ev.tgid)).map(|p| p.display().to_string()).unwrap_or_default();
+    fn one(&mut self, ev: &Event, repeats: Option<Repeats>) {
+        let names = (self.attribute)(ev.identity, ev.policy_version, ev.rule_id);
+        let exe = std::fs::read_link(format!("/proc/{}/exe", ev.tgid))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         let allows = names.as_ref().is_some_and(|n| n.receipts_allows);
-        let (owner, fingerprint) = names.as_ref().map(|n| (n.owner.clone(), n.key_fingerprint.clone())).unwrap_or_default();
-        let e = convert(&ev, boot_offset(), names, exe);
+        let (owner, fingerprint) = names
+            .as_ref()
+            .map(|n| (n.owner.clone(), n.key_fingerprint.clone()))
+            .unwrap_or_default();
+        let offset = boot_offset();
+        let mut e = convert(ev, offset, names, exe);
+        if let Some(r) = repeats {
+            e.count = r.count;
+            e.until = humantime::format_rfc3339_nanos(
+                SystemTime::UNIX_EPOCH + offset + Duration::from_nanos(r.until_ns),
+            )
+            .to_string();
+        }
         if let Some(draft) = decision_receipt(&e, &owner, &fingerprint, allows) {
             // The kernel has decided already; nobody waits for this receipt, so a
             // failure can only be reported, loudly. (append waits only when the
             // journal is far behind, which bounds memory rather than the pipeline.)
-            if let Err(err) = journal.append(draft) {
+            if let Err(err) = self.journal.append(draft) {
                 // At most one line per REPEAT_EVERY: `agentctl status` has the
                 // journal's state, and a flood must not fill the log's disk too.
-                if let Some(held_back) = unrecorded.allow(std::time::Instant::now()) {
+                if let Some(held_back) = self.unrecorded.allow(std::time::Instant::now()) {
                     error!(identity = %e.identity, kind = %e.kind, verdict = %e.verdict, target = %e.target, error = %err, more_since_last_line = held_back, "RECEIPT NOT RECORDED for a kernel decision");
                 }
             }
@@ -216,14 +252,209 @@ where
         // fast (measured: 775 MiB in 20 s). They are here at debug level only.
         debug!(
             identity = %e.identity, kind = %e.kind, verdict = %e.verdict, op = %e.op, target = %e.target,
-            reason = %e.reason, rule = %e.rule, pid = e.pid, comm = %e.comm, mechanism = %e.mechanism, "decision"
+            reason = %e.reason, rule = %e.rule, pid = e.pid, comm = %e.comm, mechanism = %e.mechanism, count = e.count, "decision"
         );
-        if ev.verdict == verdict::DENY || ev.verdict == verdict::KILL {
-            denied(&e);
+        // A repeat raises no new request: the first one did.
+        if repeats.is_none() && (ev.verdict == verdict::DENY || ev.verdict == verdict::KILL) {
+            (self.denied)(&e);
         }
-        hub.publish(e);
+        self.hub.publish(e);
+    }
+
+    /// Records `lost` decisions that have no receipt of their own.
+    fn gap(&mut self, key: &LostKey, lost: &LostValue, cause: &str) {
+        let names = (self.attribute)(key.identity, 0, 0);
+        let offset = boot_offset();
+        let at = |ns: u64| SystemTime::UNIX_EPOCH + offset + Duration::from_nanos(ns);
+        let kind_name = kind_name(key.kind);
+        let result = receipt_verdict(&verdict_name(key.verdict), true);
+        let identity = names
+            .as_ref()
+            .map_or_else(|| format!("#{}", key.identity), |n| n.identity.clone());
+        let (owner, fingerprint) = names
+            .map(|n| (n.owner, n.key_fingerprint))
+            .unwrap_or_default();
+        let draft = Draft::gap(
+            kind_name.clone(),
+            result.unwrap_or(Verdict::Deny),
+            lost.count,
+            at(lost.last_ns),
+            cause,
+        )
+        .requester(
+            Requester::identity(identity.clone(), fingerprint, owner)
+                .with_identity_id(key.identity),
+        )
+        .at(at(lost.first_ns));
+        let recorded = self.journal.append(draft);
+        if let Some(held_back) = self.gaps.allow(std::time::Instant::now()) {
+            warn!(identity = %identity, kind = %kind_name, lost = lost.count, cause, recorded = recorded.is_ok(), more_since_last_line = held_back,
+                "decisions enforced without a receipt of their own: recorded as a gap receipt");
+        }
+    }
+}
+
+/// Reads kernel events until the ring buffer goes away, and once a second the
+/// kernel's aggregation tables (`aggregates`): a first decision whose event found
+/// the ring buffer full is delivered from there, the repeats of each closed
+/// window become one aggregate event and receipt (`count`, `repeats`), and the
+/// decisions counted as lost become `gap` receipts. `attribute` names an event's
+/// (identity id, policy version, rule id). Each decision that needs one (see
+/// [`decision_receipt`]) gets a receipt in `journal`; each denial is also handed
+/// to `denied` (which turns a denied `ask` write into a request), and so is each
+/// kill.
+pub async fn pump<F, A>(
+    mut reader: EventReader,
+    mut aggregates: Option<Aggregates>,
+    hub: Hub,
+    attribute: F,
+    journal: Arc<Journal>,
+    denied: A,
+) where
+    F: Fn(u32, u32, u32) -> Option<Attribution> + Send + 'static,
+    A: Fn(&pb::Event) + Send + 'static,
+{
+    let mut d = Deliver {
+        hub,
+        attribute,
+        journal,
+        denied,
+        unrecorded: LogLimit::new(REPEAT_EVERY),
+        gaps: LogLimit::new(REPEAT_EVERY),
+    };
+    let mut sweep = Sweep::default();
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = reader.next() => match ev {
+                Some(ev) => d.one(&ev, None),
+                None => break,
+            },
+            _ = tick.tick() => if let Some(a) = aggregates.as_mut() {
+                sweep.run(a, &mut d);
+            },
+        }
     }
     info!("the kernel event stream ended");
+}
+
+/// The daemon's side of in-kernel aggregation.
+#[derive(Default)]
+struct Sweep {
+    /// Entries whose first decision this daemon delivered from the table (its
+    /// event found the ring buffer full), so it is delivered once.
+    firsts: HashSet<AggKey>,
+    errors: Option<LogLimit>,
+}
+
+impl Sweep {
+    fn run<F, A>(&mut self, a: &mut Aggregates, d: &mut Deliver<F, A>)
+    where
+        F: Fn(u32, u32, u32) -> Option<Attribution>,
+        A: Fn(&pb::Event),
+    {
+        let now = boot_ns();
+        let errors = self
+            .errors
+            .get_or_insert_with(|| LogLimit::new(REPEAT_EVERY));
+        let entries = match a.entries() {
+            Ok(e) => e,
+            Err(err) => {
+                if let Some(n) = errors.allow(std::time::Instant::now()) {
+                    error!(error = %err, more_since_last_line = n, "reading the kernel's aggregation table");
+                }
+                return;
+            }
+        };
+        for (k, v) in entries {
+            let closed = window_closed(k.epoch, now);
+            let from_table =
+                v.emitted == agg_emitted::TABLE || (v.emitted == agg_emitted::PENDING && closed);
+            if from_table && self.firsts.insert(k) {
+                d.one(&first_event(&k, &v), None);
+            }
+            if !closed {
+                continue;
+            }
+            if v.count > 1 {
+                d.one(
+                    &first_event(&k, &v),
+                    Some(Repeats {
+                        count: v.count - 1,
+                        until_ns: v.last_ns,
+                    }),
+                );
+            }
+            if let Err(err) = a.remove(&k) {
+                if let Some(n) = errors.allow(std::time::Instant::now()) {
+                    error!(error = %err, more_since_last_line = n, "deleting a reported entry of the kernel's aggregation table");
+                }
+            }
+            self.firsts.remove(&k);
+        }
+        match a.lost() {
+            Ok(lost) => {
+                for (k, v) in lost
+                    .into_iter()
+                    .filter(|(k, _)| window_closed(k.epoch, now))
+                {
+                    d.gap(&k, &v, "aggregation-full");
+                    if let Err(err) = a.remove_lost(&k) {
+                        if let Some(n) = errors.allow(std::time::Instant::now()) {
+                            error!(error = %err, more_since_last_line = n, "deleting a recorded count of lost decisions");
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                if let Some(n) = errors.allow(std::time::Instant::now()) {
+                    error!(error = %err, more_since_last_line = n, "reading the kernel's lost-decision counts");
+                }
+            }
+        }
+    }
+}
+
+/// Whether aggregation window `epoch` ended (with its grace) by boot time `now`.
+fn window_closed(epoch: u32, now: u64) -> bool {
+    (u64::from(epoch) + 1) * AGG_WINDOW_NS + WINDOW_GRACE_NS <= now
+}
+
+/// CLOCK_BOOTTIME now, in ns: the kernel's `bpf_ktime_get_boot_ns`.
+fn boot_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_BOOTTIME)
+        .map(|t| Duration::from(t).as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The first decision of an aggregation entry, as the kernel would have sent it.
+fn first_event(k: &AggKey, v: &AggValue) -> Event {
+    Event {
+        ktime_ns: v.first_ns,
+        cgroup_id: v.cgroup_id,
+        identity: k.identity,
+        tgid: v.tgid,
+        pid: v.pid,
+        uid: v.uid,
+        rule_id: k.rule_id,
+        policy_version: k.policy_version,
+        kind: k.kind,
+        verdict: k.verdict,
+        mechanism: k.mechanism,
+        op: k.op,
+        reason: k.reason,
+        protocol: k.protocol,
+        port: k.port,
+        family: k.family,
+        path_len: k.path_len,
+        path_truncated: k.path_truncated,
+        _pad: [0; 3],
+        aux: k.aux,
+        addr: k.addr,
+        comm: v.comm,
+        path: k.path,
+    }
 }
 
 /// Wall-clock time minus CLOCK_BOOTTIME, now: add a kernel `ktime_get_boot_ns`
@@ -306,19 +537,16 @@ fn system_target(ev: &Event) -> String {
 /// the identity's policy says `receipts.allows: true`. A held connect gets none
 /// here: the hold itself is recorded where it is created (daemon::holds).
 /// `owner` and `fingerprint` are the identity's, `allows` its policy's setting.
-pub fn decision_receipt(e: &pb::Event, owner: &str, fingerprint: &str, allows: bool) -> Option<Draft> {
-    let result = match e.verdict.as_str() {
-        "deny" => Verdict::Deny,
-        "kill" => Verdict::Kill,
-        "would-deny" => Verdict::WouldDeny,
-        "audit" => Verdict::Audit,
-        "approved" if allows => Verdict::Allow,
-        "approved" | "held" => return None,
-        // A verdict this daemon does not know: recorded, as a denial would be,
-        // rather than dropped (the event shows the raw code).
-        _ => Verdict::Deny,
-    };
-    let mut requester = Requester::identity(e.identity.clone(), fingerprint, owner).with_identity_id(e.identity_id).with_process(e.pid, e.uid, e.executable.clone());
+pub fn decision_receipt(
+    e: &pb::Event,
+    owner: &str,
+    fingerprint: &str,
+    allows: bool,
+) -> Option<Draft> {
+    let result = receipt_verdict(&e.verdict, allows)?;
+    let mut requester = Requester::identity(e.identity.clone(), fingerprint, owner)
+        .with_identity_id(e.identity_id)
+        .with_process(e.pid, e.uid, e.executable.clone());
     requester.cgroup_id = Some(e.cgroup_id);
     let mut d = Draft::decision(e.kind.clone(), e.target.clone(), result)
         .requester(requester)
@@ -331,6 +559,11 @@ pub fn decision_receipt(e: &pb::Event, owner: &str, fingerprint: &str, allows: b
     if e.verdict == "approved" {
         d = d.outcome("approved");
     }
+    // An aggregate: it stands for `repeats` decisions identical to the one
+    // receipted at `time`, the last at `until`.
+    if e.count > 1 {
+        d = d.param("repeats", e.count).param("until", e.until.clone());
+    }
     if !e.protocol.is_empty() {
         d = d.param("protocol", e.protocol.clone());
     }
@@ -341,6 +574,49 @@ pub fn decision_receipt(e: &pb::Event, owner: &str, fingerprint: &str, allows: b
         d = d.at(t);
     }
     Some(d)
+}
+
+/// The receipt verdict of an event verdict; `None` when it gets no receipt.
+fn receipt_verdict(verdict: &str, allows: bool) -> Option<Verdict> {
+    Some(match verdict {
+        "deny" => Verdict::Deny,
+        "kill" => Verdict::Kill,
+        "would-deny" => Verdict::WouldDeny,
+        "audit" => Verdict::Audit,
+        "approved" if allows => Verdict::Allow,
+        "approved" | "held" => return None,
+        // A verdict this daemon does not know: recorded, as a denial would be,
+        // rather than dropped (the event shows the raw code).
+        _ => Verdict::Deny,
+    })
+}
+
+fn kind_name(code: u8) -> String {
+    name(
+        code,
+        &[
+            (kind::EXEC, "exec"),
+            (kind::WRITE, "write"),
+            (kind::EGRESS, "egress"),
+            (kind::SOCKET, "raw-socket"),
+            (kind::SYSTEM, "system"),
+            (kind::UNIX, "unix"),
+        ],
+    )
+}
+
+fn verdict_name(code: u8) -> String {
+    name(
+        code,
+        &[
+            (verdict::DENY, "deny"),
+            (verdict::KILL, "kill"),
+            (verdict::AUDIT, "audit"),
+            (verdict::WOULD_DENY, "would-deny"),
+            (verdict::APPROVED, "approved"),
+            (verdict::HELD, "held"),
+        ],
+    )
 }
 
 fn name(code: u8, table: &[(u8, &'static str)]) -> String {
@@ -357,21 +633,8 @@ pub fn convert(ev: &Event, boot_offset: Duration, names: Option<Attribution>, ex
         time: humantime::format_rfc3339_nanos(time).to_string(),
         identity: names.identity,
         identity_id: ev.identity,
-        kind: name(
-            ev.kind,
-            &[
-                (kind::EXEC, "exec"),
-                (kind::WRITE, "write"),
-                (kind::EGRESS, "egress"),
-                (kind::SOCKET, "raw-socket"),
-                (kind::SYSTEM, "system"),
-                (kind::UNIX, "unix"),
-            ],
-        ),
-        verdict: name(
-            ev.verdict,
-            &[(verdict::DENY, "deny"), (verdict::KILL, "kill"), (verdict::AUDIT, "audit"), (verdict::WOULD_DENY, "would-deny"), (verdict::APPROVED, "approved"), (verdict::HELD, "held")],
-        ),
+        kind: kind_name(ev.kind),
+        verdict: verdict_name(ev.verdict),
         mechanism: name(
             ev.mechanism,
             &[
@@ -446,6 +709,8 @@ pub fn convert(ev: &Event, boot_offset: Duration, names: Option<Attribution>, ex
         policy: names.policy,
         policy_hash: names.policy_hash,
         policy_version: ev.policy_version,
+        count: 1,
+        until: String::new(),
         pid: ev.tgid,
         tid: ev.pid,
         uid: ev.uid,
@@ -578,6 +843,83 @@ mod tests {
         assert_eq!((c.reason.as_str(), c.mechanism.as_str()), ("rule", "lsm"));
         assert_eq!(r.time, e.time, "the time the kernel decided, not the time of append");
         assert_eq!(r.action.parameters["op"], "exec");
+    }
+
+    #[test]
+    fn an_aggregate_receipt_stands_for_its_repeats() {
+        let mut e = decided(verdict::DENY);
+        assert!(
+            decision_receipt(&e, "", "", false)
+                .unwrap()
+                .action
+                .parameters
+                .get("repeats")
+                .is_none(),
+            "one decision, no count"
+        );
+        e.count = 98_218;
+        e.until = "2023-11-14T22:13:25.000000000Z".into();
+        let d = decision_receipt(&e, "", "", false).unwrap();
+        assert_eq!(d.action.parameters["repeats"], 98_218);
+        assert_eq!(
+            d.action.parameters["until"],
+            "2023-11-14T22:13:25.000000000Z"
+        );
+        assert_eq!(
+            (d.kind, d.decision.result),
+            (crate::receipts::ReceiptType::Decision, Verdict::Deny)
+        );
+    }
+
+    #[test]
+    fn a_window_is_reported_once_it_and_its_grace_are_over() {
+        let w = AGG_WINDOW_NS;
+        assert!(!window_closed(0, w));
+        assert!(!window_closed(0, w + WINDOW_GRACE_NS - 1));
+        assert!(window_closed(0, w + WINDOW_GRACE_NS));
+        assert!(!window_closed(7, 8 * w));
+        assert!(window_closed(7, 8 * w + WINDOW_GRACE_NS));
+    }
+
+    #[test]
+    fn a_first_delivered_from_the_table_reads_as_the_kernels_event() {
+        let ev = exec_by_rule_2(verdict::DENY);
+        let k = AggKey {
+            epoch: 0,
+            identity: ev.identity,
+            rule_id: ev.rule_id,
+            policy_version: ev.policy_version,
+            kind: ev.kind,
+            verdict: ev.verdict,
+            mechanism: ev.mechanism,
+            op: ev.op,
+            reason: ev.reason,
+            protocol: ev.protocol,
+            port: ev.port,
+            family: ev.family,
+            path_len: ev.path_len,
+            path_truncated: ev.path_truncated,
+            _pad: [0; 3],
+            aux: ev.aux,
+            addr: ev.addr,
+            path: ev.path,
+        };
+        let v = AggValue {
+            count: 3,
+            first_ns: ev.ktime_ns,
+            last_ns: ev.ktime_ns + 10,
+            cgroup_id: ev.cgroup_id,
+            tgid: ev.tgid,
+            pid: ev.pid,
+            uid: ev.uid,
+            emitted: agg_emitted::TABLE,
+            comm: ev.comm,
+        };
+        let at = Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            convert(&first_event(&k, &v), at, names(), String::new()),
+            convert(&ev, at, names(), String::new())
+        );
     }
 
     #[test]

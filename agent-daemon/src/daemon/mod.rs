@@ -162,6 +162,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         let _in_events_rt = events_rt.enter();
         enforcer.take_events().map_err(DaemonError::Load)?
     };
+    let aggregates = enforcer.aggregates().map_err(DaemonError::Load)?;
     let exec_approvals = enforcer.exec_approvals().map_err(DaemonError::Load)?;
     let connect_holds = enforcer.connect_holds().map_err(DaemonError::Load)?;
     let enforcer_write_holds = enforcer.write_holds();
@@ -227,12 +228,26 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tokio::spawn(holds::expire_holds(holds.clone()));
     tokio::spawn(holds::expire_exceptions(core.clone()));
     let names = core.clone();
-    let pump = events::pump(reader, hub.clone(), move |id, version, rule| {
-        names.lock().unwrap_or_else(PoisonError::into_inner).attribute(id, version, rule)
-    }, journal_at_stop.clone(), {
-        let (core, holds, rt) = (core.clone(), holds.clone(), tokio::runtime::Handle::current());
-        move |e: &crate::api::pb::Event| holds::ask_request(&core, &holds, e, &rt)
-    });
+    let pump = events::pump(
+        reader,
+        Some(aggregates),
+        hub.clone(),
+        move |id, version, rule| {
+            names
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .attribute(id, version, rule)
+        },
+        journal_at_stop.clone(),
+        {
+            let (core, holds, rt) = (
+                core.clone(),
+                holds.clone(),
+                tokio::runtime::Handle::current(),
+            );
+            move |e: &crate::api::pb::Event| holds::ask_request(&core, &holds, e, &rt)
+        },
+    );
     std::thread::Builder::new()
         .name("events".into())
         .spawn(move || events_rt.block_on(pump))

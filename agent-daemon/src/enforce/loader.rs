@@ -15,9 +15,10 @@ use std::{
 };
 
 use agent_common::{
-    counter, guard_flags, identity_flags, write_hold, AddrKey, EgressRules, Event, ExecApproval, ExecInodeKey, GlobKey,
-    GlobState, GuardConfig, HeldConnect, HitKey, HoldProxy, Hits, IdentityConfig, KernelOffsets, MountPrefix, PathKey,
-    PathRule, TaskIdentity, WriteHold, COUNTERS_LEN, PATH_KEY_LEN,
+    counter, guard_flags, identity_flags, write_hold, AddrKey, AggKey, AggValue, EgressRules,
+    Event, ExecApproval, ExecInodeKey, GlobKey, GlobState, GuardConfig, HeldConnect, HitKey, Hits,
+    HoldProxy, IdentityConfig, KernelOffsets, LostKey, LostValue, MountPrefix, PathKey, PathRule,
+    TaskIdentity, WriteHold, COUNTERS_LEN, PATH_KEY_LEN,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
@@ -410,6 +411,15 @@ impl Enforcer {
             holds: pinned(&self.maps_dir, "WRITE_HOLDS")?,
             files: pinned(&self.maps_dir, "WRITE_HELD_FILES")?,
             devs: pinned(&self.maps_dir, "WRITE_HOLD_DEVS")?,
+        })
+    }
+
+    /// Handles on the in-kernel aggregation tables, for the event pipeline.
+    pub fn aggregates(&self) -> Result<Aggregates, EnforceError> {
+        Ok(Aggregates {
+            agg: pinned(&self.maps_dir, "AGG")?,
+            lost: pinned(&self.maps_dir, "AGG_LOST")?,
+            freed: pinned(&self.maps_dir, "AGG_FREED")?,
         })
     }
 
@@ -908,6 +918,9 @@ impl Enforcer {
             deny_socket: v[counter::DENY_SOCKET as usize],
             kills: v[counter::KILLS as usize],
             unresolved: v[counter::UNRESOLVED as usize],
+            aggregated: v[counter::AGG_REPEATS as usize],
+            lost: v[counter::LOST as usize],
+            lost_uncounted: v[counter::LOST_UNCOUNTED as usize],
         })
     }
 
@@ -919,6 +932,59 @@ impl Enforcer {
         // fd stays open for as long as it is registered.
         let fd = unsafe { AsyncFd::register(ring) }.map_err(|e| EnforceError::kernel("polling the EVENTS ring buffer", e))?;
         Ok(EventReader { fd, pending: std::collections::VecDeque::new() })
+    }
+}
+
+/// The kernel's aggregation tables (`AGG`, `AGG_LOST`) and the daemon's side of
+/// the per-identity share (`AGG_FREED`).
+pub struct Aggregates {
+    agg: HashMap<MapData, AggKey, AggValue>,
+    lost: HashMap<MapData, LostKey, LostValue>,
+    freed: HashMap<MapData, u32, u64>,
+}
+
+impl Aggregates {
+    /// Every aggregated decision now in the table. An entry deleted while this
+    /// reads is left out.
+    pub fn entries(&self) -> Result<Vec<(AggKey, AggValue)>, EnforceError> {
+        let keys = self
+            .agg
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(kerr("listing AGG"))?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| self.agg.get(&k, 0).ok().map(|v| (k, v)))
+            .collect())
+    }
+
+    /// Deletes an entry of a closed window and gives its slot back to the
+    /// identity's share.
+    pub fn remove(&mut self, key: &AggKey) -> Result<(), EnforceError> {
+        self.agg.remove(key).map_err(kerr("deleting from AGG"))?;
+        let freed = self.freed.get(&key.identity, 0).unwrap_or(0);
+        self.freed
+            .insert(key.identity, freed + 1, 0)
+            .map_err(kerr("writing AGG_FREED"))
+    }
+
+    /// The counts of decisions kept nowhere.
+    pub fn lost(&self) -> Result<Vec<(LostKey, LostValue)>, EnforceError> {
+        let keys = self
+            .lost
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(kerr("listing AGG_LOST"))?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| self.lost.get(&k, 0).ok().map(|v| (k, v)))
+            .collect())
+    }
+
+    pub fn remove_lost(&mut self, key: &LostKey) -> Result<(), EnforceError> {
+        self.lost
+            .remove(key)
+            .map_err(kerr("deleting from AGG_LOST"))
     }
 }
 

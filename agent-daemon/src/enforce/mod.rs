@@ -14,7 +14,9 @@ mod probe;
 
 use std::path::PathBuf;
 
-pub use loader::{ConnectHolds, Enforcer, EventReader, ExecApprovals, RefMounts, WriteHolds};
+pub use loader::{
+    Aggregates, ConnectHolds, Enforcer, EventReader, ExecApprovals, RefMounts, WriteHolds,
+};
 pub use probe::{KindReport, MechanismReport};
 
 /// Where the enforcer keeps its kernel objects.
@@ -38,6 +40,9 @@ pub struct Counters {
     pub deny_socket: u64,
     pub kills: u64,
     pub unresolved: u64,
+    pub aggregated: u64,
+    pub lost: u64,
+    pub lost_uncounted: u64,
 }
 
 /// Errors from loading, attaching or updating kernel objects.

@@ -63,6 +63,26 @@ impl Draft {
         Draft::new(ReceiptType::Decision, action_kind, target, result)
     }
 
+    /// `count` decisions of `action_kind` with `result` were made and enforced but
+    /// have no receipt of their own, from this receipt's time to `until`;
+    /// `cause` says why ("aggregation-full": the identity's share of the kernel's
+    /// aggregation table was used up; "journal-unwritable": receipts could not
+    /// be written). The requester says whose they were.
+    pub fn gap(
+        action_kind: impl Into<String>,
+        result: Verdict,
+        count: u64,
+        until: SystemTime,
+        cause: &str,
+    ) -> Draft {
+        Draft::new(ReceiptType::Gap, action_kind, "", result)
+            .param("lost", count)
+            .param("until", super::model::format_time(until))
+            .param("cause", cause)
+            .reason(cause.to_string())
+            .outcome("unrecorded")
+    }
+
     /// An action is held for approval.
     pub fn hold(action_kind: impl Into<String>, target: impl Into<String>, hold_id: impl Into<String>) -> Draft {
         Draft::new(ReceiptType::Hold, action_kind, target, Verdict::Hold).param("hold_id", hold_id.into())
@@ -244,5 +264,50 @@ mod tests {
         assert_eq!((r.decision.policy.as_str(), r.decision.policy_version, r.decision.policy_hash.as_str()), ("dev", Some(3), "9c"));
         let r = Draft::decision("exec", "/bin/x", Verdict::Deny).into_receipt(3, String::new(), "h", UNIX_EPOCH);
         assert_eq!(r.outcome, "blocked");
+    }
+
+    #[test]
+    fn a_gap_says_how_many_of_what_from_when_to_when_and_why() {
+        let from = UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        let r = Draft::gap(
+            "egress",
+            Verdict::Deny,
+            1000,
+            from + Duration::from_secs(3),
+            "aggregation-full",
+        )
+        .requester(Requester::identity("spreader", "ab12", "alice").with_identity_id(7))
+        .at(from)
+        .into_receipt(4, String::new(), "h", from + Duration::from_secs(9));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            (
+                v["type"].as_str(),
+                v["action"]["kind"].as_str(),
+                v["decision"]["result"].as_str()
+            ),
+            (Some("gap"), Some("egress"), Some("deny"))
+        );
+        assert_eq!(v["action"]["parameters"]["lost"], 1000);
+        assert_eq!(
+            v["action"]["parameters"]["until"],
+            "2026-01-01T00:00:03.000000000Z"
+        );
+        assert_eq!(v["action"]["parameters"]["cause"], "aggregation-full");
+        assert_eq!(
+            (v["time"].as_str(), v["outcome"].as_str()),
+            (Some("2026-01-01T00:00:00.000000000Z"), Some("unrecorded"))
+        );
+        assert_eq!(
+            (
+                v["requester"]["identity"].as_str(),
+                v["requester"]["identity_id"].as_u64()
+            ),
+            (Some("spreader"), Some(7))
+        );
+        assert!(
+            !ReceiptType::Gap.is_admin(),
+            "a gap is about an agent's actions"
+        );
     }
 }

@@ -44,11 +44,15 @@ pub enum ReceiptType {
     /// state differed from agentd's and was put back, or a bound process sent
     /// agentd a stop signal it ignored.
     Tamper,
+    /// Decisions the kernel made and enforced that have no receipt of their own:
+    /// how many, whose, of which kind and verdict, and when (the aggregation
+    /// table was full for that identity, or the journal could not be written).
+    Gap,
 }
 
 impl ReceiptType {
     /// Every type, for parsing and help texts.
-    pub const ALL: [ReceiptType; 11] = [
+    pub const ALL: [ReceiptType; 12] = [
         ReceiptType::Decision,
         ReceiptType::Hold,
         ReceiptType::HoldOutcome,
@@ -60,6 +64,7 @@ impl ReceiptType {
         ReceiptType::IdentityRevoke,
         ReceiptType::KeyRotation,
         ReceiptType::Tamper,
+        ReceiptType::Gap,
     ];
 
     /// The name in JSON.
@@ -76,6 +81,7 @@ impl ReceiptType {
             ReceiptType::IdentityRevoke => "identity-revoke",
             ReceiptType::KeyRotation => "key-rotation",
             ReceiptType::Tamper => "tamper",
+            ReceiptType::Gap => "gap",
         }
     }
 
@@ -86,7 +92,14 @@ impl ReceiptType {
 
     /// Whether this records an administrative change rather than an agent's action.
     pub fn is_admin(self) -> bool {
-        !matches!(self, ReceiptType::Decision | ReceiptType::Hold | ReceiptType::HoldOutcome | ReceiptType::Approval)
+        !matches!(
+            self,
+            ReceiptType::Decision
+                | ReceiptType::Hold
+                | ReceiptType::HoldOutcome
+                | ReceiptType::Approval
+                | ReceiptType::Gap
+        )
     }
 }
 

@@ -233,7 +233,9 @@ struct Meta {
 pub fn severity_of(kind: ReceiptType, verdict: Verdict) -> Severity {
     match (kind, verdict) {
         (_, Verdict::Deny | Verdict::Kill | Verdict::Refused) => Severity::Warning,
-        (ReceiptType::IdentityRevoke | ReceiptType::Tamper, _) => Severity::Warning,
+        (ReceiptType::IdentityRevoke | ReceiptType::Tamper | ReceiptType::Gap, _) => {
+            Severity::Warning
+        }
         (ReceiptType::Decision, Verdict::WouldDeny) => Severity::Notice,
         (ReceiptType::Decision, _) => Severity::Info,
         _ => Severity::Notice,

@@ -139,6 +139,64 @@ fn run(args: &[String]) -> ! {
             println!("allowed_ok {} allowed_failed {} denied_ok {} denied_failed {}", n[0], n[1], n[2], n[3]);
             exit(0)
         }
+        // flood HAMMER|- DISTINCT_ADDR BASE_PORT N MILLIS — UDP connect(2) to
+        // HAMMER as fast as it can for MILLIS ms (with `-`: none), and N connects
+        // to DISTINCT_ADDR:BASE_PORT, :BASE_PORT+1, ... spread evenly through that
+        // time; prints `hammer_denied N hammer_ok N distinct_denied N distinct_ok N`.
+        // A flood of one decision hiding distinct ones.
+        "flood" => {
+            let hammer: Option<SocketAddr> = if a(1) == "-" {
+                None
+            } else {
+                Some(a(1).parse().unwrap_or_else(|_| usage()))
+            };
+            let distinct: std::net::IpAddr = a(2).parse().unwrap_or_else(|_| usage());
+            let base: u16 = a(3).parse().unwrap_or_else(|_| usage());
+            let count: u32 = a(4).parse().unwrap_or_else(|_| usage());
+            let millis: u64 = a(5)
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or_else(|| usage());
+            let bind = if distinct.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            let (sh, sd) = match (UdpSocket::bind(bind), UdpSocket::bind(bind)) {
+                (Ok(h), Ok(d)) => (h, d),
+                (Err(e), _) | (_, Err(e)) => fail(e),
+            };
+            let start = std::time::Instant::now();
+            let total = Duration::from_millis(millis);
+            let mut n = [0u64; 4];
+            let mut next = 0u32;
+            loop {
+                let elapsed = start.elapsed();
+                // The next distinct one is due at (next + 1/2) / count of the way.
+                while next < count && elapsed >= total * (2 * next + 1) / (2 * count) {
+                    let to = SocketAddr::new(distinct, base.wrapping_add(next as u16));
+                    n[if sd.connect(to).is_ok() { 3 } else { 2 }] += 1;
+                    next += 1;
+                }
+                if elapsed >= total && next == count {
+                    break;
+                }
+                match hammer {
+                    Some(h) => {
+                        for _ in 0..64 {
+                            n[if sh.connect(h).is_ok() { 1 } else { 0 }] += 1;
+                        }
+                    }
+                    None => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+            println!(
+                "hammer_denied {} hammer_ok {} distinct_denied {} distinct_ok {}",
+                n[0], n[1], n[2], n[3]
+            );
+            exit(0)
+        }
         // paced ADDR:PORT PER_SEC — UDP connect(2) to ADDR about PER_SEC times a
         // second until stdin closes; prints `ok N failed N`. A steady stream of
         // decisions (and receipts) at a rate the test chooses, unlike `hammer`,
@@ -387,6 +445,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: probe SUBCOMMAND ARGS...
 actions:
+  flood HAMMER|- DISTINCT_ADDR BASE_PORT N MILLIS
   connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH
   rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | io-uring
   unlink32 PATH | exec PATH [ARGS] | hammer ALLOWED DENIED MILLIS | paced ADDR:PORT PER_SEC

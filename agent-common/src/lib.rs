@@ -251,7 +251,9 @@ pub const AGG_MAX: u32 = 32768;
 
 /// Key of the in-kernel aggregation table `AGG`: what makes two reported
 /// decisions the same one (identity, kind, operation, target, rule, verdict),
-/// within one window. Bytes of `path` past `path_len` are zero.
+/// within one window, made by the same process: each process that tries a thing
+/// is named in an event of its own, while one process repeating it is counted.
+/// Bytes of `path` past `path_len` are zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AggKey {
@@ -260,6 +262,8 @@ pub struct AggKey {
     pub identity: u32,
     pub rule_id: u32,
     pub policy_version: u32,
+    /// The process (thread group) that made it.
+    pub tgid: u32,
     pub kind: u8,
     pub verdict: u8,
     pub mechanism: u8,
@@ -270,7 +274,7 @@ pub struct AggKey {
     pub family: u16,
     pub path_len: u16,
     pub path_truncated: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
     pub aux: u64,
     pub addr: [u8; 16],
     pub path: [u8; EVENT_PATH_LEN],
@@ -906,7 +910,7 @@ mod tests {
         );
         assert_eq!(
             size_of::<AggKey>(),
-            16 + 6 + 2 + 2 + 2 + 4 + 8 + 16 + EVENT_PATH_LEN
+            20 + 6 + 2 + 2 + 2 + 8 + 8 + 16 + EVENT_PATH_LEN
         );
         assert_eq!(size_of::<AggValue>(), 4 * 8 + 4 * 4 + 16);
         assert_eq!(size_of::<LostKey>(), 16);

@@ -393,6 +393,7 @@ pub fn report(s: &Scratch, subject: &Subject, d: &Decision, t: &Target, hard_ver
     key.identity = subject.identity;
     key.rule_id = d.rule_id;
     key.policy_version = d.policy_version;
+    key.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     key.kind = t.kind;
     key.verdict = v;
     key.mechanism = t.mechanism;
@@ -401,7 +402,7 @@ pub fn report(s: &Scratch, subject: &Subject, d: &Decision, t: &Target, hard_ver
     key.protocol = t.protocol;
     key.port = t.port;
     key.family = t.family;
-    key._pad = [0; 3];
+    key._pad = [0; 7];
     key.aux = t.aux;
     key.addr = t.addr;
     match t.path {

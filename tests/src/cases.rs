@@ -1429,12 +1429,13 @@ pub fn receipts_verify_across_a_key_rotation() {
 pub fn receipts_acknowledged_before_a_sigkill_survive_it() {
     let mut d = Daemon::start("rcrash");
     let cg = Cgroup::new("rcrash");
-    let egress = "    default: allow\n    rules:\n      - {cidr: 127.0.0.1/32, ports: [9], action: deny}\n";
+    let egress = "    default: allow\n    rules:\n      - {cidr: 127.0.0.1/32, action: deny}\n";
     d.identity_bound("rcrash", &policy("rcrash", ALLOW_ALL, ALLOW_ALL, egress), &cg);
-    // A steady stream of denials, each a receipt, about 1000 a second: the journal
+    // A steady stream of distinct denials (each to another port, so none is
+    // folded into an aggregate), each a receipt, about 1000 a second: the journal
     // seals a batch every 50 ms, so the kill lands while receipts wait or are
     // being written, and the export stays small enough to verify quickly.
-    let mut workload = cg.spawn(&d.bins.probe, &["paced", "127.0.0.1:9", "1000"]);
+    let mut workload = cg.spawn(&d.bins.probe, &["paced", "127.0.0.1:9", "1000", "distinct"]);
     receipts_until(&d, &["--identity", "rcrash"], |r| r["seq"].as_u64().is_some_and(|s| s > 200));
 
     let listed = receipts_json(&d, &["list", "--identity", "rcrash", "--limit", "1000"]);
@@ -1902,4 +1903,91 @@ pub fn a_flood_hides_no_distinct_decision() {
         "agentd's log grew {grew} bytes during the flood:\n{}",
         d.log_text()
     );
+}
+
+/// `status --json`'s `receipts` object.
+fn receipts_status(d: &Daemon) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["status", "--json"])).expect("status --json");
+    v["receipts"].clone()
+}
+
+/// Issue 20: a full disk stops neither enforcement nor, once space is back,
+/// receipts. With the state directory on a small filesystem filled up, denials
+/// are still enforced, status and doctor say receipts are degraded, a binding
+/// that cannot be persisted is refused and changes nothing; when space comes
+/// back agentd writes what waited in memory within seconds, without a restart,
+/// and the chain verifies.
+pub fn receipts_survive_a_full_disk() {
+    let d = Daemon::start_on_small_disk("diskfull", 8 << 20);
+    let cg = Cgroup::new("diskfull");
+    let deny_all = "    default: deny\n";
+    let allow = "    default: allow\n";
+    d.identity_bound("diskfull", &policy("diskfull", allow, allow, deny_all), &cg);
+    assert_eq!(receipts_status(&d)["degraded"], "", "writing works at first");
+
+    // Fill the state filesystem.
+    let filler = d.state_dir.join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = fs::File::create(&filler).expect("filler");
+        let block = vec![0x55u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Denials made now are enforced and wait in memory.
+    let out = cg.run(&d.bins.probe, &["flood", "-", "127.0.0.7", "40000", "30", "1500"]);
+    assert_eq!(flood_counts(&out)[2..], [30, 0], "every connect denied while the disk is full: {out:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let degraded = loop {
+        let r = receipts_status(&d);
+        if r["degraded"].as_str().is_some_and(|s| !s.is_empty()) {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "status never said receipts are degraded: {r}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(degraded["degraded"].as_str().unwrap_or("").contains("No space left"), "{degraded}");
+    assert!(degraded["backlog"].as_u64().is_some_and(|n| n >= 1), "{degraded}");
+    let text = d.ctl_ok(&["status"]);
+    assert!(text.contains("receipts DEGRADED"), "{text}");
+    let doctor = d.doctor();
+    let check = doctor["checks"].as_array().and_then(|c| c.iter().find(|c| c["name"] == "receipts").cloned()).expect("a receipts check");
+    assert!(check["ok"] != true && check["detail"].as_str().is_some_and(|t| t.contains("DEGRADED")), "{check}");
+
+    // A binding that cannot be persisted is refused, and nothing changes.
+    let other = Cgroup::new("diskfull-other");
+    let before = d.ctl_ok(&["bindings", "--json"]);
+    let out = d.ctl(&["bind", other.path.to_str().expect("utf-8"), "diskfull"]);
+    if out.status.success() {
+        panic!("bind succeeded on a full disk: {out:?}");
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("diskfull: bind refused: {}", err.trim());
+    assert!(err.contains("No space left") || err.contains("space"), "the refusal says why: {err}");
+    assert_eq!(d.ctl_ok(&["bindings", "--json"]), before, "a refused bind changes nothing");
+
+    // Space back: within seconds, with no restart, everything waiting is written.
+    fs::remove_file(&filler).expect("remove filler");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = receipts_status(&d);
+        if r["degraded"] == "" && r["backlog"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "receipts did not resume within 20 s: {r}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let all = all_receipts(&d, "diskfull.jsonl");
+    for port in 40000..40030 {
+        let target = format!("127.0.0.7:{port}");
+        assert!(
+            all.iter().any(|r| r["type"] == "decision" && r["action"]["target"] == target.as_str()),
+            "the denial of {target}, made while the disk was full, has no receipt"
+        );
+    }
+    let (key, _) = public_key_file(&d, "node.pub");
+    let (code, report) = verify_receipts(&d, &d.dir.join("diskfull.jsonl"), &key, &[]);
+    assert_eq!((code, report["ok"].as_bool()), (Some(0), Some(true)), "{report}");
+    // And changes work again.
+    d.ctl_ok(&["bind", other.path.to_str().expect("utf-8"), "diskfull"]);
 }

@@ -225,6 +225,21 @@ impl Daemon {
         Daemon::start_in(id, dir, &[], None)
     }
 
+    /// A daemon (pins of its own) whose state directory, receipts included, is a
+    /// tmpfs of `bytes`: a disk a test can fill. Unmounted when the daemon is dropped.
+    pub fn start_on_small_disk(name: &str, bytes: u64) -> Daemon {
+        let id = unique(name);
+        let dir = std::env::temp_dir().join(format!("agentd-test-{id}"));
+        let state = dir.join("state");
+        fs::create_dir_all(&state).expect("state dir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700"), "agentd-test", state.to_str().expect("utf-8")])
+            .output()
+            .expect("mount(8)");
+        assert!(out.status.success(), "mounting a tmpfs on {}: {out:?}", state.display());
+        Daemon::start_in(id, dir, &[], None)
+    }
+
     fn start_in(id: String, dir: PathBuf, env: &[(&str, &str)], shared: Option<PathBuf>) -> Daemon {
         let mut d = Daemon {
             child: None,
@@ -488,6 +503,10 @@ impl Drop for Daemon {
         // (shared pins stay for the next daemon).
         if shared_pin_dir().as_ref() != Some(&self.pin_dir) {
             let _ = fs::remove_dir_all(&self.pin_dir);
+        }
+        // A state directory of its own filesystem (`start_on_small_disk`).
+        if fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == self.state_dir.to_str())) {
+            let _ = Command::new("umount").arg("-l").arg(&self.state_dir).status();
         }
         if std::thread::panicking() {
             eprintln!("agentd log ({}):\n{}", self.log.display(), self.log_text());

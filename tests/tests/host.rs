@@ -68,6 +68,7 @@ agentd_tests::scenario_tests!(outside_tier;
     drift_is_restored_and_recorded,
     // Issue 20: audit that a flood cannot hide (host only: the flood needs real CPU speed).
     a_flood_hides_no_distinct_decision,
+    receipts_survive_a_full_disk,
     unix_sockets_and_icmp_are_judged,
     namespaces_allowed_never_weaken_paths,
     // The escape suite (issue 14): every way around enforcement, as root and not.

@@ -81,6 +81,14 @@ fn receipts_text(r: &pb::ReceiptsStatus) -> String {
         if behind == 0 { String::new() } else { format!(", {behind} being written") },
         r.key_id
     );
+    if !r.degraded.is_empty() {
+        out.push_str(&format!(
+            "receipts DEGRADED: cannot be written ({}); enforcement goes on; {} wait in memory, {} refused for a full backlog (recorded as gap receipts once writing works); retried every second\n",
+            r.degraded, r.backlog, r.unrecorded
+        ));
+    } else if r.unrecorded > 0 {
+        out.push_str(&format!("receipts refused while the journal could not be written: {} (recorded as gap receipts)\n", r.unrecorded));
+    }
     if r.sinks.is_empty() {
         out.push_str("sinks: none configured (see `agentd --help`, CONFIGURATION)");
         return out;
@@ -317,7 +325,9 @@ mod tests {
             last_seq: 12,
             durable_seq: 10,
             key_id: "sha256:0123".into(),
-            sinks: vec![
+            ..Default::default()
+        });
+        s.receipts.as_mut().unwrap().sinks = vec![
                 pb::SinkStatus { name: "jsonl:/var/log/r.jsonl".into(), min_severity: "info".into(), delivered: 10, ..Default::default() },
                 pb::SinkStatus {
                     name: "hec:http://siem:8088/services/collector/event".into(),
@@ -328,15 +338,32 @@ mod tests {
                     queued: 1,
                     last_error: "connection refused".into(),
                 },
-            ],
-        });
+            ];
         let text = status_text(&s);
         assert!(text.contains("receipts: /var/lib/agentd/receipts (last seq 12, durable 10, 2 being written), key sha256:0123"), "{text}");
         assert!(text.contains("jsonl:/var/log/r.jsonl                         min info     delivered 10  dropped 0"), "{text}");
         assert!(text.contains("delivered 3  dropped 2  failed attempts 9  queued 1"), "{text}");
         assert!(text.contains("last error: connection refused"), "{text}");
+        assert!(!text.contains("DEGRADED"), "{text}");
         s.receipts.as_mut().unwrap().sinks.clear();
         assert!(status_text(&s).contains("sinks: none configured"));
+    }
+
+    #[test]
+    fn status_says_when_receipts_cannot_be_written_and_what_waits() {
+        let mut s = status();
+        s.receipts = Some(pb::ReceiptsStatus {
+            dir: "/var/lib/agentd/receipts".into(),
+            degraded: "/var/lib/agentd/receipts/seg-000002.jsonl: No space left on device (os error 28)".into(),
+            backlog: 120,
+            unrecorded: 3,
+            ..Default::default()
+        });
+        let text = status_text(&s);
+        assert!(text.contains("receipts DEGRADED: cannot be written (/var/lib/agentd/receipts/seg-000002.jsonl: No space left on device (os error 28)); enforcement goes on; 120 wait in memory, 3 refused"), "{text}");
+        s.receipts.as_mut().unwrap().degraded.clear();
+        let text = status_text(&s);
+        assert!(!text.contains("DEGRADED") && text.contains("receipts refused while the journal could not be written: 3 (recorded as gap receipts)"), "{text}");
     }
 
     #[test]

@@ -301,7 +301,11 @@ fn binding_pb(b: &BindingRecord) -> pb::Binding {
 /// The journal's position and every sink's counters, for `agentctl status`.
 fn receipts_status(journal: &crate::receipts::Journal, sinks: &super::Sinks) -> pb::ReceiptsStatus {
     let stats = sinks.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|d| d.stats()).unwrap_or_default();
+    let health = journal.health();
     pb::ReceiptsStatus {
+        degraded: health.degraded.unwrap_or_default(),
+        backlog: health.backlog,
+        unrecorded: health.unrecorded,
         dir: journal.dir().display().to_string(),
         last_seq: journal.last_seq(),
         durable_seq: journal.durable_seq(),
@@ -383,7 +387,7 @@ impl Agentd for Service {
     }
 
     async fn doctor(&self, _req: Request<pb::DoctorRequest>) -> Result<Response<pb::DoctorReply>, Status> {
-        let report = self.with_core(|c| c.report()).await?;
+        let (report, health) = self.with_core(|c| (c.report(), c.receipts().health())).await?;
         let pin_dir = self.info.pin_dir.clone();
         let mut checks = tokio::task::spawn_blocking(move || host::checks(&pin_dir)).await.map_err(|e| Status::internal(e.to_string()))?;
         let exec_check = report.kinds.iter().find(|k| k.kind == "exec").map(|k| k.active.clone()).unwrap_or_default();
@@ -443,6 +447,17 @@ impl Agentd for Service {
                 name: "write holds (ask)".into(),
                 ok: false,
                 detail: format!("unavailable ({e}): no write is held; {others}"),
+            },
+        });
+        checks.push(match health.degraded {
+            None => pb::Check { name: "receipts".into(), ok: true, detail: "being written".into() },
+            Some(why) => pb::Check {
+                name: "receipts".into(),
+                ok: false,
+                detail: format!(
+                    "DEGRADED: cannot be written ({why}); enforcement goes on, {} receipts wait in memory, {} refused for a full backlog (recorded as gap receipts once writing works); agentd tries again every second",
+                    health.backlog, health.unrecorded
+                ),
             },
         });
         checks.extend(protections(&report));

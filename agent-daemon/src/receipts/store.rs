@@ -19,8 +19,14 @@
 //! truncates, then goes on from the last good receipt. Nothing acknowledged is
 //! lost: a batch is acknowledged only once all of it is fsynced.
 //!
-//! If a write or fsync fails, the journal stops taking receipts (every later call
-//! returns the error) rather than leave a hole in the chain; open it again to go on.
+//! If a write or fsync fails (a full disk, a read-only filesystem), the journal is
+//! *degraded*: the batch that failed is cut off the segment and kept, appends go
+//! on into memory (up to [`JournalOptions::max_pending`] receipts), and the writer
+//! tries again every [`RETRY_EVERY`]; once a write succeeds it goes on from there,
+//! with no restart and no hole in the chain. A receipt that finds the backlog full
+//! is refused ([`StoreError::Backlogged`]) before it gets a seq, and counted by
+//! requester, kind and result; those counts become `gap` receipts with the next
+//! append once writing works again, so the chain says what it is missing.
 
 use std::{
     collections::VecDeque,
@@ -57,8 +63,10 @@ pub enum StoreError {
     Encode(#[from] EncodeError),
     #[error("{}: the journal's last receipt (seq {seq}) leaves key {sealed_by} in force, but the node key is {key}; restore the node key that goes with this journal, or move the journal away to start a new chain", .dir.display())]
     KeyMismatch { dir: PathBuf, seq: u64, sealed_by: String, key: String },
-    #[error("receipts are not being recorded: {0}; open the journal again to go on")]
+    #[error("receipts cannot be written now ({0}); they wait in memory and are written once writing works again")]
     Failed(String),
+    #[error("receipts cannot be written ({0}) and the backlog in memory is full: this one is counted, and recorded in a gap receipt once writing works again")]
+    Backlogged(String),
     #[error("the journal is closed")]
     Closed,
 }
@@ -99,6 +107,9 @@ impl Default for JournalOptions {
         }
     }
 }
+
+/// How often a degraded journal tries its failed batch again.
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// What [`Journal::open`] found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -203,8 +214,38 @@ struct State {
     pending: VecDeque<Pending>,
     flush_to: u64,
     durable_seq: u64,
-    failed: Option<String>,
+    /// Why the last write failed, until a write succeeds (the journal is
+    /// degraded meanwhile).
+    degraded: Option<String>,
+    /// Receipts refused while degraded with a full backlog, to be recorded as
+    /// `gap` receipts.
+    unrecorded: std::collections::BTreeMap<GapKey, GapCount>,
+    /// All receipts ever refused that way (for status).
+    unrecorded_total: u64,
+    /// The batch that failed, held by the writer (for status: its receipts wait too).
+    held: usize,
     closing: bool,
+}
+
+/// Whose receipts of what were refused: (identity, identity id, action kind, result).
+type GapKey = (String, Option<u32>, String, Verdict);
+
+#[derive(Debug, Clone, Copy)]
+struct GapCount {
+    count: u64,
+    first: SystemTime,
+    last: SystemTime,
+}
+
+/// The journal's health, for status and doctor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Why receipts cannot be written now; `None` when they can.
+    pub degraded: Option<String>,
+    /// Receipts waiting in memory to be written.
+    pub backlog: u64,
+    /// Receipts refused because the backlog was full (each counted in a gap receipt).
+    pub unrecorded: u64,
 }
 
 /// A receipt with its place in the chain, waiting for its seal.
@@ -284,7 +325,10 @@ impl Journal {
             pending: VecDeque::new(),
             flush_to: 0,
             durable_seq: next_seq - 1,
-            failed: None,
+            degraded: None,
+            unrecorded: Default::default(),
+            unrecorded_total: 0,
+            held: 0,
             closing: false,
         };
         let shared = Arc::new(Shared { state: Mutex::new(state), tap: Mutex::new(None), work: Condvar::new(), progress: Condvar::new(), host: host.to_string(), opts });
@@ -326,21 +370,53 @@ impl Journal {
         let tapped = self.shared.tap.lock().unwrap_or_else(|e| e.into_inner()).is_some();
         let meta = tapped.then(|| Meta { time: draft.time.unwrap_or(now), kind: draft.kind, verdict: draft.decision.result });
         let receipt = draft.into_receipt(0, String::new(), &self.shared.host, now);
-        let mut value = serde_json::to_value(&receipt).map_err(|e| EncodeError::Serialize(e.to_string()))?;
-        let Value::Object(obj) = &mut value else {
-            return Err(EncodeError::Serialize("a receipt is not a JSON object".into()).into());
-        };
-        obj.remove("id");
+        let gap_key: GapKey = (receipt.requester.identity.clone(), receipt.requester.identity_id, receipt.action.kind.clone(), receipt.decision.result);
+        let when = super::model::parse_time(&receipt.time).unwrap_or(now);
+        let value = body_value(&receipt)?;
         let opts = &self.shared.opts;
         let mut st = self.lock();
         loop {
-            st.usable()?;
+            if st.closing {
+                return Err(StoreError::Closed);
+            }
             // A rotation never waits: its caller holds up nothing else.
             if st.pending.len() < opts.max_pending || rotation.is_some() {
                 break;
             }
+            // Full while writes fail: waiting would stop the caller for as long as
+            // the disk is full. Counted instead, for a gap receipt.
+            if let Some(why) = &st.degraded {
+                let why = why.clone();
+                let c = st.unrecorded.entry(gap_key).or_insert(GapCount { count: 0, first: when, last: when });
+                c.count += 1;
+                c.first = c.first.min(when);
+                c.last = c.last.max(when);
+                st.unrecorded_total += 1;
+                return Err(StoreError::Backlogged(why));
+            }
             st = self.shared.progress.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+        // Writing works again: first the gaps, so the chain says what it misses.
+        if st.degraded.is_none() && !st.unrecorded.is_empty() {
+            for ((identity, identity_id, kind, result), c) in std::mem::take(&mut st.unrecorded) {
+                let mut requester = Requester::identity(identity, "", "");
+                requester.identity_id = identity_id;
+                let gap = Draft::gap(kind, result, c.count, c.last, "journal-unwritable").requester(requester).at(c.first);
+                let gap = gap.into_receipt(0, String::new(), &self.shared.host, now);
+                let meta = tapped.then(|| Meta { time: c.first, kind: ReceiptType::Gap, verdict: result });
+                self.push(&mut st, body_value(&gap)?, None, meta)?;
+            }
+        }
+        let seq = self.push(&mut st, value, rotation, meta)?;
+        Ok(seq)
+    }
+
+    /// Gives a receipt body (without `id`, `seq` and `prev_hash`) its place in the
+    /// chain and queues it for the writer.
+    fn push(&self, st: &mut State, mut value: Value, rotation: Option<NextKey>, meta: Option<Meta>) -> Result<u64, StoreError> {
+        let Value::Object(obj) = &mut value else {
+            return Err(EncodeError::Serialize("a receipt is not a JSON object".into()).into());
+        };
         let seq = st.next_seq;
         obj.insert("seq".into(), seq.into());
         obj.insert("prev_hash".into(), hex::encode(st.prev_hash).into());
@@ -356,10 +432,16 @@ impl Journal {
         st.pending.push_back(Pending { seq, hash, body, appended: Instant::now(), rotation, meta });
         // The first waiting receipt starts the window; a full batch or a rotation
         // goes at once.
-        if st.pending.len() == 1 || st.pending.len() >= opts.batch_max || cut {
+        if st.pending.len() == 1 || st.pending.len() >= self.shared.opts.batch_max || cut {
             self.shared.work.notify_one();
         }
         Ok(seq)
+    }
+
+    /// Whether receipts are being written, and what waits or was refused.
+    pub fn health(&self) -> Health {
+        let st = self.lock();
+        Health { degraded: st.degraded.clone(), backlog: (st.pending.len() + st.held) as u64, unrecorded: st.unrecorded_total }
     }
 
     /// Seals and writes everything appended so far, and waits until it is durable.
@@ -476,13 +558,25 @@ impl Shared {
 }
 
 impl State {
+    /// For callers waiting for durability: an error while writes fail (the
+    /// receipts still wait in memory) or once the journal is closed.
     fn usable(&self) -> Result<(), StoreError> {
-        match (&self.failed, self.closing) {
+        match (&self.degraded, self.closing) {
             (Some(e), _) => Err(StoreError::Failed(e.clone())),
             (None, true) => Err(StoreError::Closed),
             _ => Ok(()),
         }
     }
+}
+
+/// A receipt as a JSON object without its `id` (what [`Journal::push`] completes).
+fn body_value(receipt: &Receipt) -> Result<Value, StoreError> {
+    let mut value = serde_json::to_value(receipt).map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    let Value::Object(obj) = &mut value else {
+        return Err(EncodeError::Serialize("a receipt is not a JSON object".into()).into());
+    };
+    obj.remove("id");
+    Ok(value)
 }
 
 /// The writer thread's own part: the key and the open segment.
@@ -498,36 +592,52 @@ struct Writer {
 impl Writer {
     fn run(mut self, shared: &Shared) {
         let opts = &shared.opts;
+        // The batch whose write failed: tried again before anything else.
+        let mut held: Option<Vec<Pending>> = None;
         loop {
-            let batch = {
-                let mut st = shared.lock();
-                loop {
-                    if st.failed.is_some() || (st.closing && st.pending.is_empty()) {
-                        return;
+            let mut batch = match held.take() {
+                Some(b) => {
+                    let st = shared.lock();
+                    // Closing while degraded: one last try, then give up (those
+                    // receipts were never acknowledged as recorded).
+                    let closing = st.closing;
+                    if !closing {
+                        let _ = shared.work.wait_timeout(st, RETRY_EVERY).unwrap_or_else(|e| e.into_inner());
                     }
-                    if let Some(front) = st.pending.front() {
-                        let waited = front.appended.elapsed();
-                        if st.pending.len() >= opts.batch_max
-                            || st.flush_to >= front.seq
-                            || st.closing
-                            || waited >= opts.window
-                        {
-                            break;
+                    b
+                }
+                None => {
+                    let mut st = shared.lock();
+                    loop {
+                        if st.closing && st.pending.is_empty() {
+                            return;
                         }
-                        st = shared.work.wait_timeout(st, opts.window - waited).unwrap_or_else(|e| e.into_inner()).0;
-                    } else {
-                        st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+                        if let Some(front) = st.pending.front() {
+                            let waited = front.appended.elapsed();
+                            if st.pending.len() >= opts.batch_max
+                                || st.flush_to >= front.seq
+                                || st.closing
+                                || waited >= opts.window
+                            {
+                                break;
+                            }
+                            st = shared.work.wait_timeout(st, opts.window - waited).unwrap_or_else(|e| e.into_inner()).0;
+                        } else {
+                            st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+                        }
                     }
+                    // A batch ends at a rotation: the receipts after it are the new key's.
+                    let mut n = st.pending.len().min(opts.batch_max);
+                    if let Some(i) = st.pending.iter().take(n).position(|p| p.rotation.is_some()) {
+                        n = i + 1;
+                    }
+                    let batch = st.pending.drain(..n).collect::<Vec<_>>();
+                    st.held = batch.len();
+                    batch
                 }
-                // A batch ends at a rotation: the receipts after it are the new key's.
-                let mut n = st.pending.len().min(opts.batch_max);
-                if let Some(i) = st.pending.iter().take(n).position(|p| p.rotation.is_some()) {
-                    n = i + 1;
-                }
-                st.pending.drain(..n).collect::<Vec<_>>()
             };
             let last = batch.last().map_or(0, |p| p.seq);
-            let result = self.write_batch(batch, opts, &shared.host);
+            let result = self.write_batch(&mut batch, opts, &shared.host);
             // The batch is on disk: the sinks get it before it counts as durable, so
             // that once flush returns they have every receipt it covered (a stop
             // flushes, then stops the sinks).
@@ -539,8 +649,19 @@ impl Writer {
             });
             let mut st = shared.lock();
             match result {
-                Ok(()) => st.durable_seq = last,
-                Err(e) => st.failed = Some(e.to_string()),
+                Ok(()) => {
+                    st.durable_seq = last;
+                    st.held = 0;
+                    st.degraded = None;
+                }
+                Err(e) => {
+                    st.degraded = Some(e.to_string());
+                    if st.closing {
+                        shared.progress.notify_all();
+                        return;
+                    }
+                    held = Some(batch);
+                }
             }
             shared.progress.notify_all();
         }
@@ -548,7 +669,7 @@ impl Writer {
 
     /// Seals, writes and fsyncs `batch`; returns the sinks' records of the receipts
     /// that carried their [`Meta`] (none while no tap is set).
-    fn write_batch(&mut self, mut batch: Vec<Pending>, opts: &JournalOptions, host: &str) -> Result<Vec<Record>, StoreError> {
+    fn write_batch(&mut self, batch: &mut [Pending], opts: &JournalOptions, host: &str) -> Result<Vec<Record>, StoreError> {
         let hashes: Vec<[u8; 32]> = batch.iter().map(|p| p.hash).collect();
         let sealed = merkle::seal(self.key.signing_key(), batch[0].seq, &hashes);
         // The seal's members other than the proof are the batch's: encode them
@@ -601,8 +722,13 @@ impl Writer {
             self.roll(opts)?;
         }
         let path = self.current_path();
-        self.file.write_all(buf.as_bytes()).map_err(io_err(&path))?;
-        self.file.sync_data().map_err(io_err(&path))?;
+        let written = self.file.write_all(buf.as_bytes()).and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // Cut what part of the batch got there: the batch is written again
+            // whole, later, and a segment holds whole batches only.
+            let _ = self.file.set_len(self.seg_len);
+            return Err(io_err(&path)(e));
+        }
         self.seg_len += buf.len() as u64;
         if let Some(s) = self.segments.back_mut() {
             s.1 = self.seg_len;

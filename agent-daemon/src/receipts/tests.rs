@@ -621,3 +621,65 @@ fn severity_follows_what_was_stopped_and_what_needs_a_person() {
     assert_eq!(severity_of(ReceiptType::PolicyApply, Verdict::Ok), Notice);
     assert_eq!(severity_of(ReceiptType::IdentityRevoke, Verdict::Ok), Warning);
 }
+
+/// Issue 20: a journal whose writes fail keeps the receipts in memory, counts
+/// what does not fit, and goes on by itself once writing works again: no
+/// restart, no hole, and a gap receipt for what it could not keep.
+#[test]
+fn a_journal_that_cannot_write_goes_on_once_it_can_and_records_the_gap() {
+    let d = tempfile::tempdir().unwrap();
+    let jdir = d.path().join("journal");
+    // Every batch starts a new segment, so a journal directory that is gone
+    // makes the next write fail; four receipts may wait in memory.
+    let o = JournalOptions { batch_max: 1, window: Duration::from_millis(1), segment_bytes: 1, max_pending: 4, ..JournalOptions::default() };
+    let j = open(&jdir, o);
+    j.append(draft(0)).unwrap();
+    assert_eq!(j.flush().unwrap(), 1);
+    assert_eq!(j.health(), store::Health::default());
+
+    fs::rename(&jdir, d.path().join("away")).unwrap();
+    fs::write(&jdir, b"not a directory").unwrap();
+    j.append(draft(1)).unwrap();
+    assert!(matches!(j.flush(), Err(StoreError::Failed(_))), "a flush says the receipts are not written");
+    let h = j.health();
+    assert!(h.degraded.is_some() && h.backlog == 1, "{h:?}");
+    // The backlog takes four in all; then receipts are refused and counted.
+    let mut taken = 1;
+    let mut refused = 0;
+    for i in 2..12 {
+        let denial = Draft::decision("egress", format!("10.0.0.{i}:443"), Verdict::Deny)
+            .requester(Requester::identity("flooder", "ab", "alice").with_identity_id(9));
+        match j.append(denial) {
+            Ok(_) => taken += 1,
+            Err(StoreError::Backlogged(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(taken >= 4, "the backlog holds max_pending receipts (took {taken})");
+    assert_eq!(taken + refused, 11);
+    let h = j.health();
+    assert_eq!((h.unrecorded, h.backlog), (refused, taken), "{h:?}");
+
+    // Space back: the journal writes its backlog without being reopened.
+    fs::remove_file(&jdir).unwrap();
+    fs::rename(d.path().join("away"), &jdir).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while j.health().degraded.is_some() {
+        assert!(std::time::Instant::now() < deadline, "still degraded: {:?}", j.health());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The next receipt brings the gap receipt in before it.
+    let next = j.append(draft(3)).unwrap();
+    assert_eq!(j.flush().unwrap(), next);
+    assert_eq!(next, 1 + taken + 2, "one gap receipt, then this one; no seq was skipped");
+    let lines = export(&j);
+    let r = verify_all(&lines, &first_key(&jdir));
+    assert!(r.is_ok(), "{r}");
+    let receipts: Vec<Receipt> = j.iter().unwrap().map(|s| s.unwrap().receipt).collect();
+    let gap = receipts.iter().find(|r| r.kind == ReceiptType::Gap).expect("a gap receipt");
+    assert_eq!(gap.action.parameters["lost"], refused);
+    assert_eq!((gap.action.kind.as_str(), gap.decision.result), ("egress", Verdict::Deny));
+    assert_eq!((gap.requester.identity.as_str(), gap.requester.identity_id), ("flooder", Some(9)));
+    assert_eq!(gap.action.parameters["cause"], "journal-unwritable");
+    assert_eq!(j.health(), store::Health { unrecorded: refused, ..Default::default() });
+}

@@ -201,9 +201,14 @@ fn run(args: &[String]) -> ! {
         // second until stdin closes; prints `ok N failed N`. A steady stream of
         // decisions (and receipts) at a rate the test chooses, unlike `hammer`,
         // whose volume would make every later step slow.
+        // With a third argument `distinct`, each connect goes to the next port
+        // (PORT, PORT+1, ... wrapping below 65536): every decision a distinct one,
+        // which the kernel reports one by one rather than counting repeats.
         "paced" => {
-            let addr: SocketAddr = a(1).parse().unwrap_or_else(|_| usage());
+            let mut addr: SocketAddr = a(1).parse().unwrap_or_else(|_| usage());
             let per_sec: u64 = a(2).parse().ok().filter(|n| *n > 0).unwrap_or_else(|| usage());
+            let distinct = args.get(3).is_some_and(|x| x == "distinct");
+            let base = addr.port();
             let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let flag = done.clone();
             std::thread::spawn(move || {
@@ -213,6 +218,9 @@ fn run(args: &[String]) -> ! {
             let s = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap_or_else(|e| fail(e));
             let (start, mut n) = (std::time::Instant::now(), [0u64; 2]);
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if distinct {
+                    addr.set_port((u64::from(base) + (n[0] + n[1]) % (65536 - u64::from(base))) as u16);
+                }
                 n[usize::from(s.connect(addr).is_err())] += 1;
                 // Ahead of the pace: wait for it.
                 let due = start + Duration::from_micros((n[0] + n[1]) * 1_000_000 / per_sec);
@@ -445,7 +453,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: probe SUBCOMMAND ARGS...
 actions:
-  flood HAMMER|- DISTINCT_ADDR BASE_PORT N MILLIS
+  flood HAMMER|- DISTINCT_ADDR BASE_PORT N MILLIS | paced ADDR:PORT PER_SEC [distinct]
   connect ADDR:PORT | udp ADDR:PORT | write PATH | append PATH | read PATH | unlink PATH
   rename FROM TO | mkdir PATH | symlink TARGET PATH | truncate PATH | raw-socket | io-uring
   unlink32 PATH | exec PATH [ARGS] | hammer ALLOWED DENIED MILLIS | paced ADDR:PORT PER_SEC

@@ -574,8 +574,8 @@ fn a_receipt_that_cannot_be_recorded_is_an_error_but_the_change_stands() {
     let kernel = Fake::default();
     let jdir = dir.path().join("journal");
     // Every batch starts a new segment file, so a journal directory that is gone
-    // makes the next write fail.
-    let opts = JournalOptions { segment_bytes: 1, ..JournalOptions::default() };
+    // makes the next write fail; two receipts may wait in memory.
+    let opts = JournalOptions { segment_bytes: 1, max_pending: 2, ..JournalOptions::default() };
     let journal = Arc::new(Journal::open(&jdir, NodeKey::load_or_create(&jdir).unwrap(), "h", opts).unwrap());
     let mut core = Core::new(Box::new(kernel.clone()), store, state, journal.clone());
     let text = policy_text("coding", "deny");
@@ -586,10 +586,15 @@ fn a_receipt_that_cannot_be_recorded_is_an_error_but_the_change_stands() {
 
     std::fs::rename(&jdir, dir.path().join("journal.moved")).unwrap();
     std::fs::write(&jdir, b"not a directory").unwrap();
-    // The writer fails on the next batch; from then on every append is refused.
-    let _ = journal.append(crate::receipts::Draft::bind("/cg/probe", 1, "coder"));
-    assert!(journal.flush().is_err(), "the journal should have failed");
-
+    // The writer fails on the next batch; the receipt waits in memory.
+    journal.append(crate::receipts::Draft::bind("/cg/probe", 1, "coder")).unwrap();
+    assert!(journal.flush().is_err(), "the journal should be degraded");
+    assert!(journal.health().degraded.is_some());
+    // Room in the backlog (the failed batch is held apart from it): the changes
+    // and their receipts (in memory) go ahead.
+    core.bind("/cg/w", 11, "coder", &who(), now()).unwrap();
+    core.bind("/cg/v", 12, "coder", &who(), now()).unwrap();
+    // The backlog full: the change is made but says its receipt is missing.
     let e = core.bind("/cg/x", 10, "coder", &who(), now()).unwrap_err();
     assert!(matches!(e, OpError::Receipt(_)), "{e:?}");
     assert!(e.to_string().contains("in force, but its receipt could not be recorded"), "{e}");
@@ -597,6 +602,7 @@ fn a_receipt_that_cannot_be_recorded_is_an_error_but_the_change_stands() {
     assert_eq!(kernel.get().bindings.get(&10), Some(&1));
     assert!(core.binding("/cg/x").is_some());
     assert!(Store::open(&path).unwrap().load().unwrap().0.bindings.contains_key("/cg/x"));
+    assert_eq!(journal.health().unrecorded, 1);
 }
 
 #[test]

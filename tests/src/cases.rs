@@ -1918,7 +1918,7 @@ fn receipts_status(d: &Daemon) -> serde_json::Value {
 /// back agentd writes what waited in memory within seconds, without a restart,
 /// and the chain verifies.
 pub fn receipts_survive_a_full_disk() {
-    let d = Daemon::start_on_small_disk("diskfull", 8 << 20);
+    let d = Daemon::start_on_small_disk("diskfull", 8 << 20, "");
     let cg = Cgroup::new("diskfull");
     let deny_all = "    default: deny\n";
     let allow = "    default: allow\n";
@@ -1926,14 +1926,7 @@ pub fn receipts_survive_a_full_disk() {
     assert_eq!(receipts_status(&d)["degraded"], "", "writing works at first");
 
     // Fill the state filesystem.
-    let filler = d.state_dir.join("filler");
-    {
-        use std::io::Write as _;
-        let mut f = fs::File::create(&filler).expect("filler");
-        let block = vec![0x55u8; 64 << 10];
-        while f.write_all(&block).is_ok() {}
-        let _ = f.sync_all();
-    }
+    let filler = fill_disk(&d.state_dir);
     // Denials made now are enforced and wait in memory.
     let out = cg.run(&d.bins.probe, &["flood", "-", "127.0.0.7", "40000", "30", "1500"]);
     assert_eq!(flood_counts(&out)[2..], [30, 0], "every connect denied while the disk is full: {out:?}");
@@ -1990,4 +1983,15 @@ pub fn receipts_survive_a_full_disk() {
     assert_eq!((code, report["ok"].as_bool()), (Some(0), Some(true)), "{report}");
     // And changes work again.
     d.ctl_ok(&["bind", other.path.to_str().expect("utf-8"), "diskfull"]);
+}
+
+/// Fills the filesystem holding `dir` with one file, which it returns.
+fn fill_disk(dir: &std::path::Path) -> PathBuf {
+    use std::io::Write as _;
+    let filler = dir.join("filler");
+    let mut f = fs::File::create(&filler).expect("filler");
+    let block = vec![0x55u8; 64 << 10];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    filler
 }

@@ -226,12 +226,14 @@ impl Daemon {
     }
 
     /// A daemon (pins of its own) whose state directory, receipts included, is a
-    /// tmpfs of `bytes`: a disk a test can fill. Unmounted when the daemon is dropped.
-    pub fn start_on_small_disk(name: &str, bytes: u64) -> Daemon {
+    /// tmpfs of `bytes`: a disk a test can fill. Unmounted when the daemon is
+    /// dropped. `config` is its agentd.yaml.
+    pub fn start_on_small_disk(name: &str, bytes: u64, config: &str) -> Daemon {
         let id = unique(name);
         let dir = std::env::temp_dir().join(format!("agentd-test-{id}"));
         let state = dir.join("state");
         fs::create_dir_all(&state).expect("state dir");
+        fs::write(dir.join("agentd.yaml"), config).expect("config file");
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700"), "agentd-test", state.to_str().expect("utf-8")])
             .output()
